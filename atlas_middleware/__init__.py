@@ -1,0 +1,62 @@
+"""atlas-middleware: an ATLAS-style teacher between your application and its LLM.
+
+A teacher model diagnoses the student (your model) with a short probe, injects guidance,
+and a non-degradation policy makes sure the delivered answer is never worse than the
+student alone. Every call gets a ``CallReport`` of decisions and exact per-role tokens,
+and is appended to a ledger.
+
+    from atlas_middleware import Atlas
+    atlas = Atlas(teacher="hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking",
+                  teacher_api_base="http://127.0.0.1:8001/v1", policy="strict")
+    resp = atlas.completion(model="openai/gpt-4o-mini", messages=[...])
+    resp.atlas.decision, resp.atlas.tokens_saved
+"""
+
+from .client import Atlas
+from .config import AtlasConfig
+from .errors import (
+    AtlasError,
+    ConfigError,
+    InvalidRequestError,
+    JudgeError,
+    LedgerError,
+    MissingExtraError,
+    QueueFullError,
+    TeacherError,
+    TeacherOutputError,
+    TeacherTimeout,
+)
+from .judges import AnswerJudge, CallableJudge, Judge, TeacherJudge, Verdict
+from .messages import ChatRequest, ChatResponse, ToolCall
+from .report import CallReport, Reason
+from .usage import Usage, UsageByRole
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnswerJudge",
+    "Atlas",
+    "AtlasConfig",
+    "AtlasError",
+    "CallReport",
+    "CallableJudge",
+    "ChatRequest",
+    "ChatResponse",
+    "ConfigError",
+    "InvalidRequestError",
+    "Judge",
+    "JudgeError",
+    "LedgerError",
+    "MissingExtraError",
+    "QueueFullError",
+    "Reason",
+    "TeacherError",
+    "TeacherJudge",
+    "TeacherOutputError",
+    "TeacherTimeout",
+    "ToolCall",
+    "Usage",
+    "UsageByRole",
+    "Verdict",
+    "__version__",
+]

@@ -1,0 +1,104 @@
+"""Retries for the teacher path: transient errors only, ``Retry-After`` honoured.
+
+The teaching flow gives each guidance-path call a deadline (``teacher_timeout``); the
+retries live inside that budget, so a rate-limited teacher costs at most the budget and
+the user's call then falls back to the student.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from ..messages import ChatRequest, ChatResponse
+from .base import ChatBackend, WrapperBackend
+
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+_TRANSIENT_NAMES = frozenset(
+    {"APIConnectionError", "Timeout", "APITimeoutError", "RateLimitError",
+     "ServiceUnavailableError", "InternalServerError", "ConnectError", "ReadTimeout"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in TRANSIENT_STATUS
+    return type(exc).__name__ in _TRANSIENT_NAMES
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from ``Retry-After`` (seconds or HTTP date)."""
+    explicit = getattr(exc, "retry_after", None)
+    if isinstance(explicit, (int, float)):
+        return float(explicit)
+    response: Any = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
+    try:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+    except AttributeError:
+        return None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class _Wait:
+    def __init__(self, base: float, cap: float) -> None:
+        self._backoff = wait_exponential_jitter(initial=base, max=cap)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = retry_after_seconds(exc) if exc is not None else None
+        return hinted if hinted is not None else self._backoff(state)
+
+
+class RetryingBackend(WrapperBackend):
+    """Retry transient failures of the inner backend within ``budget`` seconds."""
+
+    def __init__(
+        self, inner: ChatBackend, attempts: int = 3, budget: float | None = 10.0,
+        base_delay: float = 0.2, max_delay: float = 5.0,
+    ) -> None:
+        super().__init__(inner)
+        stop = stop_after_attempt(attempts)
+        if budget is not None:
+            stop = stop | stop_after_delay(budget)
+        self._settings: dict[str, Any] = dict(
+            stop=stop,
+            wait=_Wait(base_delay, max_delay),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        for attempt in Retrying(**self._settings):
+            with attempt:
+                return self.inner.complete(request)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        async for attempt in AsyncRetrying(**self._settings):
+            with attempt:
+                return await self.inner.acomplete(request)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,55 @@
+"""A circuit breaker for the teacher: a dead teacher should cost no latency.
+
+After ``failures`` consecutive teacher failures the circuit opens: calls skip the teacher
+(the student answers alone, reason ``circuit_open``) for ``cooldown`` seconds. Then one
+call is let through (half-open); its success closes the circuit, its failure re-opens it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._count = 0
+        self._opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            if self._clock() - self._opened_at >= self.cooldown:
+                return "half-open"
+            return "open"
+
+    def allow(self) -> bool:
+        """May this call use the teacher? In half-open state only one call may."""
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._clock() - self._opened_at < self.cooldown or self._trial:
+                return False
+            self._trial = True
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self._count = 0
+            self._opened_at = None
+            self._trial = False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._trial or self._count >= self.failures:
+                self._opened_at = self._clock()
+            self._trial = False

@@ -1,0 +1,228 @@
+"""``Atlas``: the teaching loop around one chat-completion call, sync or async.
+
+``Atlas.completion`` takes ``litellm.completion``'s arguments and returns what the student's
+backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call's
+``CallReport`` attached as ``.atlas``. Per-call options go in ``atlas={...}`` (or
+``metadata={"atlas": {...}}``, as the proxy passes them):
+
+* ``teach``: ``False`` opts this call out (the student answers alone);
+* ``policy``: override the policy for this call;
+* ``session_id``: share one diagnosis across an agent's successive calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from .backends import ChatBackend, LiteLLMBackend, RetryingBackend, backend_for
+from .breaker import CircuitBreaker
+from .config import AtlasConfig
+from .drivers import AsyncDriver, Delivered, SyncDriver
+from .errors import ConfigError, InvalidRequestError
+from .judges import Judge, resolve_judge
+from .ledger import Ledger, LedgerRecord, open_ledger
+from .messages import ChatRequest, validate_messages
+from .redact import redact, register_secret
+from .report import CallReport, Reason
+from .sessions import SessionCache
+from .streaming import CompletionStream, chunks
+from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
+
+log = logging.getLogger("atlas_middleware")
+
+# When a reused guidance loses a comparison, the session is taught afresh next time.
+_GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL})
+_TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
+
+
+class Atlas:
+    """The middleware. Build once, share across threads and tasks, ``close()`` at the end."""
+
+    def __init__(
+        self,
+        teacher: str | None = None,
+        *,
+        teacher_api_base: str | None = None,
+        teacher_api_key: str | None = None,
+        policy: str | None = None,
+        judge: str | Judge | Any | None = None,
+        ledger: str | Ledger | None = None,
+        config: AtlasConfig | None = None,
+        config_file: str | None = None,
+        student_backend: ChatBackend | None = None,
+        teacher_backend: ChatBackend | None = None,
+        **settings: Any,
+    ) -> None:
+        overrides = dict(settings, teacher=teacher, teacher_api_base=teacher_api_base,
+                         teacher_api_key=teacher_api_key, policy=policy,
+                         ledger=ledger if isinstance(ledger, str) else None)
+        judge_spec = judge
+        if judge is not None and not isinstance(judge, str):
+            judge = None  # an object judge is not a config value
+        overrides["judge"] = judge
+        if config is None:
+            config = AtlasConfig.load(config_file, **overrides)
+        else:
+            merged = config.model_dump()
+            merged.update({k: v for k, v in overrides.items() if v is not None})
+            config = AtlasConfig.build(merged)
+        if not config.teacher and teacher_backend is None:
+            raise ConfigError("no teacher model: pass teacher=... or set ATLAS_TEACHER")
+        self.config = config
+        key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
+        register_secret(key)
+
+        self.settings: LoopSettings = config.loop_settings()
+        if not self.settings.teacher_model:
+            self.settings = dataclasses.replace(self.settings, teacher_model="teacher")
+        self.judge: Judge = resolve_judge(
+            judge_spec if judge_spec is not None else config.judge,
+            teacher_model=self.settings.teacher_model,
+            timeout=config.teacher_timeout,
+        )
+        self.ledger: Ledger = ledger if ledger is not None and not isinstance(ledger, str) else open_ledger(config.ledger_url())
+        teacher_inner = teacher_backend or backend_for(
+            config.teacher or "", api_base=config.teacher_api_base, api_key=key
+        )
+        self.backends: dict[str, ChatBackend] = {
+            "student": student_backend or LiteLLMBackend(),
+            "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries, budget=config.teacher_timeout),
+        }
+        self.breaker = CircuitBreaker(config.circuit_failures, config.circuit_cooldown)
+        self.sessions = SessionCache(ttl=config.session_ttl)
+        self._sync = SyncDriver(self.backends)
+        self._async = AsyncDriver(self.backends)
+
+    # -- the two entry points -------------------------------------------------------------
+
+    def completion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        request, settings, options, stream = self._prepare(model, messages, kwargs)
+        flow = teach(request, settings, self.judge, options)
+        delivered = self._sync.run(flow, lambda report, out: self._record(report, request, out))
+        return self._finish(delivered, stream)
+
+    async def acompletion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        request, settings, options, stream = self._prepare(model, messages, kwargs)
+        flow = teach(request, settings, self.judge, options)
+
+        async def done(report: CallReport, out: Delivered) -> None:
+            await asyncio.to_thread(self._record, report, request, out)
+
+        delivered = await self._async.run(flow, done)
+        return self._finish(delivered, stream)
+
+    # -- around the flow ------------------------------------------------------------------
+
+    def _prepare(
+        self, model: str, messages: Any, kwargs: dict[str, Any]
+    ) -> tuple[ChatRequest, LoopSettings, CallOptions, dict[str, Any] | None]:
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("model must be a non-empty model string")
+        validate_messages(messages)
+        opts = dict(kwargs.pop("atlas", None) or {})
+        metadata = kwargs.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("atlas"), dict):
+            opts = {**metadata["atlas"], **opts}
+        stream = None
+        if kwargs.pop("stream", False):
+            stream = {"include_usage": bool((kwargs.pop("stream_options", None) or {}).get("include_usage"))}
+        request = ChatRequest(model=model, messages=messages, params=kwargs)
+
+        settings = self.settings
+        policy = opts.get("policy")
+        if policy is not None:
+            if policy not in POLICIES:
+                raise InvalidRequestError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+            settings = dataclasses.replace(settings, policy=policy)
+        options = CallOptions(session_id=opts.get("session_id"))
+        if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
+            options.teach = False
+            return request, settings, options, stream
+        if options.session_id:
+            entry = self.sessions.get(options.session_id)
+            if entry is not None:
+                if entry.guidance:
+                    options.prior_guidance = entry.guidance
+                else:
+                    options.teach, options.skip_reason = False, Reason.STRONG_STUDENT
+                return request, settings, options, stream
+        if not self.breaker.allow():
+            options.teach, options.skip_reason = False, Reason.CIRCUIT_OPEN
+        return request, settings, options, stream
+
+    def _observe(self, report: CallReport) -> None:
+        """Update the breaker and the session cache from a delivered call."""
+        if report.reason in _TEACHER_DOWN:
+            self.breaker.failure()
+        elif report.usage.teacher.calls:
+            self.breaker.success()
+        sid = report.session_id
+        if not sid:
+            return
+        if report.guidance_reused and report.reason in _GUIDANCE_LOST:
+            self.sessions.drop(sid)
+        elif not report.guidance_reused and report.guidance:
+            self.sessions.put(sid, report.guidance)
+        elif report.reason in (Reason.STRONG_STUDENT, Reason.NO_GUIDANCE):
+            self.sessions.put(sid, "")
+
+    def _finish(self, delivered: Delivered, stream: dict[str, Any] | None) -> Any:
+        report = delivered.report
+        self._observe(report)
+        if delivered.error is not None:
+            raise delivered.error
+        response = delivered.response
+        assert response is not None
+        if stream is not None:
+            return CompletionStream(chunks(response, stream["include_usage"]), report)
+        if response.raw is None:
+            out = response.to_openai()
+            out.atlas = report
+            return out
+        try:
+            response.raw.atlas = report
+        except (AttributeError, TypeError, ValueError):
+            object.__setattr__(response.raw, "atlas", report)
+        return response.raw
+
+    def _record(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
+        answer = delivered.response.text if delivered.response is not None else None
+        prompt = json.dumps(request.messages, sort_keys=True, ensure_ascii=False, default=str)
+        record = LedgerRecord.from_report(report, prompt, answer, self.config.store_texts)
+        try:
+            self.ledger.append(record)
+        except Exception as exc:  # a ledger failure never fails the user's call
+            log.warning("atlas ledger write failed for %s: %s", report.call_id, redact(str(exc)))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Wait for background work (audits) started by sync calls."""
+        self._sync.join()
+
+    async def aflush(self) -> None:
+        await self._async.join()
+
+    def close(self) -> None:
+        self._sync.close()
+        self.ledger.close()
+
+    async def aclose(self) -> None:
+        await self._async.join()
+        self.close()
+
+    def __enter__(self) -> Atlas:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Atlas:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()

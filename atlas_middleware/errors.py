@@ -1,0 +1,75 @@
+"""The one error tree of atlas-middleware.
+
+::
+
+    AtlasError                      base of everything this library raises itself
+    ├── ConfigError (ValueError)    the user's configuration is wrong; raised at construction
+    │   └── MissingExtraError (ImportError)
+    │                               an optional extra is not installed; names the pip command
+    ├── InvalidRequestError (ValueError)
+    │                               a request the student could never accept (no messages, ...)
+    ├── TeacherError                the teacher path failed; never reaches a user's call,
+    │   │                           it is recorded in ``CallReport.errors`` instead
+    │   ├── TeacherTimeout (TimeoutError)
+    │   └── TeacherOutputError      the teacher answered, but not in a usable form
+    ├── JudgeError                  a judge raised or returned garbage; the baseline wins
+    ├── LedgerError                 the ledger could not be opened or written
+    └── QueueFullError              a local backend is overloaded (back-pressure)
+
+What is *not* in the tree, on purpose: errors of the student on the path the user depends
+on. Those are re-raised exactly as the provider raised them (a ``litellm.RateLimitError``
+stays a ``litellm.RateLimitError``), so code written against the student keeps working.
+"""
+
+from __future__ import annotations
+
+
+class AtlasError(Exception):
+    """Base class of every error raised by atlas-middleware itself."""
+
+
+class ConfigError(AtlasError, ValueError):
+    """Invalid configuration: unknown policy, bad judge path, bad ledger URL, ...
+
+    Raised when the object is built, never at the first call.
+    """
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.extra = extra
+        self.module = module
+        super().__init__(
+            f"{feature} needs the '{module}' package: "
+            f"pip install 'atlas-middleware[{extra}]'"
+        )
+
+
+class InvalidRequestError(AtlasError, ValueError):
+    """A request that no student could accept, rejected before any call is made."""
+
+
+class TeacherError(AtlasError):
+    """The teacher path (probe, teacher, guidance) failed. The user's call falls back."""
+
+
+class TeacherTimeout(TeacherError, TimeoutError):
+    """The teacher (or a call on the guidance path) did not answer within its budget."""
+
+
+class TeacherOutputError(TeacherError):
+    """The teacher answered but its output could not be used (unparseable, leaked answer)."""
+
+
+class JudgeError(AtlasError):
+    """A judge failed or returned something that is not a finite score."""
+
+
+class LedgerError(AtlasError):
+    """The ledger could not be opened or written."""
+
+
+class QueueFullError(AtlasError):
+    """A local backend's request queue is full; retry later or add capacity."""

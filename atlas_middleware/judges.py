@@ -1,0 +1,254 @@
+"""Judges decide between the guided and the baseline answer (pairwise) or grade one answer.
+
+A judge is a small object with two generator methods, driven by the teaching flow like the
+rest of the loop, so a judge that needs model calls (the teacher judge) yields them and a
+judge that needs none (the answer judge) returns at once::
+
+    compare(task, guided, baseline) -> Verdict   # which answer is better
+    score(task, answer) -> float                 # 0..1, passes when >= threshold
+
+Built in:
+
+* ``answer``: extracted final answers and tool calls only, no model call. Cheap and strict.
+* ``teacher``: the teacher model as a pairwise judge, asked in both orders concurrently so a
+  position bias cannot pick the winner; a split verdict counts as a tie.
+* ``package.module:callable``: any ``(messages: list[dict], answer: str) -> float`` scoring
+  one answer, higher is better.
+
+A judge that raises or returns garbage raises ``JudgeError``; the flow then delivers the
+baseline. Resolution errors (bad import path) raise ``ConfigError`` at construction.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .answers import extract_answer
+from .errors import ConfigError, JudgeError
+from .messages import ChatRequest, ChatResponse
+from .teaching import prompts
+from .teaching.commands import BlockingResult, CallResult, Command, ModelCall, RunBlocking, Start, Wait
+
+Winner = Literal["guided", "baseline", "tie"]
+JudgeGen = Generator[Command, Any, Any]
+
+
+@dataclass
+class Verdict:
+    winner: Winner
+    scores: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a judge sees of the request."""
+
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+
+    def text(self, max_chars: int = 12000) -> str:
+        return prompts.render_conversation(self.messages, max_chars)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str
+    threshold: float
+
+    def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen: ...
+
+    def score(self, task: Task, answer: ChatResponse) -> JudgeGen: ...
+
+
+def tool_calls_valid(response: ChatResponse, params: dict[str, Any]) -> bool:
+    """Every tool call names an offered tool and carries JSON-object arguments."""
+    offered = {
+        t.get("function", {}).get("name")
+        for t in params.get("tools") or []
+        if isinstance(t, dict)
+    }
+    for call in response.tool_calls:
+        if offered and call.name not in offered:
+            return False
+        try:
+            if not isinstance(call.parsed_arguments(), dict):
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def _well_formed(task: Task, r: ChatResponse) -> bool:
+    if r.truncated:
+        return False
+    if r.tool_calls:
+        return tool_calls_valid(r, task.params)
+    return extract_answer(r.content) is not None
+
+
+class AnswerJudge:
+    """Compares extracted answers only; prefers the well-formed answer, else the baseline."""
+
+    name = "answer"
+    threshold = 0.5
+
+    def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
+        g, b = _well_formed(task, guided), _well_formed(task, baseline)
+        scores = {"guided": float(g), "baseline": float(b)}
+        if g and not b:
+            return Verdict("guided", scores, "only the guided answer is complete")
+        if b and not g:
+            return Verdict("baseline", scores, "only the baseline answer is complete")
+        # Both complete but different (or both broken): nothing here says which is right.
+        return Verdict("baseline", scores, "answers differ; no evidence for the guided one")
+        yield  # pragma: no cover - makes this a generator
+
+    def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
+        return 1.0 if _well_formed(task, answer) else 0.0
+        yield  # pragma: no cover
+
+
+_VERDICT = re.compile(r"<verdict>\s*([^<]+?)\s*</verdict>", re.IGNORECASE)
+
+
+def _verdict_text(result: CallResult) -> str:
+    if not result.ok or result.response is None:
+        raise JudgeError(f"judge call failed: {result.error!r}")
+    text = result.response.text
+    m = _VERDICT.findall(text)
+    if not m:
+        raise JudgeError("the judge's answer has no <verdict>")
+    return m[-1].strip().upper()
+
+
+class TeacherJudge:
+    """The teacher as judge: pairwise in both orders, or a 0-10 grade of one answer."""
+
+    name = "teacher"
+
+    def __init__(
+        self,
+        model: str,
+        timeout: float | None = None,
+        max_tokens: int = 256,
+        threshold: float = 0.7,
+        context_chars: int = 12000,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self.threshold = threshold
+        self.context_chars = context_chars
+
+    def _call(self, messages: list[dict[str, Any]]) -> ModelCall:
+        req = ChatRequest(model=self.model, messages=messages, params={"max_tokens": self.max_tokens})
+        return ModelCall(role="judge", target="teacher", request=req, timeout=self.timeout)
+
+    def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
+        text = task.text(self.context_chars)
+        h1 = yield Start(self._call(prompts.pairwise_messages(text, guided, baseline)))
+        h2 = yield Start(self._call(prompts.pairwise_messages(text, baseline, guided)))
+        r1, r2 = yield Wait((h1, h2))
+        first, second = _verdict_text(r1), _verdict_text(r2)
+        mapping1 = {"A": "guided", "B": "baseline", "TIE": "tie"}
+        mapping2 = {"A": "baseline", "B": "guided", "TIE": "tie"}
+        if first not in mapping1 or second not in mapping2:
+            raise JudgeError(f"unexpected verdicts {first!r}, {second!r}")
+        v1, v2 = mapping1[first], mapping2[second]
+        detail = f"order guided-first: {v1}; order baseline-first: {v2}"
+        if v1 == v2:
+            return Verdict(v1, {}, detail)  # type: ignore[arg-type]
+        return Verdict("tie", {}, detail + " (position-dependent: tie)")
+
+    def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
+        h = yield Start(self._call(prompts.score_messages(task.text(self.context_chars), answer)))
+        (r,) = yield Wait((h,))
+        raw = _verdict_text(r)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise JudgeError(f"the judge's grade is not a number: {raw!r}") from None
+        if not 0 <= value <= 10:
+            raise JudgeError(f"the judge's grade is out of range: {value}")
+        return value / 10.0
+
+
+ScoreFn = Callable[[list[dict[str, Any]], str], float]
+
+
+def _checked_score(fn: ScoreFn, messages: list[dict[str, Any]], answer: str) -> float:
+    value = fn(messages, answer)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise JudgeError(f"the judge returned {value!r}, not a finite number")
+    return float(value)
+
+
+class CallableJudge:
+    """Wraps ``(messages, answer) -> float``; run off the event loop, checked for garbage."""
+
+    def __init__(self, fn: ScoreFn, name: str | None = None, threshold: float = 0.5) -> None:
+        if not callable(fn):
+            raise ConfigError(f"judge {fn!r} is not callable")
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", "callable")
+        self.threshold = threshold
+
+    def _score(self, task: Task, r: ChatResponse) -> JudgeGen:
+        answer = r.text + "".join(f"\n[calls tool {t.name}({t.arguments})]" for t in r.tool_calls)
+        out: BlockingResult = yield RunBlocking(_checked_score, (self.fn, task.messages, answer))
+        if out.error is not None:
+            if isinstance(out.error, JudgeError):
+                raise out.error
+            raise JudgeError(f"the judge raised {type(out.error).__name__}: {out.error}")
+        return float(out.value)
+
+    def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
+        g = yield from self._score(task, guided)
+        b = yield from self._score(task, baseline)
+        scores = {"guided": g, "baseline": b}
+        winner: Winner = "guided" if g > b else "baseline" if b > g else "tie"
+        return Verdict(winner, scores)
+
+    def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
+        return (yield from self._score(task, answer))
+
+
+def resolve_judge(
+    spec: str | Judge | ScoreFn | None, *, teacher_model: str | None, timeout: float | None
+) -> Judge:
+    """Turn a judge setting into a judge; raise ``ConfigError`` for anything unusable."""
+    if spec is None or spec == "answer":
+        return AnswerJudge()
+    if spec == "teacher":
+        if not teacher_model:
+            raise ConfigError("judge 'teacher' needs a teacher model")
+        return TeacherJudge(teacher_model, timeout=timeout)
+    if isinstance(spec, Judge):
+        return spec
+    if callable(spec):
+        return CallableJudge(spec)
+    if isinstance(spec, str):
+        module_name, sep, attr = spec.partition(":")
+        if not sep or not module_name or not attr:
+            raise ConfigError(
+                f"unknown judge {spec!r}: use 'answer', 'teacher' or 'package.module:callable'"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"judge {spec!r}: cannot import {module_name!r}: {exc}") from exc
+        fn = module
+        for part in attr.split("."):
+            fn = getattr(fn, part, None)
+            if fn is None:
+                raise ConfigError(f"judge {spec!r}: {module_name!r} has no attribute {attr!r}")
+        if isinstance(fn, Judge):
+            return fn
+        return CallableJudge(fn, name=spec)  # type: ignore[arg-type]
+    raise ConfigError(f"judge must be a name, an import path or a callable, not {spec!r}")

@@ -1,0 +1,100 @@
+"""What the ledger keeps of one call: flat columns for reports, the report as JSON.
+
+Texts are private by default: the prompt and the delivered answer are kept as a SHA-256
+hash and a length; the teacher's diagnosis and guidance (which paraphrase the prompt) are
+dropped. ``store_texts=True`` keeps all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..report import CallReport
+from ..usage import ROLES
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class LedgerRecord(BaseModel):
+    call_id: str
+    created_at: datetime
+    student_model: str
+    teacher_model: str | None
+    policy: str
+    session_id: str | None
+    decision: str
+    reason: str
+    failed: bool
+    tokens: dict[str, dict[str, int]]
+    """Per role: prompt, completion, calls."""
+    tokens_saved: int | None
+    net_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float
+    teacher_latency_ms: float | None
+    errors: int
+    prompt_sha256: str
+    prompt_chars: int
+    answer_sha256: str | None
+    answer_chars: int | None
+    prompt_text: str | None = None
+    answer_text: str | None = None
+    report_json: str
+
+    @classmethod
+    def from_report(
+        cls, report: CallReport, prompt: str, answer: str | None, store_texts: bool
+    ) -> LedgerRecord:
+        kept = report if store_texts else report.model_copy(
+            update={"guidance": None, "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
+        )
+        tokens = {
+            role: {
+                "prompt": getattr(report.usage, role).prompt_tokens,
+                "completion": getattr(report.usage, role).completion_tokens,
+                "calls": getattr(report.usage, role).calls,
+            }
+            for role in ROLES
+        }
+        return cls(
+            call_id=report.call_id,
+            created_at=report.created_at,
+            student_model=report.student_model,
+            teacher_model=report.teacher_model,
+            policy=report.policy,
+            session_id=report.session_id,
+            decision=report.decision,
+            reason=report.reason.value,
+            failed=report.failed,
+            tokens=tokens,
+            tokens_saved=report.tokens_saved,
+            net_tokens=report.net_tokens,
+            cost_usd=report.cost_usd,
+            latency_ms=report.latency_ms.get("total", 0.0),
+            teacher_latency_ms=report.latency_ms.get("teacher"),
+            errors=len(report.errors),
+            prompt_sha256=_digest(prompt),
+            prompt_chars=len(prompt),
+            answer_sha256=None if answer is None else _digest(answer),
+            answer_chars=None if answer is None else len(answer),
+            prompt_text=prompt if store_texts else None,
+            answer_text=answer if store_texts else None,
+            report_json=kept.model_dump_json(),
+        )
+
+    def report(self) -> CallReport:
+        return CallReport.model_validate_json(self.report_json)
+
+    def row(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["tokens"] = json.dumps(self.tokens, sort_keys=True)
+        data["created_at"] = self.created_at.isoformat()
+        data["failed"] = int(self.failed)
+        return data

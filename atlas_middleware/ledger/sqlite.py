@@ -1,0 +1,130 @@
+"""SQLite ledger: one file, WAL mode, safe for many threads and several processes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import LedgerError
+from .base import LedgerQuery
+from .record import LedgerRecord
+
+SCHEMA_VERSION = 1
+_COLUMNS = (
+    "call_id", "created_at", "student_model", "teacher_model", "policy", "session_id",
+    "decision", "reason", "failed", "tokens", "tokens_saved", "net_tokens", "cost_usd",
+    "latency_ms", "teacher_latency_ms", "errors", "prompt_sha256", "prompt_chars",
+    "answer_sha256", "answer_chars", "prompt_text", "answer_text", "report_json",
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS atlas_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS atlas_calls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(c + (" TEXT UNIQUE NOT NULL" if c == "call_id" else "") for c in _COLUMNS)}
+);
+CREATE INDEX IF NOT EXISTS atlas_calls_created ON atlas_calls (created_at);
+CREATE INDEX IF NOT EXISTS atlas_calls_session ON atlas_calls (session_id);
+"""
+
+
+class SQLiteLedger:
+    def __init__(self, path: str | Path, url: str | None = None) -> None:
+        self.path = str(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LedgerError(f"cannot create the ledger folder for {self.path}: {exc}") from exc
+        try:
+            conn = self._conn()
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.execute(
+                    "INSERT OR IGNORE INTO atlas_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the SQLite ledger at {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.path == ":memory:" and self._all:
+                return self._all[0]  # one shared in-memory database
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def append(self, record: LedgerRecord) -> None:
+        row = record.row()
+        sql = (
+            f"INSERT OR IGNORE INTO atlas_calls ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        )
+        try:
+            with self._lock if self.path == ":memory:" else _nolock:
+                self._conn().execute(sql, [row[c] for c in _COLUMNS])
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger write failed: {exc}") from exc
+
+    def records(self, query: LedgerQuery | None = None) -> list[LedgerRecord]:
+        q = query or LedgerQuery()
+        where, args = [], []
+        if q.since:
+            where.append("created_at >= ?")
+            args.append(q.since.isoformat())
+        if q.until:
+            where.append("created_at < ?")
+            args.append(q.until.isoformat())
+        if q.student_model:
+            where.append("student_model = ?")
+            args.append(q.student_model)
+        if q.session_id:
+            where.append("session_id = ?")
+            args.append(q.session_id)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM atlas_calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if q.limit:
+            sql += f" LIMIT {int(q.limit)}"
+        try:
+            rows = self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger read failed: {exc}") from exc
+        return [_record(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_nolock = _NoLock()
+
+
+def _record(row: dict[str, Any]) -> LedgerRecord:
+    row["tokens"] = json.loads(row["tokens"])
+    row["failed"] = bool(row["failed"])
+    return LedgerRecord.model_validate(row)

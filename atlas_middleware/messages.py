@@ -1,0 +1,154 @@
+"""Typed requests and responses: the only shapes the core ever sees.
+
+Adapters (LiteLLM, LangChain, the proxy) convert their own objects to these at the
+boundary. A request keeps every OpenAI parameter it was given in ``params`` untouched, so
+tools, response formats and provider options pass through the teaching loop unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidRequestError
+from .usage import Usage
+
+VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Check the OpenAI message list shape; raise ``InvalidRequestError`` with the reason.
+
+    Only what every provider rejects is rejected here, so nothing valid is refused.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list of message dicts")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise InvalidRequestError(f"messages[{i}] must be a dict, got {type(msg).__name__}")
+        role = msg.get("role")
+        if role not in VALID_ROLES:
+            raise InvalidRequestError(
+                f"messages[{i}].role must be one of {sorted(VALID_ROLES)}, got {role!r}"
+            )
+        content = msg.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string, a list of parts or null"
+            )
+        if content is None and role in ("user", "system", "developer") :
+            raise InvalidRequestError(f"messages[{i}] ({role}) has no content")
+    return messages
+
+
+class ChatRequest(BaseModel):
+    """One chat-completion request: model, messages and every other parameter as given."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> ChatRequest:
+        return self.model_copy(update=changes)
+
+    def with_params(self, drop: frozenset[str] = frozenset(), **set_: Any) -> ChatRequest:
+        params = {k: v for k, v in self.params.items() if k not in drop}
+        params.update(set_)
+        return self.model_copy(update={"params": params})
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = None
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as JSON, or raise ``ValueError`` when they are not valid JSON."""
+        return json.loads(self.arguments or "{}")
+
+
+class ChatResponse(BaseModel):
+    """The parts of a provider's response the teaching loop reasons about.
+
+    ``raw`` keeps the provider's own object (a ``litellm.ModelResponse``, ...) so that
+    the delivered answer reaches the user exactly as the provider shaped it.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = Usage()
+    model: str | None = None
+    raw: Any = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    def to_openai(self) -> CompletionResponse:
+        """An OpenAI-shaped response, for backends that have no provider object of their own."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": tc.id or f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": tc.name, "arguments": tc.arguments},
+                }
+                for tc in self.tool_calls
+            ]
+        return CompletionResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.model or "",
+            choices=[
+                Choice(index=0, message=message, finish_reason=self.finish_reason or "stop")
+            ],
+            usage={
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            },
+        )
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: _Message
+    finish_reason: str | None = "stop"
+
+
+class CompletionResponse(BaseModel):
+    """OpenAI ``chat.completion`` shape, with the call's report under ``atlas``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: dict[str, int]
+    atlas: Any = None

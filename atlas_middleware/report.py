@@ -1,0 +1,109 @@
+"""The per-call report: what was delivered, why, and what it cost.
+
+Sign conventions, so that nobody has to guess:
+
+* ``tokens_saved`` = completion tokens of the student-alone baseline minus completion
+  tokens of the delivered answer. Positive means the delivered answer was shorter. ``None``
+  when no baseline was measured on this call (``verify`` calls that passed, ``off``).
+* ``net_tokens`` = every token spent on the call (probe, teacher, guided, baseline, judge;
+  prompt and completion) minus the tokens the student alone spent (the baseline's total).
+  Positive means the middleware cost tokens, negative means it saved them. ``None`` when no
+  baseline was measured.
+* ``cost_usd`` = summed LiteLLM prices of every call; ``None`` when any price is unknown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .usage import UsageByRole
+
+Decision = Literal["guided", "baseline", "student_only"]
+
+
+class Reason(StrEnum):
+    """Why the delivered answer was delivered."""
+
+    AGREEMENT = "agreement"  # guided and baseline agree: the cheaper one, no judge
+    JUDGE_GUIDED = "judge_preferred_guided"
+    JUDGE_BASELINE = "judge_preferred_baseline"
+    JUDGE_TIE = "judge_tie"  # equal quality: the cheaper one
+    JUDGE_ERROR = "judge_error"  # the judge failed: the baseline wins
+    INVALID_TOOL_CALL = "guided_invalid_tool_call"
+    VERIFIED = "verified"  # verify: the guided answer passed the judge
+    POLICY_OFF = "policy_off"
+    AUDIT_UNCHECKED = "audit_unchecked"  # audit: delivered guided, not sampled
+    AUDIT_SAMPLED = "audit_sampled"  # audit: delivered guided, compared in the background
+    STRONG_STUDENT = "strong_student"  # the teacher judged no guidance needed
+    NO_GUIDANCE = "no_guidance"  # the teacher wrote empty guidance
+    TEACHER_TIMEOUT = "teacher_timeout"
+    TEACHER_ERROR = "teacher_error"
+    TEACHER_UNPARSEABLE = "teacher_unparseable"
+    PROBE_ERROR = "probe_error"
+    GUIDED_ERROR = "guided_error"  # the guided call failed: the baseline
+    BASELINE_ERROR = "baseline_error"  # the baseline failed: the guided answer
+    STUDENT_ERROR = "student_error"  # nothing could be delivered; the student's error raised
+    OPTED_OUT = "opted_out"  # the request asked for no teaching
+    CIRCUIT_OPEN = "circuit_open"  # the teacher kept failing; skipped without calling it
+
+
+class ErrorInfo(BaseModel):
+    role: str
+    type: str
+    message: str
+
+
+class DiagnosisInfo(BaseModel):
+    level: int | None = None
+    text: str = ""
+
+
+class JudgeInfo(BaseModel):
+    name: str
+    winner: Literal["guided", "baseline", "tie"] | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+    detail: str = ""
+
+
+class AuditInfo(BaseModel):
+    sampled: bool = False
+    winner: Literal["guided", "baseline", "tie"] | None = None
+    degraded: bool | None = None
+    """True when the baseline was judged better than the delivered guided answer."""
+
+
+class CallReport(BaseModel):
+    call_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    student_model: str
+    teacher_model: str | None = None
+    policy: str
+    session_id: str | None = None
+    decision: Decision = "student_only"
+    reason: Reason = Reason.STUDENT_ERROR
+    diagnosis: DiagnosisInfo | None = None
+    guidance: str | None = None
+    guidance_reused: bool = False
+    judge: JudgeInfo | None = None
+    audit: AuditInfo | None = None
+    usage: UsageByRole = Field(default_factory=UsageByRole)
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    tokens_saved: int | None = None
+    net_tokens: int | None = None
+    cost_usd: float | None = None
+    errors: list[ErrorInfo] = Field(default_factory=list)
+    failed: bool = False
+    """True when the user got the student's error instead of an answer."""
+
+    def summary(self) -> str:
+        saved = "n/a" if self.tokens_saved is None else f"{self.tokens_saved:+d}"
+        net = "n/a" if self.net_tokens is None else f"{self.net_tokens:+d}"
+        return (
+            f"{self.decision} ({self.reason.value}); tokens saved {saved}, net {net}; "
+            f"{self.latency_ms.get('total', 0):.0f} ms"
+        )

@@ -1,0 +1,365 @@
+"""The teaching decision, written once and free of I/O.
+
+``teach()`` is a generator: it yields commands (``commands.py``) and receives their
+results. The sync and async drivers in ``drivers.py`` run the same generator, so there is
+one copy of the logic. The data flow of one call under the ``strict`` policy::
+
+    t=0  Start baseline ──────────────────────────────────────┐ (concurrent)
+         Start probe ─► Wait ─► Start teacher ─► Wait ─► parse │
+                                    Start guided ─► Wait ◄─────┘
+         agree? ─► deliver the cheaper   else judge ─► deliver the better
+
+Every failure on the guidance path (probe, teacher, parse, judge) ends in the student's
+own answer being delivered, with the reason recorded. Only when the student itself fails
+on every path the user depends on is the student's own exception handed back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..answers import same_final_answer
+from ..errors import JudgeError, TeacherOutputError, TeacherTimeout
+from ..judges import Judge, Task, Verdict, tool_calls_valid
+from ..messages import ChatRequest, ChatResponse
+from ..redact import redact
+from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, Reason
+from . import prompts
+from .commands import CallResult, Command, Deliver, ModelCall, Start, Wait
+from .parse import parse_teacher_output
+
+Policy = Literal["strict", "verify", "audit", "off"]
+POLICIES: tuple[Policy, ...] = ("strict", "verify", "audit", "off")
+
+# Parameters that make no sense for the probe (it must answer in short plain text).
+_PROBE_DROP = frozenset(
+    {
+        "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
+        "response_format", "stream", "stream_options", "n", "max_tokens",
+        "max_completion_tokens", "logprobs", "top_logprobs", "stop",
+    }
+)
+# The guided and baseline calls are always made whole; streaming is the adapter's job.
+_ANSWER_DROP = frozenset({"stream", "stream_options"})
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything the flow needs to know, already validated (see ``config.AtlasConfig``)."""
+
+    policy: Policy = "strict"
+    teacher_model: str | None = None
+    teacher_params: dict[str, Any] = field(default_factory=dict)
+    teacher_timeout: float | None = 10.0
+    probe_max_tokens: int = 50
+    teacher_max_tokens: int = 512
+    skip_level: int = 5
+    audit_rate: float = 0.1
+    context_chars: int = 12000
+
+
+@dataclass
+class CallOptions:
+    """Per-call choices made by the caller or the adapter (opt-out, sessions, breaker)."""
+
+    teach: bool = True
+    skip_reason: Reason = Reason.OPTED_OUT
+    prior_guidance: str | None = None
+    session_id: str | None = None
+
+
+Flow = Generator[Command, Any, CallReport]
+
+
+def teach(
+    request: ChatRequest,
+    settings: LoopSettings,
+    judge: Judge,
+    options: CallOptions | None = None,
+    report: CallReport | None = None,
+) -> Flow:
+    """The whole call: yields commands, returns the final report (after any audit)."""
+    options = options or CallOptions()
+    report = report or CallReport(
+        student_model=request.model,
+        teacher_model=settings.teacher_model,
+        policy=settings.policy,
+        session_id=options.session_id,
+    )
+    return (yield from _accounted(_teach(request, settings, judge, options, report), report))
+
+
+def _accounted(inner: Flow, report: CallReport) -> Flow:
+    """Record usage, latency and errors of every finished call, whatever asked for it."""
+    send: Any = None
+    while True:
+        try:
+            cmd = inner.send(send)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        send = yield cmd
+        if isinstance(cmd, Wait):
+            for result in send:
+                _record(report, result)
+
+
+def _record(report: CallReport, result: CallResult) -> None:
+    role = result.call.role
+    report.latency_ms[role] = max(report.latency_ms.get(role, 0.0), round(result.latency_ms, 3))
+    if result.response is not None:
+        report.usage.add(role, result.response.usage)
+    elif result.error is not None:
+        report.errors.append(
+            ErrorInfo(role=role, type=type(result.error).__name__, message=redact(str(result.error))[:500])
+        )
+
+
+def _start(role: Any, target: Any, request: ChatRequest, timeout: float | None = None) -> Start:
+    return Start(ModelCall(role=role, target=target, request=request, timeout=timeout))
+
+
+def _await_one(start: Start) -> Generator[Command, Any, CallResult]:
+    handle = yield start
+    (result,) = yield Wait((handle,))
+    return result  # type: ignore[no-any-return]
+
+
+def _guidance(
+    request: ChatRequest, s: LoopSettings, report: CallReport
+) -> Generator[Command, Any, str | None]:
+    """Probe the student, ask the teacher; the guidance, or None with ``report.reason`` set."""
+    probe_req = request.replace(
+        messages=prompts.probe_messages(request.messages)
+    ).with_params(_PROBE_DROP, max_tokens=s.probe_max_tokens)
+    probe = yield from _await_one(_start("probe", "student", probe_req, s.teacher_timeout))
+    if probe.response is None:
+        report.reason = Reason.PROBE_ERROR
+        return None
+
+    teacher_req = ChatRequest(
+        model=s.teacher_model or "",
+        messages=prompts.teacher_messages(
+            request.messages, request.params, probe.response.text, s.context_chars
+        ),
+        params={**s.teacher_params, "max_tokens": s.teacher_max_tokens},
+    )
+    teacher = yield from _await_one(_start("teacher", "teacher", teacher_req, s.teacher_timeout))
+    if teacher.response is None:
+        timed_out = isinstance(teacher.error, (TeacherTimeout, TimeoutError))
+        report.reason = Reason.TEACHER_TIMEOUT if timed_out else Reason.TEACHER_ERROR
+        return None
+    try:
+        diagnosis = parse_teacher_output(teacher.response.text)
+    except TeacherOutputError as exc:
+        report.errors.append(ErrorInfo(role="teacher", type=type(exc).__name__, message=str(exc)))
+        report.reason = Reason.TEACHER_UNPARSEABLE
+        return None
+    report.diagnosis = DiagnosisInfo(level=diagnosis.level, text=diagnosis.thinking)
+    if diagnosis.level is not None and diagnosis.level >= s.skip_level:
+        report.reason = Reason.STRONG_STUDENT
+        return None
+    if not diagnosis.guidance:
+        report.reason = Reason.NO_GUIDANCE
+        return None
+    return diagnosis.guidance
+
+
+def _cheaper(guided: CallResult, baseline: CallResult) -> Literal["guided", "baseline"]:
+    g, b = guided.response, baseline.response
+    assert g is not None and b is not None
+    return "guided" if g.usage.completion_tokens < b.usage.completion_tokens else "baseline"
+
+
+def _agree(g: ChatResponse, b: ChatResponse) -> bool:
+    if g.tool_calls or b.tool_calls:
+        if len(g.tool_calls) != len(b.tool_calls):
+            return False
+        try:
+            key_g = sorted((t.name, prompts.dumps(t.parsed_arguments())) for t in g.tool_calls)
+            key_b = sorted((t.name, prompts.dumps(t.parsed_arguments())) for t in b.tool_calls)
+        except ValueError:
+            return False
+        return key_g == key_b
+    return same_final_answer(g.content, b.content)
+
+
+def _judge(
+    judge: Judge, task: Task, guided: CallResult, baseline: CallResult, report: CallReport
+) -> Generator[Command, Any, tuple[Literal["guided", "baseline"], Reason]]:
+    """Pairwise decision between two successful answers."""
+    g, b = guided.response, baseline.response
+    assert g is not None and b is not None
+    if g.tool_calls and not tool_calls_valid(g, task.params) and tool_calls_valid(b, task.params):
+        return "baseline", Reason.INVALID_TOOL_CALL
+    if _agree(g, b):
+        return _cheaper(guided, baseline), Reason.AGREEMENT
+    try:
+        verdict: Verdict = yield from judge.compare(task, g, b)
+    except JudgeError as exc:
+        report.judge = JudgeInfo(name=judge.name, detail=redact(str(exc))[:500])
+        report.errors.append(ErrorInfo(role="judge", type=type(exc).__name__, message=redact(str(exc))[:500]))
+        return "baseline", Reason.JUDGE_ERROR
+    report.judge = JudgeInfo(name=judge.name, winner=verdict.winner, scores=verdict.scores, detail=verdict.detail)
+    if verdict.winner == "guided":
+        return "guided", Reason.JUDGE_GUIDED
+    if verdict.winner == "baseline":
+        return "baseline", Reason.JUDGE_BASELINE
+    return _cheaper(guided, baseline), Reason.JUDGE_TIE
+
+
+def _settle(report: CallReport, delivered: CallResult | None, baseline: CallResult | None) -> None:
+    """Compute the savings figures from what has been spent so far."""
+    total = report.usage.total()
+    report.cost_usd = total.cost_usd if total.calls else None
+    base = baseline.response if baseline is not None else None
+    if base is None:
+        report.tokens_saved = report.net_tokens = None
+        return
+    got = delivered.response if delivered is not None else None
+    if got is not None:
+        report.tokens_saved = base.usage.completion_tokens - got.usage.completion_tokens
+    report.net_tokens = total.total_tokens - base.usage.total_tokens
+
+
+def _deliver(
+    report: CallReport,
+    result: CallResult,
+    decision: Literal["guided", "baseline", "student_only"],
+    reason: Reason,
+    baseline: CallResult | None,
+) -> Deliver:
+    report.decision = decision
+    report.reason = reason
+    _settle(report, result, baseline)
+    return Deliver(result.response, None, report)
+
+
+def _fail(report: CallReport, error: BaseException | None, baseline: CallResult | None) -> Deliver:
+    report.failed = True
+    report.reason = Reason.STUDENT_ERROR
+    _settle(report, None, baseline)
+    return Deliver(None, error, report)
+
+
+def _student_alone(
+    request: ChatRequest, report: CallReport, reason: Reason, baseline_start: Any | None
+) -> Flow:
+    """Deliver the student's own answer (reusing a baseline already running)."""
+    handle = baseline_start
+    if handle is None:
+        handle = yield _start("baseline", "student", request.with_params(_ANSWER_DROP))
+    (base,) = yield Wait((handle,))
+    if base.response is None:
+        yield _fail(report, base.error, base)
+    else:
+        yield _deliver(report, base, "student_only", reason, base)
+    return report
+
+
+def _sampled(call_id: str, rate: float) -> bool:
+    """A deterministic coin from the call id, so an audit decision can be reproduced."""
+    digest = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    return digest / 2**64 < rate
+
+
+def _teach(
+    request: ChatRequest,
+    s: LoopSettings,
+    judge: Judge,
+    options: CallOptions,
+    report: CallReport,
+) -> Flow:
+    answer_req = request.with_params(_ANSWER_DROP)
+    task = Task(request.messages, request.params)
+
+    if not options.teach:
+        return (yield from _student_alone(request, report, options.skip_reason, None))
+
+    # Under strict the baseline starts at once, so the comparison costs little latency.
+    h_base = (yield _start("baseline", "student", answer_req)) if s.policy == "strict" else None
+
+    if options.prior_guidance:
+        guidance: str | None = options.prior_guidance
+        report.guidance_reused = True
+    else:
+        guidance = yield from _guidance(request, s, report)
+    if guidance is None:
+        return (yield from _student_alone(request, report, report.reason, h_base))
+    report.guidance = guidance
+
+    guided_req = answer_req.replace(messages=prompts.with_guidance(request.messages, guidance))
+    h_guided = yield _start("guided", "student", guided_req)
+
+    if s.policy == "strict":
+        guided, base = yield Wait((h_guided, h_base))
+        if guided.response is None or base.response is None:
+            yield _one_survivor(report, guided, base)
+            return report
+        winner, reason = yield from _judge(judge, task, guided, base, report)
+        yield _deliver(report, guided if winner == "guided" else base, winner, reason, base)
+        return report
+
+    (guided,) = yield Wait((h_guided,))
+    if guided.response is None:
+        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None))
+
+    if s.policy == "verify":
+        passed = tool_calls_valid(guided.response, task.params)
+        if passed:
+            try:
+                score = yield from judge.score(task, guided.response)
+                report.judge = JudgeInfo(name=judge.name, scores={"guided": score})
+                passed = score >= judge.threshold
+            except JudgeError as exc:
+                report.errors.append(ErrorInfo(role="judge", type="JudgeError", message=redact(str(exc))[:500]))
+                passed = False
+        if passed:
+            yield _deliver(report, guided, "guided", Reason.VERIFIED, None)
+            return report
+        base = yield from _await_one(_start("baseline", "student", answer_req))
+        if base.response is None:
+            yield _deliver(report, guided, "guided", Reason.BASELINE_ERROR, base)
+            return report
+        winner, reason = yield from _judge(judge, task, guided, base, report)
+        yield _deliver(report, guided if winner == "guided" else base, winner, reason, base)
+        return report
+
+    if s.policy == "off":
+        yield _deliver(report, guided, "guided", Reason.POLICY_OFF, None)
+        return report
+
+    # audit: deliver now, compare afterwards on a sample of calls.
+    sampled = _sampled(report.call_id, s.audit_rate)
+    report.audit = AuditInfo(sampled=sampled)
+    reason = Reason.AUDIT_SAMPLED if sampled else Reason.AUDIT_UNCHECKED
+    yield _deliver(report, guided, "guided", reason, None)
+    if sampled:
+        base = yield from _await_one(_start("baseline", "student", answer_req))
+        if base.response is not None:
+            _, why = yield from _judge(judge, task, guided, base, report)
+            report.audit = _audit_info(why)
+        _settle(report, guided, base)
+    return report
+
+
+def _one_survivor(report: CallReport, guided: CallResult, base: CallResult) -> Deliver:
+    """Strict policy, one or both student calls failed: deliver what exists."""
+    if base.response is not None:
+        return _deliver(report, base, "baseline", Reason.GUIDED_ERROR, base)
+    if guided.response is not None:
+        return _deliver(report, guided, "guided", Reason.BASELINE_ERROR, None)
+    return _fail(report, base.error, None)
+
+
+def _audit_info(why: Reason) -> AuditInfo:
+    """What a background comparison says about the guided answer already delivered."""
+    if why in (Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL):
+        return AuditInfo(sampled=True, winner="baseline", degraded=True)
+    if why == Reason.JUDGE_GUIDED:
+        return AuditInfo(sampled=True, winner="guided", degraded=False)
+    if why == Reason.JUDGE_ERROR:
+        return AuditInfo(sampled=True)
+    return AuditInfo(sampled=True, winner="tie", degraded=False)

@@ -1,0 +1,164 @@
+"""Scripted backends: deterministic students and teachers for tests and offline demos.
+
+``ScriptedBackend`` recognises which role a request plays in the teaching loop (probe,
+guided, baseline, teacher, pairwise judge, grading judge) from the prompts the loop builds,
+and answers from a per-role script. Each reply may be a string, a ``Reply`` (content, tool
+calls, token counts, delay, finish reason), an exception to raise, or a function of the
+request returning any of those. Every call is recorded in ``.calls``.
+
+Token counts are whitespace words: the fake is its own provider, so its counts are
+reported as provider counts, and tests can compute expected figures by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..messages import ChatRequest, ChatResponse, ToolCall
+from ..teaching import prompts
+from ..usage import Usage
+
+ScriptItem = Any  # str | Reply | BaseException | Callable[[ChatRequest], ...]
+
+
+@dataclass
+class Reply:
+    content: str | None = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    delay: float = 0.0
+    finish_reason: str | None = None
+
+
+def words(text: str | None) -> int:
+    return len((text or "").split())
+
+
+def prompt_words(request: ChatRequest) -> int:
+    return sum(words(prompts.content_text(m.get("content"))) for m in request.messages)
+
+
+def classify(request: ChatRequest) -> str:
+    """Which role of the teaching loop produced this request."""
+    msgs = request.messages
+    first = prompts.content_text(msgs[0].get("content")) if msgs else ""
+    if first == prompts.TEACHER_SYSTEM:
+        return "teacher"
+    if first == prompts.PAIRWISE_SYSTEM:
+        return "judge_pair"
+    if first == prompts.SCORE_SYSTEM:
+        return "judge_score"
+    last = prompts.content_text(msgs[-1].get("content")) if msgs else ""
+    if last == prompts.PROBE_INSTRUCTION:
+        return "probe"
+    if any(
+        m.get("role") == "system" and prompts.content_text(m.get("content")).startswith(prompts.GUIDANCE_PREFIX)
+        for m in msgs
+    ):
+        return "guided"
+    return "baseline"
+
+
+def guidance_of(request: ChatRequest) -> str | None:
+    for m in request.messages:
+        text = prompts.content_text(m.get("content"))
+        if m.get("role") == "system" and text.startswith(prompts.GUIDANCE_PREFIX):
+            return text[len(prompts.GUIDANCE_PREFIX):]
+    return None
+
+
+def teacher_reply(guidance: str = "Check each step.", level: int = 2, thinking: str = "diagnosis") -> str:
+    """A well-formed teacher answer, for scripts."""
+    return f"<thinking>{thinking}</thinking>\n<level>{level}</level>\n<teaching>{guidance}</teaching>"
+
+
+class ScriptedBackend:
+    """A backend answering from a per-role script; see the module docstring."""
+
+    def __init__(
+        self,
+        script: dict[str, ScriptItem] | None = None,
+        *,
+        default: ScriptItem = "ok",
+        delays: dict[str, float] | None = None,
+        model: str = "scripted",
+    ) -> None:
+        self.script = dict(script or {})
+        self.default = default
+        self.delays = dict(delays or {})
+        self.model = model
+        self.calls: list[tuple[str, ChatRequest]] = []
+        self._lock = threading.Lock()
+
+    def roles(self) -> list[str]:
+        with self._lock:
+            return [role for role, _ in self.calls]
+
+    def _resolve(self, request: ChatRequest) -> tuple[str, Reply]:
+        role = classify(request)
+        with self._lock:
+            self.calls.append((role, request))
+        item = self.script.get(role, self.script.get("*", self.default))
+        if isinstance(item, list):  # a sequence: one item per call of that role, last repeats
+            with self._lock:
+                n = sum(1 for r, _ in self.calls if r == role) - 1
+            item = item[min(n, len(item) - 1)]
+        if callable(item) and not isinstance(item, BaseException):
+            item = item(request)
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, ChatResponse):
+            return role, Reply(item.content, item.tool_calls, item.usage.prompt_tokens,
+                               item.usage.completion_tokens, finish_reason=item.finish_reason)
+        if isinstance(item, Reply):
+            return role, item
+        return role, Reply(content=str(item))
+
+    def _response(self, request: ChatRequest, reply: Reply) -> ChatResponse:
+        completion = reply.completion_tokens
+        if completion is None:
+            completion = words(reply.content) + sum(words(t.arguments) + 1 for t in reply.tool_calls)
+        max_tokens = request.params.get("max_tokens")
+        finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        content = reply.content
+        if isinstance(max_tokens, int) and completion > max_tokens and content:
+            content = " ".join(content.split()[:max_tokens])
+            completion, finish = max_tokens, "length"
+        usage = Usage(
+            prompt_tokens=reply.prompt_tokens if reply.prompt_tokens is not None else prompt_words(request),
+            completion_tokens=completion,
+            calls=1,
+            cost_usd=None,
+        )
+        return ChatResponse(content=content, tool_calls=reply.tool_calls, finish_reason=finish,
+                            usage=usage, model=request.model or self.model)
+
+    def _delay(self, role: str, reply: Reply) -> float:
+        return reply.delay or self.delays.get(role, 0.0)
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        role, reply = self._resolve(request)
+        delay = self._delay(role, reply)
+        if delay:
+            time.sleep(delay)
+        return self._response(request, reply)
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        role, reply = self._resolve(request)
+        delay = self._delay(role, reply)
+        if delay:
+            await asyncio.sleep(delay)
+        return self._response(request, reply)
+
+
+class FunctionBackend(ScriptedBackend):
+    """Answers every request with ``fn(request)`` (any script item)."""
+
+    def __init__(self, fn: Callable[[ChatRequest], ScriptItem], **kwargs: Any) -> None:
+        super().__init__({"*": fn}, **kwargs)

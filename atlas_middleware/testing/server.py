@@ -1,0 +1,198 @@
+"""A tiny OpenAI-compatible HTTP server for tests, benchmarks and offline demos.
+
+It serves ``POST /v1/chat/completions`` (plain and SSE streaming), ``GET /v1/models`` and
+``GET /health`` on a loopback port, answering from a ``ScriptedBackend``. Script items can
+also be ``HTTPFault`` (an error status with headers, e.g. 429 + Retry-After) or ``RawBody``
+(bytes written verbatim: garbage, truncated streams), so real HTTP clients (LiteLLM, the
+openai SDK, the proxy) can be tested against every failure a server can produce.
+
+    with OpenAITestServer(ScriptedBackend({...})) as server:
+        litellm.completion(model="openai/student", api_base=server.url, api_key="x", ...)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..messages import ChatRequest
+from ..streaming import chunks
+from .scripted import ScriptedBackend
+
+
+class HTTPFault(Exception):
+    """Make the test server answer with this status, message and headers."""
+
+    def __init__(self, status: int, message: str = "scripted failure", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class RawBody(Exception):
+    """Make the test server write these bytes as the body (status 200 unless given)."""
+
+    def __init__(self, body: bytes, status: int = 200, content_type: str = "application/json") -> None:
+        super().__init__("raw body")
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return None
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), headers=headers)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        if path in ("/health", "/v1/health", "/health/liveliness", "/health/readiness"):
+            self._json(200, {"status": "ok"})
+        elif path in ("/v1/models", "/models"):
+            self._json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "atlas-test"}
+                for m in self.server.models]})
+        else:
+            self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+            return
+        key = self.server.api_key
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+            self._json(401, {"error": {"message": "invalid api key", "type": "authentication_error"}})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            messages = body.pop("messages")
+            model = body.pop("model")
+        except (ValueError, KeyError, AttributeError):
+            self._json(400, {"error": {"message": "malformed request body", "type": "invalid_request_error"}})
+            return
+        with self.server.lock:
+            self.server.requests.append({"headers": dict(self.headers), "body": {"model": model, "messages": messages, **body}})
+        stream = bool(body.pop("stream", False))
+        include_usage = bool((body.pop("stream_options", None) or {}).get("include_usage"))
+        request = ChatRequest(model=model, messages=messages, params=body)
+        try:
+            response = self.server.backend.complete(request)
+        except HTTPFault as fault:
+            self._json(fault.status, {"error": {"message": fault.message, "type": "scripted", "code": fault.status}},
+                       headers=fault.headers)
+            return
+        except RawBody as rawbody:
+            self._send(rawbody.status, rawbody.body, rawbody.content_type)
+            return
+        if not stream:
+            out = response.to_openai().model_dump(exclude={"atlas"})
+            out["model"] = model
+            self._json(200, out)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for chunk in chunks(response, include_usage):
+            data = chunk.model_dump(exclude_none=True)
+            data["model"] = model
+            self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+    backend: ScriptedBackend
+    models: list[str]
+    api_key: str | None
+    requests: list[dict[str, Any]]
+    lock: threading.Lock
+
+
+class OpenAITestServer:
+    """Start with ``start()`` or a ``with`` block; ``url`` is the api_base to use."""
+
+    def __init__(self, backend: ScriptedBackend | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 models: list[str] | None = None, api_key: str | None = None) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.backend = backend or ScriptedBackend()
+        self._server.models = models or ["student", "teacher"]
+        self._server.api_key = api_key
+        self._server.requests = []
+        self._server.lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.id = uuid.uuid4().hex[:8]
+
+    @property
+    def backend(self) -> ScriptedBackend:
+        return self._server.backend
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with self._server.lock:
+            return list(self._server.requests)
+
+    def start(self) -> OpenAITestServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name=f"openai-test-server-{self.port}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> OpenAITestServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve_forever(backend: ScriptedBackend, host: str = "127.0.0.1", port: int = 8001) -> None:
+    """Run a test server in the foreground (``python -m atlas_middleware.testing.server``)."""
+    server = OpenAITestServer(backend, host=host, port=port).start()
+    print(f"OpenAI-compatible test server at {server.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()

@@ -1,0 +1,88 @@
+"""Token usage as a value type with an exact meaning.
+
+``Usage`` counts the tokens of one or more model calls. Adding two usages adds their
+counts and keeps track of where the numbers came from: a figure is *exact* only when every
+call it sums was counted by the provider itself (or by the model's own tokenizer, for local
+models). When any part was estimated, ``counted_by`` says so and names the tokenizer.
+
+``cost_usd`` is ``None`` when any part's price is unknown: an unknown cost is not zero.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["probe", "teacher", "guided", "baseline", "judge"]
+ROLES: tuple[Role, ...] = ("probe", "teacher", "guided", "baseline", "judge")
+
+
+class Usage(BaseModel):
+    """Tokens of one or more calls. Immutable; ``a + b`` sums two of them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = Field(default=0, description="how many model calls these counts sum")
+    counted_by: str = Field(
+        default="provider",
+        description="'provider' when every count came from the provider's usage field "
+        "(or a local model's own tokenizer); otherwise 'estimated:<tokenizer>' or 'mixed'",
+    )
+    cost_usd: float | None = Field(
+        default=0.0, description="summed price; None when any part's price is unknown"
+    )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def exact(self) -> bool:
+        return self.counted_by == "provider"
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        if self.calls == 0:
+            return other
+        if other.calls == 0:
+            return self
+        counted_by = self.counted_by if self.counted_by == other.counted_by else "mixed"
+        cost = (
+            None
+            if self.cost_usd is None or other.cost_usd is None
+            else self.cost_usd + other.cost_usd
+        )
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            calls=self.calls + other.calls,
+            counted_by=counted_by,
+            cost_usd=cost,
+        )
+
+
+class UsageByRole(BaseModel):
+    """Usage split by the role each call played in the teaching loop."""
+
+    probe: Usage = Usage()
+    teacher: Usage = Usage()
+    guided: Usage = Usage()
+    baseline: Usage = Usage()
+    judge: Usage = Usage()
+
+    def add(self, role: Role, usage: Usage) -> None:
+        setattr(self, role, getattr(self, role) + usage)
+
+    def total(self) -> Usage:
+        out = Usage()
+        for role in ROLES:
+            out = out + getattr(self, role)
+        return out
+
+    def student(self) -> Usage:
+        """The tokens spent on the student model (probe, guided, baseline)."""
+        return self.probe + self.guided + self.baseline
