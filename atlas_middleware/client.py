@@ -7,7 +7,8 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 
 * ``teach``: ``False`` opts this call out (the student answers alone);
 * ``policy``: override the policy for this call;
-* ``session_id``: share one diagnosis across an agent's successive calls.
+* ``session_id``: share one diagnosis across an agent's successive calls;
+* ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import json
 import logging
 from typing import Any
 
-from .backends import ChatBackend, LiteLLMBackend, RetryingBackend, backend_for
+from .backends import ChatBackend, RetryingBackend, backend_for
+from .backends.routing import ModelRouter
 from .breaker import CircuitBreaker
 from .config import AtlasConfig
 from .drivers import AsyncDriver, Delivered, SyncDriver
 from .errors import ConfigError, InvalidRequestError
 from .judges import Judge, resolve_judge
 from .ledger import Ledger, LedgerRecord, open_ledger
+from .ledger.spool import SpooledWriter
 from .messages import ChatRequest, validate_messages
-from .redact import redact, register_secret
+from .redact import register_secret
 from .report import CallReport, Reason
 from .sessions import SessionCache
 from .streaming import CompletionStream, chunks
@@ -85,11 +88,13 @@ class Atlas:
             timeout=config.teacher_timeout,
         )
         self.ledger: Ledger = ledger if ledger is not None and not isinstance(ledger, str) else open_ledger(config.ledger_url())
+        # Failed ledger writes wait in a local spool and are written when the ledger is back.
+        self.ledger_writer = SpooledWriter.for_ledger(self.ledger, config.spool)
         teacher_inner = teacher_backend or backend_for(
             config.teacher or "", api_base=config.teacher_api_base, api_key=key
         )
         self.backends: dict[str, ChatBackend] = {
-            "student": student_backend or LiteLLMBackend(),
+            "student": student_backend or ModelRouter(),
             "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries, budget=config.teacher_timeout),
         }
         self.breaker = CircuitBreaker(config.circuit_failures, config.circuit_cooldown)
@@ -138,7 +143,7 @@ class Atlas:
             if policy not in POLICIES:
                 raise InvalidRequestError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
             settings = dataclasses.replace(settings, policy=policy)
-        options = CallOptions(session_id=opts.get("session_id"))
+        options = CallOptions(session_id=opts.get("session_id"), keep_answers=bool(opts.get("keep_answers")))
         if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
             options.teach = False
             return request, settings, options, stream
@@ -193,16 +198,14 @@ class Atlas:
         answer = delivered.response.text if delivered.response is not None else None
         prompt = json.dumps(request.messages, sort_keys=True, ensure_ascii=False, default=str)
         record = LedgerRecord.from_report(report, prompt, answer, self.config.store_texts)
-        try:
-            self.ledger.append(record)
-        except Exception as exc:  # a ledger failure never fails the user's call
-            log.warning("atlas ledger write failed for %s: %s", report.call_id, redact(str(exc)))
+        self.ledger_writer.write(record)  # never raises: a failed write is spooled
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Wait for background work (audits) started by sync calls."""
+        """Wait for background work (audits) started by sync calls; retry spooled records."""
         self._sync.join()
+        self.ledger_writer.flush()
 
     async def aflush(self) -> None:
         await self._async.join()

@@ -20,6 +20,7 @@ variable                       field                                            
 ``ATLAS_AUDIT_RATE``           ``audit_rate``: share of audit calls compared      0.1
 ``ATLAS_LEDGER``               ``ledger``: sqlite:///path, postgresql://..., none  user data dir
 ``ATLAS_STORE_TEXTS``          ``store_texts``: keep prompt/answer texts          false
+``ATLAS_SPOOL``                ``spool``: JSONL file for unwritten records, none  user data dir
 ``ATLAS_TEACHER_RETRIES``      ``teacher_retries``: attempts per teacher call     3
 =============================  ================================================  =========
 """
@@ -60,6 +61,7 @@ class AtlasConfig(BaseModel):
     audit_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     ledger: str | None = None
     store_texts: bool = False
+    spool: str | None = None  # None: default path per ledger URL; "none": no spool
     teacher_retries: int = Field(default=3, ge=1)
     circuit_failures: int = Field(default=5, ge=1)
     circuit_cooldown: float = Field(default=30.0, gt=0)

@@ -158,7 +158,9 @@ class SyncDriver:
 
     def close(self) -> None:
         self.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Calls abandoned after their deadline may still be running (a hung teacher):
+        # closing must not wait for them.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _resume(flow: Flow, send: Any) -> Flow:

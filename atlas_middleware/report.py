@@ -77,6 +77,13 @@ class AuditInfo(BaseModel):
     """True when the baseline was judged better than the delivered guided answer."""
 
 
+class KeptAnswer(BaseModel):
+    """A student answer kept on the report for evaluation (opt-in, see ``CallReport.answers``)."""
+
+    content: str | None = None
+    finish_reason: str | None = None
+
+
 class CallReport(BaseModel):
     call_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -99,6 +106,9 @@ class CallReport(BaseModel):
     errors: list[ErrorInfo] = Field(default_factory=list)
     failed: bool = False
     """True when the user got the student's error instead of an answer."""
+    answers: dict[str, KeptAnswer] | None = None
+    """The guided and baseline answers by role, kept only when the call passed
+    ``atlas={"keep_answers": True}`` (the evaluation grades both); never stored in a ledger."""
 
     def summary(self) -> str:
         saved = "n/a" if self.tokens_saved is None else f"{self.tokens_saved:+d}"

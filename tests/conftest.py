@@ -29,3 +29,34 @@ def _no_network() -> Iterator[None]:
 def _isolated_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # The default ledger lives in the user's data folder: point it at a temporary one.
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
+STUDENT_SCRIPT = {
+    "probe": "Add the two numbers, watch the carry.",
+    "baseline": "20 plus 22 is 41. The answer is 41",
+    "guided": "20 + 22 = 42. The answer is 42",
+}
+TEACHER_SCRIPT = {"teacher": "<thinking>forgets the carry</thinking><level>2</level><teaching>Carry the one.</teaching>"}
+QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
+
+
+@pytest.fixture
+def make_atlas():  # type: ignore[no-untyped-def]
+    """Build an ``Atlas`` over scripted student and teacher backends; closes them after."""
+    from atlas_middleware import Atlas
+    from atlas_middleware.testing import ScriptedBackend
+
+    made = []
+
+    def factory(student=None, teacher=None, *, student_delays=None, teacher_delays=None, **kwargs):  # type: ignore[no-untyped-def]
+        s = ScriptedBackend({**STUDENT_SCRIPT, **(student or {})}, delays=student_delays)
+        t = ScriptedBackend({**TEACHER_SCRIPT, **(teacher or {})}, delays=teacher_delays)
+        kwargs.setdefault("ledger", "none")
+        kwargs.setdefault("teacher", "scripted-teacher")
+        atlas = Atlas(student_backend=s, teacher_backend=t, **kwargs)
+        made.append(atlas)
+        return atlas, s, t
+
+    yield factory
+    for atlas in made:
+        atlas.close()

@@ -65,7 +65,7 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 class _Wait:
     def __init__(self, base: float, cap: float) -> None:
-        self._backoff = wait_exponential_jitter(initial=base, max=cap)
+        self._backoff = wait_exponential_jitter(multiplier=base, max=cap, jitter=base)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -26,7 +26,7 @@ from ..errors import JudgeError, TeacherOutputError, TeacherTimeout
 from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact
-from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, Reason
+from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, KeptAnswer, Reason
 from . import prompts
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Wait
 from .parse import parse_teacher_output
@@ -69,6 +69,7 @@ class CallOptions:
     skip_reason: Reason = Reason.OPTED_OUT
     prior_guidance: str | None = None
     session_id: str | None = None
+    keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
 
 
 Flow = Generator[Command, Any, CallReport]
@@ -89,6 +90,8 @@ def teach(
         policy=settings.policy,
         session_id=options.session_id,
     )
+    if options.keep_answers and report.answers is None:
+        report.answers = {}
     return (yield from _accounted(_teach(request, settings, judge, options, report), report))
 
 
@@ -111,6 +114,10 @@ def _record(report: CallReport, result: CallResult) -> None:
     report.latency_ms[role] = max(report.latency_ms.get(role, 0.0), round(result.latency_ms, 3))
     if result.response is not None:
         report.usage.add(role, result.response.usage)
+        if report.answers is not None and role in ("guided", "baseline"):
+            report.answers[role] = KeptAnswer(
+                content=result.response.content, finish_reason=result.response.finish_reason
+            )
     elif result.error is not None:
         report.errors.append(
             ErrorInfo(role=role, type=type(result.error).__name__, message=redact(str(result.error))[:500])

@@ -57,8 +57,9 @@ def classify(request: ChatRequest) -> str:
     last = prompts.content_text(msgs[-1].get("content")) if msgs else ""
     if last == prompts.PROBE_INSTRUCTION:
         return "probe"
+    # ``in``, not ``startswith``: an adapter may fold the note into the caller's system prompt.
     if any(
-        m.get("role") == "system" and prompts.content_text(m.get("content")).startswith(prompts.GUIDANCE_PREFIX)
+        m.get("role") == "system" and prompts.GUIDANCE_PREFIX in prompts.content_text(m.get("content"))
         for m in msgs
     ):
         return "guided"
@@ -68,8 +69,8 @@ def classify(request: ChatRequest) -> str:
 def guidance_of(request: ChatRequest) -> str | None:
     for m in request.messages:
         text = prompts.content_text(m.get("content"))
-        if m.get("role") == "system" and text.startswith(prompts.GUIDANCE_PREFIX):
-            return text[len(prompts.GUIDANCE_PREFIX):]
+        if m.get("role") == "system" and prompts.GUIDANCE_PREFIX in text:
+            return text.split(prompts.GUIDANCE_PREFIX, 1)[1]
     return None
 
 

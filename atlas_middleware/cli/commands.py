@@ -1,0 +1,4 @@
+"""Importing this module registers every command on the Typer app. One line per module."""
+
+from . import run  # noqa: F401
+from .report import report  # noqa: F401

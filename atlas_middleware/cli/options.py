@@ -1,0 +1,44 @@
+"""Options shared by the commands that run the loop (``run``, ``eval``, ``demo``).
+
+Each is an ``Annotated`` alias, so a command declares ``student: StudentOpt = None`` and
+gets the same flag, help text and environment fallback everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+StudentOpt = Annotated[str | None, typer.Option("--student", help="Student model (any LiteLLM model string, or local/...).")]
+StudentApiBaseOpt = Annotated[str | None, typer.Option("--student-api-base", help="API base of the student (e.g. a vLLM server).")]
+StudentApiKeyOpt = Annotated[str | None, typer.Option("--student-api-key", envvar="ATLAS_STUDENT_API_KEY", help="API key of the student.", show_envvar=True)]
+TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher model (LiteLLM model string, or local/...). [env ATLAS_TEACHER]")]
+TeacherApiBaseOpt = Annotated[str | None, typer.Option("--teacher-api-base", help="API base of the teacher. [env ATLAS_TEACHER_API_BASE]")]
+PolicyOpt = Annotated[str | None, typer.Option("--policy", help="strict | verify | audit | off. [env ATLAS_POLICY]")]
+JudgeOpt = Annotated[str | None, typer.Option("--judge", help="answer | teacher | package.module:callable. [env ATLAS_JUDGE]")]
+TeacherTimeoutOpt = Annotated[float | None, typer.Option("--teacher-timeout", help="Seconds per guidance-path call. [env ATLAS_TEACHER_TIMEOUT]")]
+LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="sqlite:///path.db, postgresql://... or none. [env ATLAS_LEDGER]")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of settings. [env ATLAS_CONFIG]")]
+
+
+def atlas_kwargs(
+    *, teacher: str | None, teacher_api_base: str | None, policy: str | None, judge: str | None,
+    teacher_timeout: float | None, ledger: str | None, config: Path | None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``Atlas(...)``: flags override the file and the environment."""
+    return {
+        "teacher": teacher, "teacher_api_base": teacher_api_base, "policy": policy, "judge": judge,
+        "teacher_timeout": teacher_timeout, "ledger": ledger,
+        "config_file": str(config) if config else None,
+    }
+
+
+def student_kwargs(api_base: str | None, api_key: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if api_base:
+        out["api_base"] = api_base
+    if api_key:
+        out["api_key"] = api_key
+    return out

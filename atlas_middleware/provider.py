@@ -1,0 +1,371 @@
+"""A LiteLLM custom provider: ``litellm.completion(model="atlas/<student model>", ...)``.
+
+    import litellm
+    from atlas_middleware.provider import register
+    register(teacher="hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking",
+             teacher_api_base="http://127.0.0.1:8001/v1")
+    resp = litellm.completion(model="atlas/openai/gpt-4o-mini", messages=[...])
+    resp.atlas.decision                       # the CallReport
+
+Sync, async and ``stream=True`` calls run the teaching loop around the student named after
+``atlas/``. Teacher, policy and ledger come from the provider's configuration (keywords, an
+``AtlasConfig``, YAML or ``ATLAS_*`` variables, as for ``Atlas``). Per-request options go
+in ``metadata={"atlas": {"teach": False, "policy": "verify", "session_id": "..."}}``.
+
+Accounting, so that LiteLLM's own callbacks count each user call exactly once:
+
+* the inner calls (probe, teacher, guided, baseline, judge) are made with LiteLLM's
+  ``no-log`` flag, so success callbacks and cost tracking do not see them;
+* the outer call's ``usage`` is the delivered answer's (what the user got);
+* its ``response_cost`` is the report's cost: every inner call priced by its own model.
+  When some part has no known price (a self-hosted teacher), the known parts are summed
+  and the report's ``cost_usd`` stays ``None``.
+
+Streams: the decision needs whole answers, so a stream starts once it is made and replays
+the delivered answer. The report of a stream is ``report_of(stream)`` once the first
+chunk has arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import litellm
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import GenericStreamingChunk, ModelResponse
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from .backends import LiteLLMBackend, backend_for
+from .backends.base import ChatBackend
+from .backends.routing import ModelRouter
+from .client import Atlas
+from .config import AtlasConfig
+from .report import CallReport
+from .streaming import CompletionChunk, CompletionStream
+
+PROVIDER = "atlas"
+NO_LOG = {"no-log": True}
+REPORT_KEY = "atlas_report"
+# Request headers a client (or the proxy) may set instead of ``metadata["atlas"]``.
+HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id"}
+_FALSE = frozenset({"false", "0", "off", "no"})
+
+
+class RequestOptions(BaseModel):
+    """Per-request options, typed; read from LiteLLM's untyped ``litellm_params``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    teach: bool | None = None
+    policy: str | None = None
+    session_id: str | None = None
+
+    @field_validator("teach", mode="before")
+    @classmethod
+    def _teach(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return v.strip().lower() not in _FALSE
+        return v
+
+    @classmethod
+    def from_litellm(cls, litellm_params: dict[str, Any] | None, optional_params: dict[str, Any]) -> RequestOptions:
+        data: dict[str, Any] = {}
+        for key in ("metadata", "litellm_metadata"):
+            meta = (litellm_params or {}).get(key)
+            if not isinstance(meta, dict):
+                continue
+            headers = meta.get("headers")
+            if isinstance(headers, dict):
+                for name, value in headers.items():
+                    field = HEADER_OPTIONS.get(str(name).lower())
+                    if field and value not in (None, ""):
+                        data[field] = value
+            if isinstance(meta.get("atlas"), dict):
+                data.update(meta["atlas"])
+        if isinstance(optional_params.get("atlas"), dict):  # litellm.completion(..., atlas={...})
+            data.update(optional_params["atlas"])
+        return cls.model_validate(data)
+
+    def as_call_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ReportStore:
+    """The latest reports by LiteLLM call id, bounded, so proxy hooks can find them."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._items: OrderedDict[str, CallReport] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def put(self, call_id: str | None, report: CallReport) -> None:
+        if not call_id:
+            return
+        with self._lock:
+            self._items[call_id] = report
+            self._items.move_to_end(call_id)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def get(self, call_id: str | None) -> CallReport | None:
+        if not call_id:
+            return None
+        with self._lock:
+            return self._items.get(call_id)
+
+
+def _quiet(backend: ChatBackend) -> ChatBackend:
+    """A LiteLLM backend whose calls LiteLLM's callbacks do not log (``no-log``)."""
+    if isinstance(backend, LiteLLMBackend):
+        return LiteLLMBackend({**backend.defaults, **NO_LOG})
+    return backend
+
+
+def known_cost(report: CallReport) -> float:
+    """The summed price of every inner call whose price is known."""
+    usage = report.usage
+    parts = (usage.probe, usage.teacher, usage.guided, usage.baseline, usage.judge)
+    return float(sum(p.cost_usd for p in parts if p.cost_usd is not None))
+
+
+class AtlasLLM(CustomLLM):
+    """The ``atlas`` provider. Build it with ``Atlas`` keywords, or pass a ready ``Atlas``.
+
+    The ``Atlas`` is built on first use (so that a proxy can import the module before its
+    environment is complete) and shared by every call.
+    """
+
+    def __init__(self, atlas: Atlas | None = None, *, config: AtlasConfig | None = None,
+                 config_file: str | None = None, **atlas_kwargs: Any) -> None:
+        super().__init__()
+        self._atlas = atlas
+        self._config = config
+        self._config_file = config_file
+        self._kwargs = atlas_kwargs
+        self._lock = threading.Lock()
+        self.reports = ReportStore()
+
+    @property
+    def atlas(self) -> Atlas:
+        if self._atlas is None:
+            with self._lock:
+                if self._atlas is None:
+                    self._atlas = self._build()
+        return self._atlas
+
+    def _build(self) -> Atlas:
+        # Config values (strings, numbers) build the AtlasConfig; objects (a judge, a
+        # ledger, backends) go to Atlas itself.
+        fields = {k: v for k, v in self._kwargs.items()
+                  if k in AtlasConfig.model_fields and (k not in ("judge", "ledger") or isinstance(v, str))}
+        extra = {k: v for k, v in self._kwargs.items() if k not in fields}
+        config = self._config or AtlasConfig.load(self._config_file, **fields)
+        teacher = extra.pop("teacher_backend", None)
+        if teacher is None and config.teacher:
+            key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
+            teacher = backend_for(config.teacher, api_base=config.teacher_api_base, api_key=key)
+        student = extra.pop("student_backend", None) or ModelRouter(fallback=LiteLLMBackend())
+        if isinstance(student, ModelRouter):
+            student.fallback = _quiet(student.fallback)
+        return Atlas(config=config, student_backend=_quiet(student),
+                     teacher_backend=_quiet(teacher) if teacher is not None else None, **extra)
+
+    # -- LiteLLM's four entry points ------------------------------------------------------
+
+    def completion(self, model: str, messages: list[Any], api_base: str | None, custom_prompt_dict: dict[str, Any],
+                   model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                   logging_obj: Any, optional_params: dict[str, Any], acompletion: Any = None,
+                   litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
+                   headers: dict[str, Any] | None = None, timeout: Any = None, client: Any = None) -> ModelResponse:
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
+        response = self.atlas.completion(model, messages, **kwargs)
+        return self._deliver(response, litellm_params, logging_obj)
+
+    async def acompletion(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override]
+                          custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
+                          encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict[str, Any],
+                          acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
+                          logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
+                          client: Any = None) -> ModelResponse:
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
+        response = await self.atlas.acompletion(model, messages, **kwargs)
+        return self._deliver(response, litellm_params, logging_obj)
+
+    def streaming(self, model: str, messages: list[Any], api_base: str | None, custom_prompt_dict: dict[str, Any],
+                  model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                  logging_obj: Any, optional_params: dict[str, Any], acompletion: Any = None,
+                  litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
+                  headers: dict[str, Any] | None = None, timeout: Any = None,
+                  client: Any = None) -> Iterator[GenericStreamingChunk]:
+        # The whole decision happens here, before LiteLLM wraps the iterator: a stream that
+        # starts is a stream whose answer is chosen.
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
+        stream = self.atlas.completion(model, messages, **kwargs)
+        self._remember(stream.atlas, litellm_params, logging_obj)
+        return iter(_generic_chunks(stream))
+
+    def astreaming(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override]
+                   custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
+                   encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict[str, Any],
+                   acompletion: Any = None, litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
+                   headers: dict[str, Any] | None = None, timeout: Any = None,
+                   client: Any = None) -> AsyncIterator[GenericStreamingChunk]:
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
+        return PendingStream(self, model, messages, kwargs, litellm_params, logging_obj)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _call_kwargs(self, optional_params: dict[str, Any], litellm_params: dict[str, Any] | None,
+                     api_base: str | None, api_key: Any, *, stream: bool) -> dict[str, Any]:
+        options = RequestOptions.from_litellm(litellm_params, optional_params)
+        kwargs = {k: v for k, v in optional_params.items() if k not in ("atlas", "stream", "stream_options")}
+        # The student's endpoint and key, when the caller gave them; never the teacher's.
+        if api_base:
+            kwargs["api_base"] = api_base
+        if api_key:
+            kwargs["api_key"] = api_key
+        kwargs["atlas"] = options.as_call_options()
+        if stream:
+            # The replay always carries the usage; LiteLLM drops it unless it was asked for.
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    def _remember(self, report: CallReport, litellm_params: dict[str, Any] | None, logging_obj: Any) -> None:
+        self.reports.put((litellm_params or {}).get("litellm_call_id"), report)
+        details = getattr(logging_obj, "model_call_details", None)
+        if isinstance(details, dict):
+            details[REPORT_KEY] = report
+
+    def _deliver(self, response: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> ModelResponse:
+        report: CallReport = response.atlas
+        self._remember(report, litellm_params, logging_obj)
+        if not isinstance(response, ModelResponse):  # a backend without a LiteLLM object
+            data = response.model_dump(exclude={"atlas"})
+            response = ModelResponse(**data)
+            response.atlas = report
+        # Forget what LiteLLM learned on the inner call (its price, endpoint, headers):
+        # the outer call is priced from the report, and says nothing about the student's host.
+        response._hidden_params = {"response_cost": known_cost(report)}
+        return response
+
+
+class PendingStream:
+    """The async stream LiteLLM wraps: runs the loop on first use, then replays chunks.
+
+    ``prime()`` runs the loop without consuming a chunk, so that the proxy can send the
+    ``x-atlas-*`` headers of a stream before its body.
+    """
+
+    def __init__(self, provider: AtlasLLM, model: str, messages: list[Any], kwargs: dict[str, Any],
+                 litellm_params: dict[str, Any] | None, logging_obj: Any) -> None:
+        self._provider, self._model, self._messages, self._kwargs = provider, model, messages, kwargs
+        self._litellm_params, self._logging_obj = litellm_params, logging_obj
+        self._chunks: Iterator[GenericStreamingChunk] | None = None
+        self._lock: Any = None
+        self.report: CallReport | None = None
+
+    async def prime(self) -> CallReport:
+        import asyncio
+
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._chunks is None:
+                stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
+                self.report = stream.atlas
+                self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj)
+                self._chunks = iter(_generic_chunks(stream))
+        assert self.report is not None
+        return self.report
+
+    def __aiter__(self) -> PendingStream:
+        return self
+
+    async def __anext__(self) -> GenericStreamingChunk:
+        await self.prime()
+        assert self._chunks is not None
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._chunks = iter(())
+
+
+def _generic_chunks(stream: CompletionStream) -> list[GenericStreamingChunk]:
+    """Our replayed OpenAI chunks as LiteLLM's provider-neutral streaming chunks."""
+    items: list[CompletionChunk] = list(stream)
+    usage_chunk = next((c for c in items if c.usage is not None), None)
+    usage = None
+    if usage_chunk is not None and usage_chunk.usage is not None:
+        usage = {k: usage_chunk.usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    out: list[GenericStreamingChunk] = []
+    content_chunks = [c for c in items if c.choices]
+    for i, chunk in enumerate(content_chunks):
+        choice = chunk.choices[0]
+        last = i == len(content_chunks) - 1
+        tool_use = None
+        if choice.delta.tool_calls:
+            tc = choice.delta.tool_calls[0]
+            tool_use = {"id": tc.get("id"), "type": "function", "index": tc.get("index", 0),
+                        "function": tc.get("function") or {}}
+        for extra in (choice.delta.tool_calls or [])[1:]:
+            out.append(GenericStreamingChunk(text="", tool_use={  # type: ignore[typeddict-item]
+                "id": extra.get("id"), "type": "function", "index": extra.get("index", 0),
+                "function": extra.get("function") or {}}, is_finished=False, finish_reason="", usage=None, index=0))
+        out.append(GenericStreamingChunk(
+            text=choice.delta.content or "",
+            tool_use=tool_use,  # type: ignore[typeddict-item]
+            is_finished=last,
+            finish_reason=(choice.finish_reason or "stop") if last else "",
+            usage=usage if last else None,  # type: ignore[typeddict-item]
+            index=0,
+        ))
+    return out
+
+
+def report_of(obj: Any) -> CallReport | None:
+    """The ``CallReport`` of a response or a LiteLLM stream (after its first chunk)."""
+    report = getattr(obj, "atlas", None)
+    if isinstance(report, CallReport):
+        return report
+    details = getattr(getattr(obj, "logging_obj", None), "model_call_details", None)
+    if isinstance(details, dict) and isinstance(details.get(REPORT_KEY), CallReport):
+        return details[REPORT_KEY]  # type: ignore[no-any-return]
+    stream = getattr(obj, "completion_stream", None)
+    if isinstance(stream, PendingStream):
+        return stream.report
+    return None
+
+
+_registered: AtlasLLM | None = None
+
+
+def register(provider: AtlasLLM | None = None, **atlas_kwargs: Any) -> AtlasLLM:
+    """Make ``atlas/...`` models callable through LiteLLM; returns the provider.
+
+    Registering again replaces the previous ``atlas`` provider.
+    """
+    global _registered
+    provider = provider or AtlasLLM(**atlas_kwargs)
+    litellm.custom_provider_map = [
+        item for item in litellm.custom_provider_map if item.get("provider") != PROVIDER
+    ] + [{"provider": PROVIDER, "custom_handler": provider}]
+    from litellm.utils import custom_llm_setup
+
+    custom_llm_setup()
+    _registered = provider
+    return provider
+
+
+def registered() -> AtlasLLM | None:
+    return _registered
+
+
+__all__ = ["PROVIDER", "AtlasLLM", "PendingStream", "RequestOptions", "ReportStore", "known_cost",
+           "register", "registered", "report_of"]

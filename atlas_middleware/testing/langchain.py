@@ -1,0 +1,155 @@
+"""A scripted LangChain chat model, for tests and offline examples (needs the ``langchain`` extra).
+
+``ScriptedChatModel`` puts a ``ScriptedBackend`` behind LangChain's ``BaseChatModel``: the
+per-role scripts ('probe', 'guided', 'baseline', 'teacher', ...) answer exactly as they do
+for the core, and the model behaves like a real provider integration where the fakes that
+ship with langchain-core do not: it supports ``bind_tools``, reports ``usage_metadata``
+(whitespace words, as the scripted backend counts them) on ``invoke`` and on the last
+chunk of ``stream``, honours ``stop`` and ``max_tokens``, and records every call.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+try:
+    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+    from langchain_core.language_models import BaseChatModel, LanguageModelInput
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+    from langchain_core.messages.tool import tool_call_chunk
+    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+    from langchain_core.runnables import Runnable
+    from langchain_core.tools import BaseTool
+    from pydantic import ConfigDict, Field
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    from ..errors import MissingExtraError
+
+    raise MissingExtraError("atlas_middleware.testing.langchain", "langchain", "langchain-core") from exc
+
+from ..langchain._convert import openai_tools, to_openai_messages, usage_metadata
+from ..messages import ChatRequest, ChatResponse
+from .scripted import ScriptedBackend
+
+__all__ = ["ScriptedChatModel"]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    for s in stop or ():
+        at = text.find(s)
+        if s and at >= 0:
+            text = text[:at]
+    return text
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A LangChain chat model answering from a ``ScriptedBackend``'s per-role script."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    backend: ScriptedBackend = Field(default_factory=ScriptedBackend)
+    model_name: str = "scripted-student"
+    chunk_words: int = 2
+    """Words per streamed chunk."""
+    calls: list[ChatRequest] = Field(default_factory=list, exclude=True)
+
+    @classmethod
+    def from_script(cls, script: dict[str, Any], **kwargs: Any) -> ScriptedChatModel:
+        return cls(backend=ScriptedBackend(script), **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-chat-model"
+
+    @property
+    def roles(self) -> list[str]:
+        return self.backend.roles()
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        return self.bind(tools=openai_tools(tools), tool_choice=tool_choice, **kwargs)
+
+    # -- one call ----------------------------------------------------------------------------
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatRequest:
+        params = {k: v for k, v in kwargs.items() if v is not None}
+        if stop:
+            params["stop"] = stop
+        request = ChatRequest(model=kwargs.get("model") or self.model_name,
+                              messages=to_openai_messages(messages), params=params)
+        self.calls.append(request)
+        return request
+
+    def _message(self, response: ChatResponse, request: ChatRequest) -> AIMessage:
+        content = _cut_at_stop(response.content or "", request.params.get("stop"))
+        calls = []
+        invalid = []
+        for tc in response.tool_calls:
+            call_id = tc.id or f"call_{uuid.uuid4().hex[:12]}"
+            try:
+                args = json.loads(tc.arguments or "{}")
+                calls.append({"name": tc.name, "args": args, "id": call_id, "type": "tool_call"})
+            except ValueError:
+                invalid.append({"name": tc.name, "args": tc.arguments, "id": call_id,
+                                "error": "arguments are not JSON", "type": "invalid_tool_call"})
+        return AIMessage(
+            content=content,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=usage_metadata(response.usage),
+            response_metadata={"model_name": response.model or self.model_name,
+                               "finish_reason": response.finish_reason, "model_provider": "scripted"},
+            id=f"run-{uuid.uuid4().hex}",
+        )
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        request = self._request(messages, stop, kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._message(self.backend.complete(request), request))])
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        request = self._request(messages, stop, kwargs)
+        response = await self.backend.acomplete(request)
+        return ChatResult(generations=[ChatGeneration(message=self._message(response, request))])
+
+    # -- streaming: content in word chunks, then tool calls, usage on the last chunk ---------
+
+    def _chunks(self, message: AIMessage) -> list[AIMessageChunk]:
+        words = str(message.content).split(" ")
+        step = max(1, self.chunk_words)
+        pieces = [" ".join(words[i:i + step]) + (" " if i + step < len(words) else "")
+                  for i in range(0, len(words), step)] if message.content else []
+        out = [AIMessageChunk(content=p, id=message.id) for p in pieces]
+        for i, tc in enumerate(message.tool_calls):
+            out.append(AIMessageChunk(content="", id=message.id, tool_call_chunks=[
+                tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc["id"], index=i)]))
+        out.append(AIMessageChunk(content="", id=message.id, usage_metadata=message.usage_metadata,
+                                  response_metadata=message.response_metadata, chunk_position="last"))
+        return out
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        message = self._message(self.backend.complete(request), request)
+        for chunk in self._chunks(message):
+            if run_manager:
+                run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        message = self._message(await self.backend.acomplete(request), request)
+        for chunk in self._chunks(message):
+            if run_manager:
+                await run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)

@@ -1,0 +1,121 @@
+"""Shared by the report, spool and Postgres tests: real calls into a ledger, and the
+expected report figures computed straight from ledger rows, independently of
+``atlas_middleware.reporting`` (plain sums over the flat columns, written differently on
+purpose so that a mistake in the summary code cannot hide in both)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from atlas_middleware import Atlas
+from atlas_middleware.ledger import Ledger, LedgerRecord
+from atlas_middleware.testing import ScriptedBackend, teacher_reply
+
+ROLES = ("probe", "teacher", "guided", "baseline", "judge")
+QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
+LONG_BASELINE = "Twenty plus twenty-two: add the tens, then the units, then check again. The answer is 42"
+
+# (student model, student script, teacher script, policy, per-call atlas options)
+SCENARIOS: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]] = [
+    # guided and baseline agree: the cheaper (guided) answer is delivered, tokens saved
+    ("gpt-small", {"probe": "add them", "baseline": LONG_BASELINE, "guided": "The answer is 42"},
+     {"teacher": teacher_reply("Add tens then units.")}, "strict", {"session_id": "alpha"}),
+    # they disagree and the judge prefers the baseline
+    ("gpt-small", {"probe": "add", "baseline": "The answer is 42",
+                   "guided": "Carrying wrongly the answer is 41"},
+     {"teacher": teacher_reply("Carry.")}, "strict", {}),
+    # the teacher is down: fail open to the student alone
+    ("llama-local", {"probe": "add", "baseline": "The answer is 42"}, {"teacher": RuntimeError("down")},
+     "strict", {"session_id": "beta"}),
+    # verify passes: no baseline, so no savings figure
+    ("llama-local", {"probe": "add", "baseline": "The answer is 42", "guided": "The answer is 42"},
+     {"teacher": teacher_reply("x")}, "verify", {}),
+    # opted out
+    ("gpt-small", {"baseline": "The answer is 42"}, {"teacher": teacher_reply("x")}, "strict", {"teach": False}),
+]
+
+
+def make_calls(ledger: Ledger | str, rounds: int = 1, **atlas_kwargs: Any) -> list[str]:
+    """Run every scenario ``rounds`` times through a real ``Atlas``; returns the call ids.
+
+    Each ``Atlas`` is closed afterwards, which closes a ledger it was given as an object
+    too: pass a URL, or a ledger whose ``close`` the caller controls."""
+    ids: list[str] = []
+    for _ in range(rounds):
+        for model, student, teacher, policy, opts in SCENARIOS:
+            with Atlas(student_backend=ScriptedBackend(student), teacher_backend=ScriptedBackend(teacher),
+                       ledger=ledger, teacher="scripted-teacher", policy=policy, **atlas_kwargs) as atlas:
+                response = atlas.completion(model, QUESTION, atlas=dict(opts))
+                ids.append(response.atlas.call_id)
+    return ids
+
+
+def restamped(records: list[LedgerRecord], days_back: int, cost: float | None) -> list[LedgerRecord]:
+    """Copies of real records moved ``days_back`` days earlier, with new ids (and a price)."""
+    out = []
+    for i, r in enumerate(records):
+        out.append(r.model_copy(update={
+            "call_id": f"{r.call_id[:20]}-d{days_back}-{i}",
+            "created_at": r.created_at - timedelta(days=days_back),
+            "cost_usd": cost if (cost is not None and i % 2 == 0) else r.cost_usd,
+        }))
+    return out
+
+
+def nearest_rank(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
+    """The figures a report must show for these rows."""
+    measured = [r for r in rows if r.tokens_saved is not None]
+    base_completion = sum(r.tokens["baseline"]["completion"] for r in measured)
+    base_total = sum(r.tokens["baseline"]["completion"] + r.tokens["baseline"]["prompt"] for r in measured)
+    saved = sum(r.tokens_saved or 0 for r in measured)
+    net = sum(r.net_tokens or 0 for r in measured)
+    priced = [r.cost_usd for r in rows if r.cost_usd is not None]
+    failures = {"teacher_timeout", "teacher_error", "teacher_unparseable", "probe_error"}
+    tried = [r for r in rows if r.reason in failures or r.tokens["teacher"]["calls"] > 0]
+    teacher_lat = [r.teacher_latency_ms for r in rows if r.teacher_latency_ms is not None]
+    return {
+        "calls": len(rows),
+        "failed": sum(1 for r in rows if r.failed),
+        "decisions": {d: sum(1 for r in rows if r.decision == d) for d in ("guided", "baseline", "student_only")},
+        "tokens": {role: {"prompt": sum(r.tokens[role]["prompt"] for r in rows),
+                          "completion": sum(r.tokens[role]["completion"] for r in rows)} for role in ROLES},
+        "total_tokens": sum(t["prompt"] + t["completion"] for r in rows for t in r.tokens.values()),
+        "measured_calls": len(measured),
+        "tokens_saved": saved,
+        "saved_rate": saved / base_completion if base_completion else None,
+        "net_tokens": net,
+        "net_rate": net / base_total if base_total else None,
+        "cost_usd": sum(priced) if priced else None,
+        "cost_unknown_calls": len(rows) - len(priced),
+        "teacher_error_rate": (sum(1 for r in tried if r.reason in failures) / len(tried)) if tried else None,
+        "error_rate": (sum(1 for r in rows if r.failed) / len(rows)) if rows else None,
+        "teacher_p50": nearest_rank(teacher_lat, 0.5),
+        "teacher_p95": nearest_rank(teacher_lat, 0.95),
+    }
+
+
+def by(rows: list[LedgerRecord], group_by: str) -> dict[str, list[LedgerRecord]]:
+    out: dict[str, list[LedgerRecord]] = defaultdict(list)
+    for r in rows:
+        if group_by == "day":
+            key = r.created_at.astimezone(UTC).strftime("%Y-%m-%d")
+        elif group_by == "session":
+            key = r.session_id or "(none)"
+        else:
+            key = r.student_model if group_by == "model" else r.decision
+        out[key].append(r)
+    return dict(out)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
