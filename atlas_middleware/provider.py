@@ -28,9 +28,11 @@ chunk has arrived.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import litellm
@@ -43,8 +45,11 @@ from .backends.base import ChatBackend
 from .backends.routing import ModelRouter
 from .client import Atlas
 from .config import AtlasConfig
+from .redact import redact
 from .report import CallReport
 from .streaming import CompletionChunk, CompletionStream
+
+log = logging.getLogger("atlas_middleware")
 
 PROVIDER = "atlas"
 NO_LOG = {"no-log": True}
@@ -139,8 +144,10 @@ class AtlasLLM(CustomLLM):
     """
 
     def __init__(self, atlas: Atlas | None = None, *, config: AtlasConfig | None = None,
-                 config_file: str | None = None, **atlas_kwargs: Any) -> None:
+                 config_file: str | None = None, on_report: list[Callable[[CallReport], None]] | None = None,
+                 **atlas_kwargs: Any) -> None:
         super().__init__()
+        self.on_report = list(on_report or [])
         self._atlas = atlas
         self._config = config
         self._config_file = config_file
@@ -204,7 +211,7 @@ class AtlasLLM(CustomLLM):
         # starts is a stream whose answer is chosen.
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
         stream = self.atlas.completion(model, messages, **kwargs)
-        self._remember(stream.atlas, litellm_params, logging_obj)
+        self._remember(stream.atlas, litellm_params, logging_obj, stream=True)
         return iter(_generic_chunks(stream))
 
     def astreaming(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override]
@@ -234,11 +241,21 @@ class AtlasLLM(CustomLLM):
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
 
-    def _remember(self, report: CallReport, litellm_params: dict[str, Any] | None, logging_obj: Any) -> None:
+    def _remember(self, report: CallReport, litellm_params: dict[str, Any] | None, logging_obj: Any,
+                  *, stream: bool = False) -> None:
         self.reports.put((litellm_params or {}).get("litellm_call_id"), report)
+        for observer in self.on_report:
+            try:
+                observer(report)
+            except Exception as exc:  # an observer (metrics) never fails the user's call
+                log.warning("atlas report observer failed: %s", redact(str(exc)))
         details = getattr(logging_obj, "model_call_details", None)
         if isinstance(details, dict):
             details[REPORT_KEY] = report
+            if stream:
+                # LiteLLM cannot price an assembled ``atlas`` stream (no such model in its
+                # map); it adds this figure to the stream's cost, which tests pin to the report's.
+                details["additional_response_cost"] = known_cost(report)
 
     def _deliver(self, response: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> ModelResponse:
         report: CallReport = response.atlas
@@ -265,21 +282,22 @@ class PendingStream:
         self._provider, self._model, self._messages, self._kwargs = provider, model, messages, kwargs
         self._litellm_params, self._logging_obj = litellm_params, logging_obj
         self._chunks: Iterator[GenericStreamingChunk] | None = None
-        self._lock: Any = None
+        self._error: BaseException | None = None
+        self._lock = asyncio.Lock()
         self.report: CallReport | None = None
 
-    async def prime(self) -> CallReport:
-        import asyncio
-
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+    async def prime(self) -> CallReport | None:
+        """Run the loop once; the student's error, if any, is raised by the first ``__anext__``."""
         async with self._lock:
-            if self._chunks is None:
-                stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
+            if self._chunks is None and self._error is None:
+                try:
+                    stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
+                except Exception as exc:
+                    self._error = exc
+                    return None
                 self.report = stream.atlas
-                self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj)
+                self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj, stream=True)
                 self._chunks = iter(_generic_chunks(stream))
-        assert self.report is not None
         return self.report
 
     def __aiter__(self) -> PendingStream:
@@ -287,6 +305,9 @@ class PendingStream:
 
     async def __anext__(self) -> GenericStreamingChunk:
         await self.prime()
+        if self._error is not None:
+            error, self._error, self._chunks = self._error, None, iter(())
+            raise error
         assert self._chunks is not None
         try:
             return next(self._chunks)

@@ -45,8 +45,11 @@ def make_calls(ledger: Ledger | str, rounds: int = 1, **atlas_kwargs: Any) -> li
     too: pass a URL, or a ledger whose ``close`` the caller controls."""
     ids: list[str] = []
     for _ in range(rounds):
-        for model, student, teacher, policy, opts in SCENARIOS:
-            with Atlas(student_backend=ScriptedBackend(student), teacher_backend=ScriptedBackend(teacher),
+        for i, (model, student, teacher, policy, opts) in enumerate(SCENARIOS):
+            # A few milliseconds of latency, different per scenario, so latencies mean something.
+            student_backend = ScriptedBackend(student, delays={"baseline": 0.004 * (i + 1), "guided": 0.003})
+            teacher_backend = ScriptedBackend(teacher, delays={"teacher": 0.005 * (i + 1)})
+            with Atlas(student_backend=student_backend, teacher_backend=teacher_backend,
                        ledger=ledger, teacher="scripted-teacher", policy=policy, **atlas_kwargs) as atlas:
                 response = atlas.completion(model, QUESTION, atlas=dict(opts))
                 ids.append(response.atlas.call_id)
@@ -119,3 +122,24 @@ def by(rows: list[LedgerRecord], group_by: str) -> dict[str, list[LedgerRecord]]
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return a == b if a is None or b is None else abs(a - b) < 1e-9
+
+
+def check_group_json(data: dict[str, Any], rows: list[LedgerRecord]) -> None:
+    """A group of ``report --json`` against the figures expected from ``rows``."""
+    want = expected(rows)
+    assert data["calls"] == want["calls"]
+    assert data["failed"] == want["failed"]
+    assert data["decisions"] == want["decisions"]
+    for role in ROLES:
+        assert data["tokens"][role]["prompt"] == want["tokens"][role]["prompt"], role
+        assert data["tokens"][role]["completion"] == want["tokens"][role]["completion"], role
+    for key in ("total_tokens", "measured_calls", "tokens_saved", "net_tokens", "cost_unknown_calls"):
+        assert data[key] == want[key], key
+    for key in ("saved_rate", "net_rate", "cost_usd", "teacher_error_rate", "error_rate"):
+        assert _close(data[key], want[key]), (key, data[key], want[key])
+    assert _close(data["teacher_latency_ms"]["p50"], want["teacher_p50"])
+    assert _close(data["teacher_latency_ms"]["p95"], want["teacher_p95"])

@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -101,10 +101,9 @@ class CallBinding:
     original_dicts: Sequence[dict[str, Any]]
     run: Runner
     arun: AsyncRunner
-    model: BaseChatModel | None = None
-    """The chat model ``run`` ends up calling; needed only to stream."""
+    prepare: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
+    """(runnable, call keywords) for a request's parameters; needed only to stream."""
     sink: StreamSink | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _run_isolated(fn: Callable[[], Any]) -> Any:
@@ -213,8 +212,8 @@ class LangChainBackend:
 
     def _streamed(self, binding: CallBinding, sink: StreamSink, owner: str,
                   messages: list[BaseMessage], params: dict[str, Any]) -> ChatResponse:
-        assert binding.model is not None
-        runnable, kwargs = prepare_model(binding.model, params)
+        assert binding.prepare is not None
+        runnable, kwargs = binding.prepare(params)
         state = {"emitted": False}
 
         def run() -> AIMessageChunk | None:
@@ -253,8 +252,8 @@ class LangChainBackend:
 
     async def _astreamed(self, binding: CallBinding, sink: StreamSink, owner: str,
                          messages: list[BaseMessage], params: dict[str, Any]) -> ChatResponse:
-        assert binding.model is not None
-        runnable, kwargs = prepare_model(binding.model, params)
+        assert binding.prepare is not None
+        runnable, kwargs = binding.prepare(params)
         state = {"emitted": False}
 
         async def run() -> AIMessageChunk | None:

@@ -78,8 +78,10 @@ def _latency(ax: Axes, s: Summary) -> None:
 
 def _top_calls(ax: Axes, s: Summary) -> None:
     calls = list(reversed(s.top_calls))
-    labels = [f"{c.call_id[:8]} {c.student_model} ({c.decision})" for c in calls]
-    ax.barh(labels, [c.total_tokens for c in calls])
+    # Positions, not labels, on the y axis: two calls may share a label and must not merge.
+    labels = [f"{c.call_id[:8]} {c.created_at:%m-%d %H:%M} {c.student_model} ({c.decision})" for c in calls]
+    ax.barh(range(len(calls)), [c.total_tokens for c in calls])
+    ax.set_yticks(range(len(calls)), labels)
     ax.set_xlabel("tokens")
     ax.tick_params(axis="y", labelsize="small")
 

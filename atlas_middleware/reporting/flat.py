@@ -54,7 +54,7 @@ def fmt_share(x: float | None) -> str:
 
 
 def fmt_ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:,.0f}"
+    return "n/a" if x is None else f"{x:,.1f}"
 
 
 def fmt_cost(cost: float | None, unknown: int) -> str:

@@ -22,7 +22,8 @@ h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
 .card { border: 1px solid #ddd; border-radius: 8px; padding: .8rem 1.2rem; min-width: 9rem; }
 .card .v { font-size: 1.4rem; font-weight: 600; } .card .k { color: #666; font-size: .85rem; }
 table { border-collapse: collapse; font-size: .85rem; }
-th, td { border-bottom: 1px solid #eee; padding: .3rem .6rem; text-align: right; }
+th, td { border-bottom: 1px solid #eee; padding: .3rem .6rem; text-align: right; white-space: nowrap; }
+.wide { overflow-x: auto; }
 th:first-child, td:first-child { text-align: left; }
 tr.total td { font-weight: 600; border-top: 2px solid #999; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }
@@ -91,7 +92,7 @@ def render_html(summary: Summary, charts: dict[str, bytes] | None = None) -> str
 grouped by {escape(summary.group_by or "nothing")}.</p>
 <div class="cards">{_cards(summary)}</div>
 <h2>Charts</h2><div class="charts">{imgs}</div>
-<h2>By {escape(summary.group_by or "total")}</h2>{_table(summary)}
+<h2>By {escape(summary.group_by or "total")}</h2><div class="wide">{_table(summary)}</div>
 <p class="note">Tokens by role: {escape(roles)}. Saved = baseline completion - delivered completion
 (positive: shorter answers). Net = everything spent - the student alone (negative: saved). Rates use
 the {summary.overall.measured_calls} of {summary.overall.calls} calls that measured a baseline.</p>

@@ -305,41 +305,56 @@ def _teach(
         if guided.response is None or base.response is None:
             yield _one_survivor(report, guided, base)
             return report
-        winner, reason = yield from _judge(judge, task, guided, base, report)
-        yield _deliver(report, guided if winner == "guided" else base, winner, reason, base)
-        return report
+        return (yield from _compare_and_deliver(judge, task, guided, base, report))
 
     (guided,) = yield Wait((h_guided,))
     if guided.response is None:
         return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None))
-
     if s.policy == "verify":
-        passed = tool_calls_valid(guided.response, task.params)
-        if passed:
-            try:
-                score = yield from judge.score(task, guided.response)
-                report.judge = JudgeInfo(name=judge.name, scores={"guided": score})
-                passed = score >= judge.threshold
-            except JudgeError as exc:
-                report.errors.append(ErrorInfo(role="judge", type="JudgeError", message=redact(str(exc))[:500]))
-                passed = False
-        if passed:
-            yield _deliver(report, guided, "guided", Reason.VERIFIED, None)
-            return report
-        base = yield from _await_one(_start("baseline", "student", answer_req))
-        if base.response is None:
-            yield _deliver(report, guided, "guided", Reason.BASELINE_ERROR, base)
-            return report
-        winner, reason = yield from _judge(judge, task, guided, base, report)
-        yield _deliver(report, guided if winner == "guided" else base, winner, reason, base)
-        return report
-
+        return (yield from _verify(judge, task, guided, answer_req, report))
     if s.policy == "off":
         yield _deliver(report, guided, "guided", Reason.POLICY_OFF, None)
         return report
+    return (yield from _audit(judge, task, guided, answer_req, report, s.audit_rate))
 
-    # audit: deliver now, compare afterwards on a sample of calls.
-    sampled = _sampled(report.call_id, s.audit_rate)
+
+def _compare_and_deliver(
+    judge: Judge, task: Task, guided: CallResult, base: CallResult, report: CallReport
+) -> Flow:
+    winner, reason = yield from _judge(judge, task, guided, base, report)
+    yield _deliver(report, guided if winner == "guided" else base, winner, reason, base)
+    return report
+
+
+def _verify(
+    judge: Judge, task: Task, guided: CallResult, answer_req: ChatRequest, report: CallReport
+) -> Flow:
+    """Grade the guided answer alone; only a failing grade pays for a baseline."""
+    assert guided.response is not None
+    passed = tool_calls_valid(guided.response, task.params)
+    if passed:
+        try:
+            score = yield from judge.score(task, guided.response)
+            report.judge = JudgeInfo(name=judge.name, scores={"guided": score})
+            passed = score >= judge.threshold
+        except JudgeError as exc:
+            report.errors.append(ErrorInfo(role="judge", type="JudgeError", message=redact(str(exc))[:500]))
+            passed = False
+    if passed:
+        yield _deliver(report, guided, "guided", Reason.VERIFIED, None)
+        return report
+    base = yield from _await_one(_start("baseline", "student", answer_req))
+    if base.response is None:
+        yield _deliver(report, guided, "guided", Reason.BASELINE_ERROR, base)
+        return report
+    return (yield from _compare_and_deliver(judge, task, guided, base, report))
+
+
+def _audit(
+    judge: Judge, task: Task, guided: CallResult, answer_req: ChatRequest, report: CallReport, rate: float
+) -> Flow:
+    """Deliver the guided answer now; on a sample of calls, compare with a baseline after."""
+    sampled = _sampled(report.call_id, rate)
     report.audit = AuditInfo(sampled=sampled)
     reason = Reason.AUDIT_SAMPLED if sampled else Reason.AUDIT_UNCHECKED
     yield _deliver(report, guided, "guided", reason, None)

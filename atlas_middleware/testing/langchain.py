@@ -11,6 +11,7 @@ chunk of ``stream``, honours ``stop`` and ``max_tokens``, and records every call
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -30,10 +31,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtraError("atlas_middleware.testing.langchain", "langchain", "langchain-core") from exc
 
 from ..langchain._convert import openai_tools, to_openai_messages, usage_metadata
-from ..messages import ChatRequest, ChatResponse
-from .scripted import ScriptedBackend
+from ..messages import ChatRequest, ChatResponse, ToolCall
+from ..teaching import prompts
+from .scripted import Reply, ScriptedBackend, classify
 
-__all__ = ["ScriptedChatModel"]
+__all__ = ["ScriptedChatModel", "rule_student"]
 
 
 def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
@@ -153,3 +155,66 @@ class ScriptedChatModel(BaseChatModel):
             if run_manager:
                 await run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(message=chunk))
             yield ChatGenerationChunk(message=chunk)
+
+
+# -- a rule-following student, for LangChain's standard integration tests --------------------
+
+_INT = re.compile(r"-?\d+")
+_QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+
+
+def _example_args(schema: dict[str, Any], text: str) -> dict[str, Any]:
+    """Arguments for a tool's JSON schema: integers and quoted strings from the prompt."""
+    numbers = [int(n) for n in _INT.findall(text)]
+    quoted = [a or b for a, b in _QUOTED.findall(text)]
+    args: dict[str, Any] = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        kind = prop.get("type") if isinstance(prop, dict) else None
+        if kind == "integer" or kind == "number":
+            args[name] = numbers.pop(0) if numbers else 1
+        elif kind == "boolean":
+            args[name] = True
+        elif kind == "array":
+            args[name] = []
+        elif kind == "object":
+            args[name] = {}
+        else:
+            args[name] = quoted.pop(0) if quoted else f"{name} text"
+    return args
+
+
+def _chosen_tool(params: dict[str, Any]) -> dict[str, Any] | None:
+    tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and "function" in t]
+    if not tools:
+        return None
+    choice = params.get("tool_choice")
+    if isinstance(choice, dict):
+        choice = (choice.get("function") or {}).get("name") or choice.get("name")
+    for tool in tools:
+        if isinstance(choice, str) and tool["function"]["name"] == choice:
+            return tool
+    return tools[0]
+
+
+def rule_student(request: ChatRequest) -> Reply:
+    """A deterministic student that follows simple rules, whatever role its call plays.
+
+    * the probe: a one-line plan;
+    * tools offered and the last message is the user's: call the chosen tool (``tool_choice``
+      or the first), arguments built from its schema and the integers in the prompt;
+    * after a tool result: state the result;
+    * otherwise: a short answer that repeats the user's words.
+    """
+    if classify(request) == "probe":
+        return Reply("Plan: read the request, use a tool when one fits, answer briefly.")
+    last = request.messages[-1]
+    text = prompts.content_text(last.get("content"))
+    tool = _chosen_tool(request.params)
+    if tool is not None and last.get("role") == "user":
+        fn = tool["function"]
+        args = _example_args(fn.get("parameters") or {}, text)
+        return Reply(None, tool_calls=[ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=fn["name"],
+                                                arguments=json.dumps(args))])
+    if last.get("role") == "tool":
+        return Reply(f"The tool returned {text}.")
+    return Reply(f"Hello! You said: {text[:200]}" if text else "Hello!")

@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": {"message": "malformed request body", "type": "invalid_request_error"}})
             return
         with self.server.lock:
-            self.server.requests.append({"headers": dict(self.headers), "body": {"model": model, "messages": messages, **body}})
+            self.server.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": {"model": model, "messages": messages, **body}})
         stream = bool(body.pop("stream", False))
         include_usage = bool((body.pop("stream_options", None) or {}).get("include_usage"))
         request = ChatRequest(model=model, messages=messages, params=body)

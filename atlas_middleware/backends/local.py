@@ -1,0 +1,215 @@
+"""``local/<name or folder>``: a transformers model run in this process, with batching.
+
+* ``local/smollm2`` is the embedded default (see :mod:`atlas_middleware.embedded`);
+  ``local/<folder>`` is any causal LM saved with ``save_pretrained``. Hub ids are not
+  downloaded.
+* Prompts go through the model's own chat template. Token counts come from the model's
+  own tokenizer and are exact, so usage says ``counted_by="provider"``: the local model *is*
+  the provider. ``cost_usd`` is 0.0: there is no per-token price on your own hardware.
+* Honoured request parameters: ``max_tokens`` / ``max_completion_tokens``, ``temperature``
+  (0 or absent: greedy, so results are reproducible; see ``LocalOptions``), ``top_p``,
+  ``stop``, ``seed``, and vLLM's ``ignore_eos`` (benchmarks). ``n`` > 1 is refused. Tools
+  are shown to the chat template when it supports them, but tool calls are not parsed.
+* Concurrent calls (from threads or tasks) are batched into one decode loop
+  (:mod:`.local_batcher`, :mod:`.local_generation`); a full queue raises ``QueueFullError``.
+
+One instance per (model folder, options) is shared process-wide (``for_model``), so a
+model used as both student and teacher is loaded once and their calls batch together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError, InvalidRequestError, MissingExtraError
+from ..messages import ChatRequest, ChatResponse
+from ..usage import Usage
+from .local_batcher import Batcher
+
+PREFIX = "local/"
+_FEATURE = "local models (local/...)"
+
+
+class LocalOptions(BaseModel):
+    """How a local model is loaded and served. Pass as keywords to ``LocalBackend.for_model``
+    (or to ``ModelRouter(**options)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:1'; None: cuda if available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on GPU, float32 on CPU (fast and exact there)"
+    )
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_ms: float = Field(default=10.0, ge=0, description="how long a lone request waits for company")
+    max_queue: int = Field(default=256, ge=1, description="requests allowed to wait; more raise QueueFullError")
+    max_new_tokens: int = Field(default=512, ge=1, description="cap when a request sets no max_tokens")
+    default_temperature: float = Field(default=0.0, ge=0, description="when a request sets none; 0 is greedy")
+
+
+def require_local_extra() -> tuple[Any, Any]:
+    """``(torch, transformers)``, or ``MissingExtraError`` naming the ``local`` extra."""
+    try:
+        torch = importlib.import_module("torch")
+        transformers = importlib.import_module("transformers")
+    except ImportError as exc:
+        raise MissingExtraError(_FEATURE, "local", exc.name or "torch") from None
+    return torch, transformers
+
+
+_instances: dict[tuple[str, LocalOptions], LocalBackend] = {}
+_instances_lock = threading.Lock()
+
+
+class LocalBackend:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "local", options: LocalOptions | None = None) -> None:
+        """Serve an already-loaded ``model`` and ``tokenizer`` (tests and benchmarks build
+        random-weight models this way); ``for_model`` loads from a model string."""
+        torch, _ = require_local_extra()
+        from .local_generation import BatchGenerator, GenerationJob, GenerationResult
+
+        self._job_type = GenerationJob
+        self.options = options or LocalOptions()
+        self.name = name
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self._generator = BatchGenerator(model, tokenizer, self.device)
+        # Tokenizers are shared with the batch thread; the Rust side dislikes concurrent use.
+        self._tok_lock = threading.Lock()
+        self.batcher: Batcher[GenerationJob, GenerationResult] = Batcher(
+            self._generator.generate,
+            max_batch_size=self.options.max_batch_size,
+            max_wait_s=self.options.batch_wait_ms / 1000,
+            max_queue=self.options.max_queue,
+            name=f"atlas-local-{name}",
+        )
+        self._torch = torch
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def for_model(cls, model: str, **options: Any) -> LocalBackend:
+        """The shared backend of ``local/<name or folder>``, loading the model on first use."""
+        require_local_extra()
+        if not model.startswith(PREFIX) or not model[len(PREFIX):]:
+            raise ConfigError(f"a local model string looks like local/<name or folder>, got {model!r}")
+        try:
+            opts = LocalOptions(**options)
+        except ValueError as exc:
+            raise ConfigError(f"invalid local model options: {exc}") from None
+        from ..embedded import resolve_local_model
+
+        path = resolve_local_model(model[len(PREFIX):])
+        key = (str(path), opts)
+        with _instances_lock:
+            backend = _instances.get(key)
+            if backend is None:
+                backend = _instances[key] = cls.load(path, name=model, options=opts)
+            return backend
+
+    @classmethod
+    def load(cls, path: str | Path, *, name: str | None = None, options: LocalOptions | None = None) -> LocalBackend:
+        torch, transformers = require_local_extra()
+        opts = options or LocalOptions()
+        device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if opts.dtype == "auto":
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, opts.dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        return cls(model.to(device), tokenizer, name=name or f"{PREFIX}{path}", options=opts)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def encode(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        """The prompt's token ids, through the model's own chat template."""
+        chat = [_template_message(m) for m in messages]
+        with self._tok_lock:
+            text = self.tokenizer.apply_chat_template(
+                chat, tools=tools or None, add_generation_prompt=True, tokenize=False
+            )
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
+
+    def job(self, request: ChatRequest) -> Any:
+        """The ``GenerationJob`` for ``request``; ``InvalidRequestError`` when it cannot run."""
+        p = request.params
+        if (p.get("n") or 1) != 1:
+            raise InvalidRequestError("local models return one choice per request (n=1)")
+        prompt = self.encode(request.messages, p.get("tools"))
+        cap = p.get("max_completion_tokens") or p.get("max_tokens") or self.options.max_new_tokens
+        if not isinstance(cap, int) or cap < 1:
+            raise InvalidRequestError(f"max_tokens must be a positive integer, got {cap!r}")
+        if self.max_context is not None:
+            room = self.max_context - len(prompt)
+            if room < 1:
+                raise InvalidRequestError(
+                    f"prompt of {len(prompt)} tokens does not fit {self.name}'s context of {self.max_context}"
+                )
+            cap = min(cap, room)
+        stop = p.get("stop") or ()
+        temperature = p.get("temperature")
+        return self._job_type(
+            prompt_ids=prompt,
+            max_new_tokens=cap,
+            temperature=float(self.options.default_temperature if temperature is None else temperature),
+            top_p=float(p.get("top_p") if p.get("top_p") is not None else 1.0),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            seed=p.get("seed"),
+            ignore_eos=bool(p.get("ignore_eos", False)),
+        )
+
+    def _response(self, request: ChatRequest, job: Any, result: Any) -> ChatResponse:
+        usage = Usage(
+            prompt_tokens=len(job.prompt_ids), completion_tokens=result.completion_tokens,
+            calls=1, counted_by="provider", cost_usd=0.0,
+        )
+        return ChatResponse(content=result.text, finish_reason=result.finish_reason, usage=usage,
+                            model=request.model)
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        job = self.job(request)
+        return self._response(request, job, self.batcher.submit(job).result())
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        job = self.job(request)
+        future = self.batcher.submit(job)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The caller gave up (a timeout): a job already decoding leaves the batch early.
+            job.abandoned.set()
+            raise
+        return self._response(request, job, result)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message chat templates accept: text content, ``developer`` read as ``system``."""
+    from ..teaching.prompts import content_text
+
+    role = message.get("role", "user")
+    out = {k: v for k, v in message.items() if k not in ("content", "role")}
+    out["role"] = "system" if role == "developer" else role
+    out["content"] = content_text(message.get("content"))
+    return out
+
+
+def clear_shared_backends() -> None:
+    """Close and forget every shared backend (tests; freeing memory in long processes)."""
+    with _instances_lock:
+        backends = list(_instances.values())
+        _instances.clear()
+    for backend in backends:
+        backend.close()

@@ -1,0 +1,197 @@
+"""One batched decode loop over a transformers causal LM, with per-request settings.
+
+Why not ``model.generate``: it takes one ``max_new_tokens``, one temperature and one set of
+stop strings for the whole batch. Requests from different users differ in all three, so
+this loop keeps them per row:
+
+* prompts are left-padded; ``position_ids`` come from the attention mask, so a padded row
+  sees exactly the positions it would see alone (greedy output equals one-by-one output);
+* every row stops on its own end token, its own stop strings or its own token cap;
+* finished rows leave the batch (``Cache.batch_select_indices``), so a long answer does
+  not make short ones pay for its steps;
+* greedy rows take the argmax; sampled rows use their own temperature, top-p and seed.
+
+torch is imported by the caller (``local.py``) before this module, and only there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationJob:
+    """One request, already tokenized with the model's chat template."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    """Tokens the model generated for this request, an end token included: it was computed
+    and is part of the answer's cost. Generation stops at the token that completes a stop
+    string, so no token after one is generated or counted."""
+    token_ids: list[int]
+
+
+class _Row:
+    """Decode state of one request inside a running batch."""
+
+    def __init__(self, job: GenerationJob, device: torch.device) -> None:
+        self.job = job
+        self.tokens: list[int] = []
+        self.finish: FinishReason | None = None
+        self.stop_text: str | None = None  # the text cut before a matched stop string
+        self.generator: torch.Generator | None = None
+        if job.temperature > 0 and job.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(job.seed)
+
+
+class BatchGenerator:
+    """Runs :class:`GenerationJob` batches through one loaded model. Not thread-safe: one
+    batcher thread owns it (see ``local_batcher.Batcher``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.end_ids = _end_token_ids(model, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else min(self.end_ids or {0}))
+        # transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns);
+        # older 5.x releases only know ``past_key_values``.
+        params = inspect.signature(type(model).forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:
+            return DynamicCache()
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+            logits_to_keep=1, **{self.cache_kw: cache},
+        )
+        return out.logits[:, -1, :].float()  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def generate(self, jobs: list[GenerationJob]) -> list[GenerationResult]:
+        rows = [_Row(job, self.device) for job in jobs]
+        lengths = [len(job.prompt_ids) for job in jobs]
+        width = max(lengths)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, width - lengths[i]:] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            mask[i, width - lengths[i]:] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+
+        cache = self._new_cache()
+        logits = self._forward(ids, mask, pos, cache)
+        active = list(range(len(rows)))  # batch row -> index into ``rows``
+        while active:
+            chosen = self._choose(logits, [rows[i] for i in active])
+            keep = [k for k, i in enumerate(active) if not self._advance(rows[i], chosen[k])]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(index)
+                mask, next_pos = mask[index], next_pos[index]
+                active = [active[k] for k in keep]
+            step = torch.tensor([rows[i].tokens[-1] for i in active], dtype=torch.long, device=self.device)
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            logits = self._forward(step[:, None], mask, next_pos[:, None], cache)
+            next_pos = next_pos + 1
+        return [self._result(row) for row in rows]
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        greedy = logits.argmax(dim=-1).tolist()
+        out = []
+        for k, row in enumerate(rows):
+            job = row.job
+            if job.temperature <= 0:
+                out.append(int(greedy[k]))
+                continue
+            probs = torch.softmax(logits[k] / job.temperature, dim=-1)
+            if job.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (always the first token).
+                drop = sorted_p.cumsum(-1) - sorted_p >= job.top_p
+                sorted_p[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+            out.append(int(torch.multinomial(probs, 1, generator=row.generator).item()))
+        return out
+
+    def _advance(self, row: _Row, token: int) -> bool:
+        """Add ``token`` to ``row``; True when the row is finished."""
+        job = row.job
+        row.tokens.append(token)
+        if token in self.end_ids and not job.ignore_eos:
+            row.finish = "stop"
+        elif job.stop and self._hit_stop(row):
+            row.finish = "stop"
+        elif len(row.tokens) >= job.max_new_tokens:
+            row.finish = "length"
+        elif job.abandoned.is_set():
+            row.finish = "stop"  # nobody waits for it any more: free the batch slot
+        return row.finish is not None
+
+    def _hit_stop(self, row: _Row) -> bool:
+        text = self._decode(row.tokens)
+        hits = [text.find(s) for s in row.job.stop if s and s in text]
+        if not hits:
+            return False
+        row.stop_text = text[: min(hits)]
+        return True
+
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _result(self, row: _Row) -> GenerationResult:
+        assert row.finish is not None
+        if row.stop_text is not None:
+            text = row.stop_text
+        else:
+            ends = row.tokens and row.tokens[-1] in self.end_ids and not row.job.ignore_eos
+            text = self._decode(row.tokens[:-1] if ends else row.tokens)
+        return GenerationResult(text=text, finish_reason=row.finish, completion_tokens=len(row.tokens),
+                                token_ids=list(row.tokens))
+
+
+def _end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,80 @@
+"""The LiteLLM proxy's hooks: the ``x-atlas-*`` headers, the report in the body, metrics.
+
+The proxy's config names two objects of the small module in ``integrations/litellm_proxy``,
+which builds them here with ``build()``:
+
+* ``atlas_provider``: the ``atlas`` custom provider (``custom_provider_map``), which runs
+  the teaching loop for every ``atlas/<student>`` model of the ``model_list``;
+* ``proxy_handler_instance``: a ``CustomLogger`` registered in ``callbacks`` that adds the
+  headers to plain and streaming responses, the ``atlas`` field to plain bodies, and
+  mounts ``/atlas/metrics`` on the proxy's app.
+
+LiteLLM hands hooks untyped dicts; only ``CallReport`` objects leave this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import ModelResponse
+
+from ..provider import AtlasLLM, PendingStream, report_of
+from ..report import CallReport
+from .headers import BODY_FIELD, report_body, report_headers
+from .metrics import AtlasMetrics
+
+log = logging.getLogger("atlas_middleware.proxy")
+
+
+class AtlasProxyHooks(CustomLogger):
+    def __init__(self, provider: AtlasLLM, metrics: AtlasMetrics | None = None) -> None:
+        super().__init__()
+        self.provider = provider
+        self.metrics = metrics
+
+    def report_for(self, data: dict[str, Any], response: Any) -> CallReport | None:
+        return report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any,
+                                           response: Any) -> Any:
+        # Plain responses only: LiteLLM does not run this hook for streams.
+        report = self.report_for(data, response)
+        if report is not None and isinstance(response, ModelResponse):
+            setattr(response, BODY_FIELD, report_body(report))
+        return response
+
+    async def async_post_call_response_headers_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any,
+        request_headers: dict[str, str] | None = None, litellm_call_info: dict[str, Any] | None = None,
+    ) -> dict[str, str] | None:
+        stream = getattr(response, "completion_stream", None)
+        if isinstance(stream, PendingStream):
+            # Headers go out before the body: decide now; the body replays the answer.
+            await stream.prime()
+        report = self.report_for(data, response)
+        return report_headers(report) if report is not None else None
+
+
+def _proxy_app() -> Any:
+    """The running LiteLLM proxy's FastAPI app, when this module is loaded by the proxy."""
+    module = sys.modules.get("litellm.proxy.proxy_server")
+    return getattr(module, "app", None) if module is not None else None
+
+
+def build(config_file: str | None = None, *, metrics: bool = True, **atlas_kwargs: Any) -> tuple[AtlasLLM, AtlasProxyHooks]:
+    """The provider and the hooks, sharing one ``Atlas`` (built on the first call).
+
+    Configuration comes from ``config_file`` or ``ATLAS_CONFIG`` (the proxy's config.yaml
+    may carry an ``atlas:`` section) and ``ATLAS_*`` variables.
+    """
+    observer = AtlasMetrics() if metrics else None
+    provider = AtlasLLM(config_file=config_file, on_report=[observer.observe] if observer else None,
+                        **atlas_kwargs)
+    hooks = AtlasProxyHooks(provider, observer)
+    app = _proxy_app()
+    if observer is not None and app is not None:
+        observer.mount(app)
+    return provider, hooks

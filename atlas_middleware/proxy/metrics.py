@@ -1,0 +1,71 @@
+"""Prometheus metrics for the teaching loop, fed by every delivered ``CallReport``.
+
+A registry of its own (not prometheus_client's global one), so that LiteLLM's own
+Prometheus integration can run in the same process without name clashes. The proxy serves
+it at ``/atlas/metrics``. Each process has its own counts: run one worker per replica, or
+let Prometheus sum the replicas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MissingExtraError
+from ..report import CallReport, Reason
+from ..usage import ROLES
+
+TEACHER_FAILURES = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR, Reason.TEACHER_UNPARSEABLE})
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class AtlasMetrics:
+    def __init__(self) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise MissingExtraError("the proxy's metrics endpoint", "proxy", "prometheus-client") from None
+        self._prom = prom
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.calls = prom.Counter("atlas_calls", "Calls by decision and reason", ["decision", "reason"], registry=r)
+        self.tokens = prom.Counter("atlas_tokens", "Tokens spent, by loop role and kind", ["role", "kind"], registry=r)
+        # Savings can be negative (a longer delivered answer), so they accumulate in gauges.
+        self.tokens_saved = prom.Gauge("atlas_tokens_saved", "Sum of tokens_saved over calls that measured it",
+                                       registry=r)
+        self.net_tokens = prom.Gauge("atlas_net_tokens", "Sum of net_tokens over calls that measured it", registry=r)
+        self.teacher_latency = prom.Histogram(
+            "atlas_teacher_latency_seconds", "Latency of teacher calls",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.teacher_errors = prom.Counter("atlas_teacher_errors", "Teacher failures by reason", ["reason"],
+                                           registry=r)
+
+    def observe(self, report: CallReport) -> None:
+        self.calls.labels(report.decision, report.reason.value).inc()
+        for role in ROLES:
+            usage = getattr(report.usage, role)
+            if usage.calls:
+                self.tokens.labels(role, "prompt").inc(usage.prompt_tokens)
+                self.tokens.labels(role, "completion").inc(usage.completion_tokens)
+        if report.tokens_saved is not None:
+            self.tokens_saved.inc(report.tokens_saved)
+        if report.net_tokens is not None:
+            self.net_tokens.inc(report.net_tokens)
+        if "teacher" in report.latency_ms:
+            self.teacher_latency.observe(report.latency_ms["teacher"] / 1000.0)
+        if report.reason in TEACHER_FAILURES:
+            self.teacher_errors.labels(report.reason.value).inc()
+
+    def render(self) -> bytes:
+        return self._prom.generate_latest(self.registry)  # type: ignore[no-any-return]
+
+    def mount(self, app: Any, path: str = "/atlas/metrics") -> None:
+        """Serve the metrics on a Starlette/FastAPI ``app`` (the LiteLLM proxy's), once."""
+        from starlette.responses import Response
+
+        if any(getattr(route, "path", None) == path for route in app.router.routes):
+            return
+
+        async def metrics(request: Any) -> Response:
+            return Response(self.render(), media_type=CONTENT_TYPE)
+
+        app.add_route(path, metrics, methods=["GET"])

@@ -1,0 +1,149 @@
+"""Run the real LiteLLM proxy (``atlas-middleware proxy``) as a subprocess, for tests and benchmarks.
+
+    with OpenAITestServer(ScriptedBackend({...})) as upstream:
+        with ProxyProcess(student_url=upstream.url, atlas={"teacher": "openai/gpt-4o",
+                                                           "teacher_api_base": upstream.url}) as proxy:
+            client = openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key)
+
+It writes a config (the ``litellm_settings`` lines of the bundled config, a ``model_list``
+of ``atlas/`` students, an ``atlas:`` section) and the hook module into a temporary folder,
+starts the proxy on a free loopback port and waits for ``/health/liveliness``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOOK_MODULE = '"""Loads atlas-middleware into the LiteLLM proxy."""\n\nfrom atlas_middleware.proxy.hooks import build\n\natlas_provider, proxy_handler_instance = build()\n'
+LITELLM_SETTINGS: dict[str, Any] = {
+    "custom_provider_map": [{"provider": "atlas", "custom_handler": "atlas_hooks.atlas_provider"}],
+    "callbacks": ["atlas_hooks.proxy_handler_instance"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProxyProcess:
+    def __init__(
+        self,
+        *,
+        student_url: str,
+        atlas: dict[str, Any],
+        models: dict[str, str] | None = None,
+        student_api_key: str = "sk-student-test",
+        master_key: str = "sk-atlas-test-master",
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.student_url = student_url
+        self.atlas = dict(atlas)
+        self.models = models or {"gpt-4o-mini": "openai/gpt-4o-mini"}
+        self.student_api_key = student_api_key
+        self.master_key = master_key
+        self.extra_env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self.folder: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"
+
+    @property
+    def config_path(self) -> Path:
+        assert self.folder is not None
+        return self.folder / "config.yaml"
+
+    def log(self) -> str:
+        if self.folder is None or not (self.folder / "proxy.log").exists():
+            return ""
+        return (self.folder / "proxy.log").read_text(errors="replace")
+
+    def _write_config(self) -> None:
+        assert self.folder is not None
+        config = {
+            "model_list": [
+                {"model_name": name, "litellm_params": {
+                    "model": f"atlas/{student}", "api_base": self.student_url, "api_key": self.student_api_key}}
+                for name, student in self.models.items()
+            ],
+            "litellm_settings": LITELLM_SETTINGS,
+            "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+            "atlas": self.atlas,
+        }
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.folder / "atlas_hooks.py").write_text(HOOK_MODULE)
+
+    def start(self) -> ProxyProcess:
+        self.folder = Path(tempfile.mkdtemp(prefix="atlas-proxy-"))
+        self.port = free_port()
+        self._write_config()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+        env.update({"LITELLM_MASTER_KEY": self.master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_TELEMETRY": "False", "NO_PROXY": "*", "no_proxy": "*"})
+        env.update(self.extra_env)
+        cmd = [sys.executable, "-m", "atlas_middleware.cli", "proxy", "--config", str(self.config_path),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        log = open(self.folder / "proxy.log", "wb")  # noqa: SIM115 (closed by the child's exit)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the proxy exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/health/liveliness", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the proxy did not start within {self.startup_timeout:g} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+    def cleanup(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        self.cleanup()

@@ -1,0 +1,79 @@
+"""The SQLite ledger: every call once, private by default, safe under concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+from conftest import QUESTION
+
+from atlas_middleware.ledger import LedgerRecord, SQLiteLedger, open_ledger
+from atlas_middleware.report import CallReport
+
+
+def _record(i: int, tag: str) -> LedgerRecord:
+    report = CallReport(call_id=f"{tag}-{i}", student_model="s", policy="strict")
+    return LedgerRecord.from_report(report, f"prompt {i}", f"answer {i}", store_texts=False)
+
+
+def _writer(path: str, tag: str, n: int) -> None:
+    ledger = SQLiteLedger(path)
+    for i in range(n):
+        ledger.append(_record(i, tag))
+    ledger.close()
+
+
+def test_concurrent_threads_and_processes(tmp_path) -> None:
+    path = str(tmp_path / "ledger.db")
+    ledger = SQLiteLedger(path)
+    threads = [threading.Thread(target=lambda t=t: [ledger.append(_record(i, f"t{t}")) for i in range(50)])
+               for t in range(6)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, f"p{p}", 50)) for p in range(3)]
+    for w in [*threads, *procs]:
+        w.start()
+    for w in [*threads, *procs]:
+        w.join()
+    assert all(p.exitcode == 0 for p in procs)
+    rows = ledger.records()
+    assert len(rows) == 450 and len({r.call_id for r in rows}) == 450
+    assert ledger._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_same_call_is_stored_once(tmp_path) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'x.db'}")
+    ledger.append(_record(1, "a"))
+    ledger.append(_record(1, "a"))
+    assert len(ledger.records()) == 1
+
+
+def test_texts_are_private_unless_opted_in(make_atlas, tmp_path) -> None:
+    atlas, *_ = make_atlas(ledger=f"sqlite:///{tmp_path / 'a.db'}")
+    atlas.completion(model="m", messages=QUESTION)
+    (row,) = atlas.ledger.records()
+    assert row.prompt_text is None and row.answer_text is None and len(row.prompt_sha256) == 64
+    assert "Carry the one" not in row.report_json and "20 + 22" not in row.report_json
+    assert row.tokens["guided"]["completion"] > 0
+
+    atlas2, *_ = make_atlas(ledger=f"sqlite:///{tmp_path / 'b.db'}", store_texts=True)
+    atlas2.completion(model="m", messages=QUESTION)
+    (row2,) = atlas2.ledger.records()
+    assert "20 + 22" in (row2.prompt_text or "") and row2.report().guidance == "Carry the one."
+
+
+def test_ledger_failure_never_fails_the_call(make_atlas) -> None:
+    class Broken:
+        url = "broken://"
+
+        def append(self, record: LedgerRecord) -> None:
+            raise OSError("disk full")
+
+        def records(self, query=None):  # type: ignore[no-untyped-def]
+            return []
+
+        def close(self) -> None:
+            return None
+
+    atlas, *_ = make_atlas(ledger=Broken())
+    resp = atlas.completion(model="m", messages=QUESTION)
+    assert resp.atlas.decision in ("guided", "baseline")

@@ -1,0 +1,196 @@
+"""The spool: a failed ledger write never fails the call, nor loses or duplicates the record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from test_report_support import QUESTION, make_calls
+from typer.testing import CliRunner
+
+from atlas_middleware import Atlas
+from atlas_middleware.cli.app import app
+from atlas_middleware.cli.commands import report as _registered  # noqa: F401
+from atlas_middleware.config import AtlasConfig
+from atlas_middleware.errors import LedgerError
+from atlas_middleware.ledger import LedgerQuery, LedgerRecord, NullLedger, SQLiteLedger
+from atlas_middleware.ledger.spool import Spool, SpooledWriter, default_spool_path
+from atlas_middleware.testing import ScriptedBackend, teacher_reply
+
+
+class FlakyLedger:
+    """A real SQLite ledger that can be switched off, like a database going away."""
+
+    def __init__(self, path: Path, fail_after: int | None = None) -> None:
+        self.inner = SQLiteLedger(path)
+        self.url = self.inner.url
+        self.down = False
+        self.fail_after = fail_after  # succeed this many appends, then go down
+        self.attempts = 0
+
+    def append(self, record: LedgerRecord) -> None:
+        self.attempts += 1
+        if self.fail_after is not None:
+            if self.fail_after <= 0:
+                self.down = True
+            self.fail_after -= 1
+        if self.down:
+            raise LedgerError("database is down")
+        self.inner.append(record)
+
+    def records(self, query: LedgerQuery | None = None) -> list[LedgerRecord]:
+        return self.inner.records(query)
+
+    def close(self) -> None:
+        return None  # the test closes ``inner`` itself
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> FlakyLedger:
+    ledger = FlakyLedger(tmp_path / "ledger.db")
+    yield ledger
+    ledger.inner.close()
+
+
+def ids_in(ledger: FlakyLedger) -> list[str]:
+    return [r.call_id for r in ledger.inner.records()]
+
+
+def test_down_ledger_spools_and_next_write_drains(flaky: FlakyLedger, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    flaky.down = True
+    down_ids = make_calls(flaky, spool=str(spool))  # every call still answers
+    assert len(down_ids) == 5 and ids_in(flaky) == []
+    assert Spool(spool).pending() == 5
+    flaky.down = False
+    up_ids = make_calls(flaky, spool=str(spool))
+    stored = ids_in(flaky)
+    assert sorted(stored) == sorted(down_ids + up_ids) and len(set(stored)) == len(stored)
+    assert not spool.exists() and Spool(spool).pending() == 0
+
+
+def test_explicit_flush_writes_pending_records(flaky: FlakyLedger, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    with Atlas(student_backend=ScriptedBackend({"baseline": "42"}), teacher_backend=ScriptedBackend(
+            {"teacher": teacher_reply()}), teacher="t", ledger=flaky, spool=str(spool)) as atlas:
+        flaky.down = True
+        ids = [atlas.completion("m", QUESTION).atlas.call_id for _ in range(3)]
+        assert atlas.ledger_writer.pending() == 3
+        atlas.flush()  # still down: nothing written, nothing lost
+        assert atlas.ledger_writer.pending() == 3 and ids_in(flaky) == []
+        flaky.down = False
+        atlas.flush()
+        assert sorted(ids_in(flaky)) == sorted(ids) and atlas.ledger_writer.pending() == 0
+
+
+async def test_async_calls_spool_too(flaky: FlakyLedger, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    atlas = Atlas(student_backend=ScriptedBackend({"baseline": "42"}), teacher_backend=ScriptedBackend(
+        {"teacher": teacher_reply()}), teacher="t", ledger=flaky, spool=str(spool))
+    flaky.down = True
+    response = await atlas.acompletion("m", QUESTION)
+    assert response.choices[0].message.content and Spool(spool).pending() == 1
+    flaky.down = False
+    await atlas.acompletion("m", QUESTION)
+    await atlas.aclose()
+    assert len(ids_in(flaky)) == 2 and Spool(spool).pending() == 0
+
+
+def test_replay_is_idempotent_by_call_id(flaky: FlakyLedger, tmp_path: Path) -> None:
+    make_calls(flaky, spool="none")
+    records = flaky.inner.records()
+    spool = Spool(tmp_path / "spool.jsonl")
+    # A crash between the insert and the spool rewrite leaves records both in the ledger
+    # and in the spool; a record may also be spooled twice.
+    for r in [*records, records[0], records[1]]:
+        spool.put(r)
+    assert spool.pending() == len(records)
+    assert spool.flush(flaky) == len(records)
+    stored = ids_in(flaky)
+    assert len(stored) == len(set(stored)) == len(records)
+
+
+def test_flush_stops_at_the_first_failure_and_keeps_the_rest(flaky: FlakyLedger, tmp_path: Path) -> None:
+    source = FlakyLedger(tmp_path / "source.db")
+    make_calls(source, spool="none")
+    records = source.inner.records()
+    source.inner.close()
+    spool = Spool(tmp_path / "spool.jsonl")
+    for r in records:
+        spool.put(r)
+    flaky.fail_after = 2
+    assert spool.flush(flaky) == 2
+    assert spool.pending() == len(records) - 2
+    flaky.down, flaky.fail_after = False, None
+    assert spool.flush(flaky) == len(records) - 2
+    assert sorted(ids_in(flaky)) == sorted(r.call_id for r in records)
+
+
+def test_a_torn_line_is_skipped(flaky: FlakyLedger, tmp_path: Path) -> None:
+    make_calls(flaky, spool="none")
+    record = flaky.inner.records()[0]
+    path = tmp_path / "spool.jsonl"
+    Spool(path).put(record)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"call_id": "half')  # the process died mid-write
+    assert Spool(path).pending() == 1
+    assert Spool(path).flush(flaky) == 1 and not path.exists()
+
+
+def test_when_the_spool_fails_too_the_call_still_answers(
+    flaky: FlakyLedger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    flaky.down = True
+    with caplog.at_level(logging.ERROR, logger="atlas_middleware.ledger"):
+        ids = make_calls(flaky, spool=str(blocker / "spool.jsonl"))
+    assert len(ids) == 5
+    assert "lost" in caplog.text
+
+
+def test_default_spool_path_is_per_ledger_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    a, b = default_spool_path("sqlite:///a.db"), default_spool_path("postgresql://h/db")
+    assert a != b and a.parent == tmp_path / "atlas-middleware" / "spool"
+    assert SpooledWriter.for_ledger(NullLedger()).spool is None
+    assert SpooledWriter.for_ledger(SQLiteLedger(":memory:"), "none").spool is None
+    assert AtlasConfig.load(env={"ATLAS_SPOOL": "/x/s.jsonl"}).spool == "/x/s.jsonl"
+
+
+def test_report_says_how_many_records_are_pending(flaky: FlakyLedger, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    flaky.down = True
+    make_calls(flaky, spool=str(spool))
+    runner = CliRunner()
+    base = ["report", "--ledger", flaky.url, "--spool", str(spool)]
+    data = json.loads(runner.invoke(app, [*base, "--json"]).stdout)
+    assert data["pending_spooled"] == 5 and data["overall"]["calls"] == 0
+    assert "pending spooled records: 5" in runner.invoke(app, base).stdout
+    # The ledger is reachable from the CLI (the SQLite file is fine): --flush writes them.
+    data = json.loads(runner.invoke(app, [*base, "--json", "--flush"]).stdout)
+    assert data["pending_spooled"] == 0 and data["overall"]["calls"] == 5
+
+
+def _spool_from_process(path: str, records_json: list[str]) -> None:
+    spool = Spool(path)
+    for line in records_json:
+        spool.put(LedgerRecord.model_validate_json(line))
+
+
+def test_processes_share_one_spool_file(flaky: FlakyLedger, tmp_path: Path) -> None:
+    make_calls(flaky, rounds=2, spool="none")
+    records = [r.model_dump_json() for r in flaky.inner.records()]
+    path = str(tmp_path / "spool.jsonl")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_spool_from_process, args=(path, records[i::3])) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert Spool(path).pending() == len(records) == 10
+    assert len(Path(path).read_text().splitlines()) == 10  # no interleaved, torn lines
