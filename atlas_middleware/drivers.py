@@ -211,9 +211,9 @@ class AsyncDriver:
             elif isinstance(cmd, Wait):
                 send = [await tasks.pop(h) for h in cmd.handles]
             elif isinstance(cmd, Cancel):
-                task = tasks.pop(cmd.handle, None)
-                if task:
-                    task.cancel()
+                dropped = tasks.pop(cmd.handle, None)
+                if dropped is not None:
+                    dropped.cancel()
             elif isinstance(cmd, RunBlocking):
                 try:
                     send = BlockingResult(value=await asyncio.to_thread(cmd.fn, *cmd.args))
@@ -238,9 +238,9 @@ class AsyncDriver:
         except StopIteration as stop:
             await on_done(stop.value, out)
             return out
-        task = asyncio.ensure_future(self._finish(flow, cmd, tasks, on_done, out))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        background = asyncio.ensure_future(self._finish(flow, cmd, tasks, on_done, out))
+        self._background.add(background)
+        background.add_done_callback(self._background.discard)
         return out
 
     async def _finish(self, flow: Flow, first: Command, tasks: dict[int, Any], on_done: Callable[[CallReport, Delivered], Any], out: Delivered) -> None:

@@ -124,7 +124,7 @@ def _verdict_text(result: CallResult) -> str:
     m = _VERDICT.findall(text)
     if not m:
         raise JudgeError("the judge's answer has no <verdict>")
-    return m[-1].strip().upper()
+    return str(m[-1]).strip().upper()
 
 
 class TeacherJudge:
@@ -196,7 +196,7 @@ class CallableJudge:
         if not callable(fn):
             raise ConfigError(f"judge {fn!r} is not callable")
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", "callable")
+        self.name: str = name or str(getattr(fn, "__qualname__", "callable"))
         self.threshold = threshold
 
     def _score(self, task: Task, r: ChatResponse) -> JudgeGen:
@@ -243,12 +243,12 @@ def resolve_judge(
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(f"judge {spec!r}: cannot import {module_name!r}: {exc}") from exc
-        fn = module
+        fn: Any = module
         for part in attr.split("."):
             fn = getattr(fn, part, None)
             if fn is None:
                 raise ConfigError(f"judge {spec!r}: {module_name!r} has no attribute {attr!r}")
         if isinstance(fn, Judge):
             return fn
-        return CallableJudge(fn, name=spec)  # type: ignore[arg-type]
+        return CallableJudge(fn, name=spec)
     raise ConfigError(f"judge must be a name, an import path or a callable, not {spec!r}")

@@ -243,7 +243,9 @@ class AtlasLLM(CustomLLM):
 
     def _remember(self, report: CallReport, litellm_params: dict[str, Any] | None, logging_obj: Any,
                   *, stream: bool = False) -> None:
-        self.reports.put((litellm_params or {}).get("litellm_call_id"), report)
+        call_id = (litellm_params or {}).get("litellm_call_id") or getattr(logging_obj, "litellm_call_id", None)
+        self.reports.put(call_id, report)
+        self.reports.put(report.call_id, report)
         for observer in self.on_report:
             try:
                 observer(report)
@@ -252,10 +254,11 @@ class AtlasLLM(CustomLLM):
         details = getattr(logging_obj, "model_call_details", None)
         if isinstance(details, dict):
             details[REPORT_KEY] = report
-            if stream:
-                # LiteLLM cannot price an assembled ``atlas`` stream (no such model in its
-                # map); it adds this figure to the stream's cost, which tests pin to the report's.
-                details["additional_response_cost"] = known_cost(report)
+        if stream and logging_obj is not None and hasattr(logging_obj, "_provider_reported_cost"):
+            # LiteLLM cannot price an assembled ``atlas`` stream (no such model in its map).
+            # Like providers that report their own price, this one reports the report's
+            # cost; tests pin the logged figure to it.
+            logging_obj._provider_reported_cost = known_cost(report)
 
     def _deliver(self, response: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> ModelResponse:
         report: CallReport = response.atlas

@@ -23,6 +23,8 @@ def import_litellm() -> Any:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
+        # Otherwise LiteLLM prints a provider list to stdout whenever it cannot price a model.
+        litellm.suppress_debug_info = True
         _litellm = litellm
     return _litellm
 
@@ -92,6 +94,9 @@ class LiteLLMBackend:
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+        # Import now (seconds), not inside the first call, where it would eat the teacher's
+        # time budget and time out the first guidance path.
+        import_litellm()
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         return {**self.defaults, **request.params, "model": request.model, "messages": request.messages}

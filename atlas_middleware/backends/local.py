@@ -51,6 +51,10 @@ class LocalOptions(BaseModel):
     max_queue: int = Field(default=256, ge=1, description="requests allowed to wait; more raise QueueFullError")
     max_new_tokens: int = Field(default=512, ge=1, description="cap when a request sets no max_tokens")
     default_temperature: float = Field(default=0.0, ge=0, description="when a request sets none; 0 is greedy")
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="torch.set_num_threads at load (process-wide!); 1 helps on busy shared CPUs",
+    )
 
 
 def require_local_extra() -> tuple[Any, Any]:
@@ -119,6 +123,8 @@ class LocalBackend:
     def load(cls, path: str | Path, *, name: str | None = None, options: LocalOptions | None = None) -> LocalBackend:
         torch, transformers = require_local_extra()
         opts = options or LocalOptions()
+        if opts.torch_threads is not None:
+            torch.set_num_threads(opts.torch_threads)
         device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if opts.dtype == "auto":
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

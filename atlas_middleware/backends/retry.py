@@ -81,7 +81,7 @@ class RetryingBackend(WrapperBackend):
         base_delay: float = 0.2, max_delay: float = 5.0,
     ) -> None:
         super().__init__(inner)
-        stop = stop_after_attempt(attempts)
+        stop: Any = stop_after_attempt(attempts)
         if budget is not None:
             stop = stop | stop_after_delay(budget)
         self._settings: dict[str, Any] = dict(

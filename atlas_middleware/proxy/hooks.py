@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
@@ -36,7 +37,14 @@ class AtlasProxyHooks(CustomLogger):
         self.metrics = metrics
 
     def report_for(self, data: dict[str, Any], response: Any) -> CallReport | None:
-        return report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
+        report = report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
+        if report is None:
+            # After the success hook the body field is a JSON dict; the proxy may also have
+            # turned the whole response into a dict.
+            body = response.get(BODY_FIELD) if isinstance(response, dict) else getattr(response, BODY_FIELD, None)
+            if isinstance(body, dict):
+                report = self.provider.reports.get(body.get("call_id"))
+        return report
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any,
                                            response: Any) -> Any:
@@ -64,12 +72,27 @@ def _proxy_app() -> Any:
     return getattr(module, "app", None) if module is not None else None
 
 
+_built: dict[str | None, tuple[AtlasLLM, AtlasProxyHooks]] = {}
+_build_lock = threading.Lock()
+
+
 def build(config_file: str | None = None, *, metrics: bool = True, **atlas_kwargs: Any) -> tuple[AtlasLLM, AtlasProxyHooks]:
     """The provider and the hooks, sharing one ``Atlas`` (built on the first call).
 
     Configuration comes from ``config_file`` or ``ATLAS_CONFIG`` (the proxy's config.yaml
     may carry an ``atlas:`` section) and ``ATLAS_*`` variables.
+
+    The proxy executes the hook module once per config entry that names it (the provider
+    map and the callbacks), so the pair is built once per process and shared: the hooks
+    must see the reports of the provider that served the call.
     """
+    with _build_lock:
+        if config_file not in _built or atlas_kwargs:
+            _built[config_file] = _build(config_file, metrics, atlas_kwargs)
+        return _built[config_file]
+
+
+def _build(config_file: str | None, metrics: bool, atlas_kwargs: dict[str, Any]) -> tuple[AtlasLLM, AtlasProxyHooks]:
     observer = AtlasMetrics() if metrics else None
     provider = AtlasLLM(config_file=config_file, on_report=[observer.observe] if observer else None,
                         **atlas_kwargs)

@@ -64,7 +64,7 @@ class GroupSummary(BaseModel):
     failed: int = 0
     decisions: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     reasons: dict[str, int] = Field(default_factory=dict)
-    tokens: dict[str, RoleTokens] = Field(default_factory=lambda: {r: RoleTokens() for r in ROLES})
+    tokens: dict[str, RoleTokens] = Field(default_factory=lambda: {str(r): RoleTokens() for r in ROLES})
     total_tokens: int = 0
     measured_calls: int = 0
     tokens_saved: int = 0

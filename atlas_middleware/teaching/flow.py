@@ -301,6 +301,7 @@ def _teach(
     h_guided = yield _start("guided", "student", guided_req)
 
     if s.policy == "strict":
+        assert h_base is not None
         guided, base = yield Wait((h_guided, h_base))
         if guided.response is None or base.response is None:
             yield _one_survivor(report, guided, base)

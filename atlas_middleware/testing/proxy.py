@@ -26,10 +26,20 @@ from typing import Any
 
 import yaml
 
-HOOK_MODULE = '"""Loads atlas-middleware into the LiteLLM proxy."""\n\nfrom atlas_middleware.proxy.hooks import build\n\natlas_provider, proxy_handler_instance = build()\n'
+HOOK_MODULE = (
+    '"""Loads atlas-middleware into the LiteLLM proxy."""\n\n'
+    "from atlas_middleware.proxy.auth import user_api_key_auth  # noqa: F401\n"
+    "from atlas_middleware.proxy.hooks import build\n\n"
+    "atlas_provider, proxy_handler_instance = build()\n"
+)
 LITELLM_SETTINGS: dict[str, Any] = {
     "custom_provider_map": [{"provider": "atlas", "custom_handler": "atlas_hooks.atlas_provider"}],
     "callbacks": ["atlas_hooks.proxy_handler_instance"],
+}
+GENERAL_SETTINGS: dict[str, Any] = {
+    "master_key": "os.environ/LITELLM_MASTER_KEY",
+    "custom_auth": "atlas_hooks.user_api_key_auth",
+    "custom_auth_settings": {"mode": "auto"},
 }
 
 
@@ -89,7 +99,7 @@ class ProxyProcess:
                 for name, student in self.models.items()
             ],
             "litellm_settings": LITELLM_SETTINGS,
-            "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+            "general_settings": GENERAL_SETTINGS,
             "atlas": self.atlas,
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -6,6 +6,9 @@ the teacher and policy come from the ``atlas:`` section of the config file named
 ``ATLAS_CONFIG`` and from ``ATLAS_*`` variables.
 """
 
+from atlas_middleware.proxy.auth import user_api_key_auth
 from atlas_middleware.proxy.hooks import build
 
 atlas_provider, proxy_handler_instance = build()
+
+__all__ = ["atlas_provider", "proxy_handler_instance", "user_api_key_auth"]

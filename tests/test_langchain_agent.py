@@ -1,0 +1,149 @@
+"""``AtlasAgentMiddleware`` in a real ``create_agent`` loop with tools, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langchain")
+
+from langchain.agents import create_agent  # noqa: E402
+from langchain_core.callbacks import get_usage_metadata_callback  # noqa: E402
+from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
+
+from atlas_middleware import Reason  # noqa: E402
+from atlas_middleware.langchain import AtlasAgentMiddleware, atlas_report  # noqa: E402
+from atlas_middleware.messages import ChatRequest, ToolCall  # noqa: E402
+from atlas_middleware.testing import Reply, ScriptedBackend, classify, teacher_reply  # noqa: E402
+from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
+
+FINAL = "It is sunny in Paris, and 2 + 3 = 5."
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _step(bad_guided_step: int | None = None) -> Any:
+    """The student: weather, then add, then the answer; optionally a wrong tool when guided."""
+
+    def answer(request: ChatRequest) -> Reply:
+        done = sum(1 for m in request.messages if m["role"] == "tool")
+        if done == 0:
+            return Reply(None, tool_calls=[ToolCall(id="w1", name="get_weather", arguments='{"city": "Paris"}')])
+        if done == 1:
+            wrong = bad_guided_step == 2 and classify(request) == "guided"
+            return Reply(None, tool_calls=[ToolCall(id="a1", name="addition" if wrong else "add",
+                                                    arguments=json.dumps({"a": 2, "b": 3}))])
+        return Reply(FINAL)
+
+    return answer
+
+
+def _agent(tmp_path: Path, bad_guided_step: int | None = None, **kwargs: Any) -> tuple[Any, AtlasAgentMiddleware, ScriptedChatModel, ScriptedChatModel]:
+    step = _step(bad_guided_step)
+    student = ScriptedChatModel(backend=ScriptedBackend({"probe": "Weather tool, then the add tool.",
+                                                          "guided": step, "baseline": step}))
+    teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": teacher_reply("One tool per step.")}),
+                                model_name="scripted-teacher")
+    middleware = AtlasAgentMiddleware(teacher=teacher, policy="strict", ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    agent = create_agent(student, tools=[get_weather, add], middleware=[middleware],
+                         system_prompt="You are a helpful assistant.", **kwargs)
+    return agent, middleware, student, teacher
+
+
+QUESTION = {"messages": [{"role": "user", "content": "What is the weather in Paris, and what is 2 + 3?"}]}
+
+
+def _reports(messages: list[Any]) -> list[Any]:
+    return [atlas_report(m) for m in messages if isinstance(m, AIMessage)]
+
+
+def _check_clean_run(out: dict[str, Any], middleware: AtlasAgentMiddleware, student: ScriptedChatModel,
+                     teacher: ScriptedChatModel) -> None:
+    reports = _reports(out["messages"])
+    assert out["messages"][-1].content == FINAL
+    assert len(reports) == 3
+    # One diagnosis per task ...
+    assert teacher.roles == ["teacher"] and student.roles.count("probe") == 1
+    assert [r.guidance_reused for r in reports] == [False, True, True]
+    # ... guidance on every step ...
+    assert student.roles.count("guided") == 3
+    assert all(r.guidance == "One tool per step." and r.usage.guided.calls == 1 for r in reports)
+    assert len({r.session_id for r in reports}) == 1
+    # ... and a ledger row for every model call of the agent, with every call's tokens.
+    rows = middleware.atlas.ledger.records()
+    assert [row.call_id for row in rows] == [r.call_id for r in reports]
+    assert sum(row.tokens[role]["calls"] for row in rows for role in ("probe", "guided", "baseline")) == len(student.calls)
+    assert sum(row.tokens["teacher"]["calls"] for row in rows) == len(teacher.calls)
+    tools_run = [m.content for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert tools_run == ["sunny in Paris", "5"]
+
+
+def test_agent_diagnoses_once_and_guides_every_step(tmp_path: Path) -> None:
+    agent, middleware, student, teacher = _agent(tmp_path)
+    _check_clean_run(agent.invoke(QUESTION), middleware, student, teacher)
+
+
+async def test_async_agent(tmp_path: Path) -> None:
+    agent, middleware, student, teacher = _agent(tmp_path)
+    _check_clean_run(await agent.ainvoke(QUESTION), middleware, student, teacher)
+
+
+def test_a_wrong_guided_tool_call_falls_back_and_reteaches(tmp_path: Path) -> None:
+    agent, middleware, student, teacher = _agent(tmp_path, bad_guided_step=2)
+    out = agent.invoke(QUESTION)
+    reports = _reports(out["messages"])
+    assert [r.decision for r in reports] == ["baseline", "baseline", "baseline"]
+    assert reports[1].reason == Reason.INVALID_TOOL_CALL and reports[1].guidance_reused
+    # The agent ran the baseline's valid call, not the guided one.
+    assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)] == ["sunny in Paris", "5"]
+    # The guidance lost, so the next step was taught afresh.
+    assert not reports[2].guidance_reused and len(teacher.calls) == 2
+    assert out["messages"][-1].content == FINAL
+    assert len(middleware.atlas.ledger.records()) == 3
+
+
+def test_agent_usage_is_counted_once_by_callbacks(tmp_path: Path) -> None:
+    agent, _, student, _ = _agent(tmp_path)
+    with get_usage_metadata_callback() as cb:
+        out = agent.invoke(QUESTION)
+    reports = _reports(out["messages"])
+    # The student's calls run through the agent's handler: each is one model run of the
+    # agent, counted once; the teacher's tokens are in the reports only.
+    student_total = sum(r.usage.student().total_tokens for r in reports)
+    assert cb.usage_metadata["scripted-student"]["total_tokens"] == student_total
+    assert set(cb.usage_metadata) == {"scripted-student"}
+
+
+def test_threads_key_sessions_by_task(tmp_path: Path) -> None:
+    agent, _, _, teacher = _agent(tmp_path, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t1"}}
+    agent.invoke(QUESTION, config)
+    assert len(teacher.calls) == 1
+    # A new user message on the same thread is a new task: diagnosed afresh.
+    agent.invoke({"messages": [{"role": "user", "content": "And in Rome?"}]}, config)
+    assert len(teacher.calls) == 2
+
+
+def test_example_runs_offline_and_prints_the_savings(capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "langchain_agent.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "ledger rows: 3" in out
+    assert "student completion tokens saved vs. student alone: +" in out
+    assert "net tokens of the run" in out

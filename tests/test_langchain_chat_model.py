@@ -1,0 +1,247 @@
+"""``AtlasChatModel``: the teaching loop behind LangChain's chat model interface."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback  # noqa: E402
+from langchain_core.language_models import FakeListLLM  # noqa: E402
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.outputs import ChatGenerationChunk, LLMResult  # noqa: E402
+from pydantic import BaseModel, ValidationError  # noqa: E402
+
+from atlas_middleware import Reason  # noqa: E402
+from atlas_middleware.langchain import AtlasChatModel, atlas_report  # noqa: E402
+from atlas_middleware.langchain._convert import restore_messages, to_openai_messages  # noqa: E402
+from atlas_middleware.messages import ToolCall  # noqa: E402
+from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply  # noqa: E402
+from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
+
+SCRIPT = {"probe": "Add the numbers.", "guided": "20 + 22 = 42. The answer is 42",
+          "baseline": "20 plus 22 makes 42 in total. The answer is 42"}
+
+
+def _teacher(guidance: str = "Carry the one.", **script: Any) -> ScriptedChatModel:
+    return ScriptedChatModel(backend=ScriptedBackend({"teacher": teacher_reply(guidance), **script}),
+                             model_name="scripted-teacher")
+
+
+def _model(script: dict[str, Any] | None = None, **kwargs: Any) -> tuple[AtlasChatModel, ScriptedChatModel, ScriptedChatModel]:
+    student = ScriptedChatModel(backend=ScriptedBackend(script or SCRIPT))
+    teacher = kwargs.pop("teacher", None) or _teacher()
+    return AtlasChatModel(student=student, teacher=teacher, ledger="none", **kwargs), student, teacher
+
+
+class Recorder(BaseCallbackHandler):
+    """A tracer-like handler: every LLM run it is told about, with its usage."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.tokens = 0
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self.starts += 1
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for gens in response.generations:
+            for gen in gens:
+                usage = getattr(getattr(gen, "message", None), "usage_metadata", None) or {}
+                self.tokens += usage.get("total_tokens", 0)
+
+
+def test_invoke_runs_the_core_loop_and_reports() -> None:
+    llm, student, teacher = _model()
+    msg = llm.invoke("What is 20 + 22?")
+    report = atlas_report(msg)
+    assert isinstance(msg, AIMessage) and msg.content == SCRIPT["guided"]
+    assert report is not None and report.decision == "guided" and report.reason == Reason.AGREEMENT
+    assert sorted(student.roles) == ["baseline", "guided", "probe"]
+    assert teacher.roles == ["teacher"]
+    # The teacher saw the student's own probe answer.
+    assert SCRIPT["probe"] in teacher.calls[0].messages[-1]["content"]
+    assert report.guidance == "Carry the one."
+    assert msg.response_metadata["model_name"] == "scripted-student"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "stream", "astream"])
+async def test_usage_is_counted_once(mode: str) -> None:
+    llm, student, teacher = _model()
+    recorder = Recorder()
+    config = {"callbacks": [recorder]}
+    with get_usage_metadata_callback() as cb:
+        if mode == "sync":
+            msg = llm.invoke("What is 20 + 22?", config=config)
+        elif mode == "async":
+            msg = await llm.ainvoke("What is 20 + 22?", config=config)
+        elif mode == "stream":
+            msg = _joined(llm.stream("What is 20 + 22?", config=config))
+        else:
+            chunks = [c async for c in llm.astream("What is 20 + 22?", config=config)]
+            msg = _joined(iter(chunks))
+    report = atlas_report(msg)
+    assert report is not None
+    total = report.usage.total()
+    assert total.calls == 4  # probe, teacher, guided, baseline
+    # Every provider call exactly once: the inner calls never reach the caller's callbacks.
+    assert recorder.starts == 1
+    assert recorder.tokens == total.total_tokens
+    assert cb.usage_metadata == {"scripted-student": {"input_tokens": total.prompt_tokens,
+                                                      "output_tokens": total.completion_tokens,
+                                                      "total_tokens": total.total_tokens}}
+    # ... and the figures are the providers' own: the delivered guided call's usage is the
+    # student's word count of its answer.
+    assert report.usage.guided.completion_tokens == len(SCRIPT["guided"].split())
+    assert report.usage.teacher.calls == 1 and report.usage.teacher.total_tokens > 0
+
+
+def _joined(chunks: Iterator[Any]) -> AIMessageChunk:
+    full = None
+    for chunk in chunks:
+        full = chunk if full is None else full + chunk
+    assert isinstance(full, AIMessageChunk)
+    return full
+
+
+def test_tools_pass_through_and_an_invalid_guided_call_loses() -> None:
+    def call(name: str) -> Reply:
+        return Reply(None, tool_calls=[ToolCall(id="c1", name=name, arguments=json.dumps({"a": 1, "b": 2}))])
+
+    llm, student, _ = _model({"probe": "use add", "guided": call("addd"), "baseline": call("add")})
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    msg = llm.bind_tools([add], tool_choice="add").invoke("1+2?")
+    report = atlas_report(msg)
+    assert report is not None
+    assert report.decision == "baseline" and report.reason == Reason.INVALID_TOOL_CALL
+    assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
+    by_role = dict(zip(student.roles, student.calls, strict=True))
+    assert "tools" not in by_role["probe"].params  # the probe is plain text
+    for role in ("guided", "baseline"):
+        assert by_role[role].params["tools"][0]["function"]["name"] == "add"
+        assert by_role[role].params["tool_choice"] == "add"
+
+
+def test_with_structured_output() -> None:
+    class Answer(BaseModel):
+        value: int
+
+    call = Reply(None, tool_calls=[ToolCall(id="c1", name="Answer", arguments='{"value": 42}')])
+    llm, _, _ = _model({"probe": "plan", "guided": call, "baseline": call})
+    assert llm.with_structured_output(Answer).invoke("20+22?") == Answer(value=42)
+
+
+def test_strict_stream_starts_after_the_decision() -> None:
+    llm, _, _ = _model()
+    chunks = list(llm.stream("What is 20 + 22?"))
+    assert chunks[-1].chunk_position == "last"
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+    full = _joined(iter(chunks))
+    assert full.text == SCRIPT["guided"]
+    report = atlas_report(full)
+    assert report is not None and report.reason == Reason.AGREEMENT
+
+
+class _HeldStream(ScriptedChatModel):
+    """Yields its first chunk, then waits until the consumer has seen it."""
+
+    seen: Any = None
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for i, chunk in enumerate(super()._stream(*args, **kwargs)):
+            yield chunk
+            if i == 0 and not self.seen.wait(5):
+                raise AssertionError("the consumer never received the first token")
+
+
+def test_off_policy_streams_tokens_as_they_come() -> None:
+    seen = threading.Event()
+    student = _HeldStream(backend=ScriptedBackend(SCRIPT), chunk_words=1, seen=seen)
+    llm = AtlasChatModel(student=student, teacher=_teacher(), ledger="none", policy="off")
+    chunks = []
+    for chunk in llm.stream("What is 20 + 22?"):
+        chunks.append(chunk)
+        seen.set()
+    full = _joined(iter(chunks))
+    assert full.text == SCRIPT["guided"]
+    assert len(chunks) > 3  # word by word, as the student yielded them
+    report = atlas_report(full)
+    assert report is not None and report.decision == "guided" and report.reason == Reason.POLICY_OFF
+    assert full.usage_metadata is not None and full.usage_metadata["total_tokens"] == report.usage.total().total_tokens
+
+
+async def test_off_policy_astream_falls_back_when_the_teacher_fails() -> None:
+    teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": RuntimeError("teacher down")}))
+    llm, student, _ = _model(policy="off", teacher=teacher)
+    full = _joined(iter([c async for c in llm.astream("What is 20 + 22?")]))
+    report = atlas_report(full)
+    assert report is not None and report.decision == "student_only" and report.reason == Reason.TEACHER_ERROR
+    assert full.text == SCRIPT["baseline"]
+
+
+def test_teacher_failure_fails_open() -> None:
+    teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": RuntimeError("boom")}))
+    llm, _, _ = _model(teacher=teacher, atlas_settings={"teacher_retries": 1})
+    msg = llm.invoke("What is 20 + 22?")
+    report = atlas_report(msg)
+    assert report is not None and report.reason == Reason.TEACHER_ERROR and msg.content == SCRIPT["baseline"]
+
+
+def test_session_reuses_the_guidance() -> None:
+    llm, student, teacher = _model(session_id="task-1")
+    first = atlas_report(llm.invoke("What is 20 + 22?"))
+    second = atlas_report(llm.invoke("What is 20 + 22?"))
+    assert first is not None and second is not None
+    assert not first.guidance_reused and second.guidance_reused
+    assert teacher.roles == ["teacher"] and student.roles.count("probe") == 1
+
+
+def test_a_litellm_teacher_string_is_accepted() -> None:
+    llm = AtlasChatModel(student=ScriptedChatModel(), teacher="hosted_vllm/some-teacher", ledger="none")
+    assert llm.atlas.settings.teacher_model == "hosted_vllm/some-teacher"
+
+
+def test_bad_input_gets_langchains_errors() -> None:
+    with pytest.raises(ValidationError):
+        AtlasChatModel(student=FakeListLLM(responses=["x"]), teacher=_teacher(), ledger="none")
+    # A bad setting fails at construction, as pydantic validation (the core's ConfigError inside).
+    with pytest.raises(ValidationError, match="unknown policy"):
+        AtlasChatModel(student=ScriptedChatModel(), teacher=_teacher(), ledger="none", policy="sometimes")
+    llm, _, _ = _model()
+    with pytest.raises(ValueError):  # LangChain's own message conversion error
+        llm.invoke([("wizard", "hello")])
+
+
+def test_caller_messages_reach_the_student_unchanged() -> None:
+    originals = [SystemMessage("Be brief.", id="s1"), HumanMessage("hi", id="h1", additional_kwargs={"x": 1})]
+    dicts = to_openai_messages(originals)
+    note = {"role": "system", "content": "A teacher says: check."}
+    restored = restore_messages([dicts[0], note, dicts[1]], originals, dicts)
+    assert restored[1] is originals[1]  # the very object, ids and extras intact
+    assert restored[0].content == "Be brief.\n\nA teacher says: check." and restored[0].id == "s1"
+    assert len(restored) == 2
+
+
+def test_core_import_does_not_import_langchain() -> None:
+    code = ("import sys, atlas_middleware; "
+            "assert not [m for m in sys.modules if m.startswith(('langchain', 'langgraph'))]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_extra_names_the_install_command() -> None:
+    code = ("import sys; sys.modules['langchain_core'] = None\n"
+            "from atlas_middleware.errors import MissingExtraError\n"
+            "try:\n    import atlas_middleware.langchain\nexcept MissingExtraError as e:\n"
+            "    assert \"atlas-middleware[langchain]\" in str(e), e\nelse:\n    raise SystemExit('no error')")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,249 @@
+"""``local/...`` backend: batching correctness, exact token counts, parameters, queue limits,
+missing extras. Most tests use a tiny random-weight Llama (fast, no download) with the
+embedded model's real tokenizer and chat template; the ``slow`` ones use SmolLM2 itself."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from atlas_middleware.backends import backend_for  # noqa: E402
+from atlas_middleware.backends.local import LocalBackend, LocalOptions, clear_shared_backends  # noqa: E402
+from atlas_middleware.embedded import EMBEDDED_MODEL, ensure_converted  # noqa: E402
+from atlas_middleware.errors import (  # noqa: E402
+    ConfigError,
+    InvalidRequestError,
+    MissingExtraError,
+    QueueFullError,
+)
+from atlas_middleware.messages import ChatRequest  # noqa: E402
+
+PROMPTS = [
+    "What is 2 + 3?",
+    "Name three colours of the rainbow and explain why the sky is blue in one sentence.",
+    "Hi",
+    "Write the first line of a poem about the sea.",
+]
+
+
+def request(text: str, **params: Any) -> ChatRequest:
+    return ChatRequest(model="local/tiny", messages=[{"role": "user", "content": text}], params=params)
+
+
+@pytest.fixture(scope="session")
+def embedded_folder() -> str:
+    return str(ensure_converted())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_folder: str) -> Any:
+    return transformers.AutoTokenizer.from_pretrained(embedded_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer: Any) -> Any:
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        # Large random weights give well-separated logits: greedy choices are not near-ties.
+        initializer_range=0.5, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny(tiny_model: Any, tokenizer: Any) -> Iterator[LocalBackend]:
+    backend = LocalBackend(tiny_model, tokenizer, name="local/tiny",
+                           options=LocalOptions(max_batch_size=8, batch_wait_ms=200, max_new_tokens=16))
+    yield backend
+    backend.close()
+
+
+def run_together(backend: LocalBackend, requests: list[ChatRequest]) -> list[Any]:
+    barrier = threading.Barrier(len(requests))
+
+    def call(req: ChatRequest) -> Any:
+        barrier.wait()
+        return backend.complete(req)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(call, requests))
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+def test_batched_outputs_equal_one_by_one_outputs_under_greedy(tiny: LocalBackend) -> None:
+    # Different prompt lengths (left padding) and different per-request token caps.
+    requests = [request(p, max_tokens=cap) for p, cap in zip(PROMPTS, (16, 5, 12, 9), strict=True)]
+    alone = [tiny.complete(r) for r in requests]
+    assert tiny.batcher.batch_sizes == [1, 1, 1, 1]
+    together = run_together(tiny, requests)
+    assert max(tiny.batcher.batch_sizes[4:]) > 1, "concurrent calls were not batched"
+    for a, b, r in zip(alone, together, requests, strict=True):
+        assert b.content == a.content
+        assert b.usage == a.usage
+        assert b.finish_reason == a.finish_reason
+        assert b.usage.completion_tokens <= r.params["max_tokens"]
+
+
+async def test_async_calls_are_batched_and_equal_sync_ones(tiny: LocalBackend) -> None:
+    requests = [request(p, max_tokens=8) for p in PROMPTS]
+    sync = [tiny.complete(r) for r in requests]
+    before = len(tiny.batcher.batch_sizes)
+    results = await asyncio.gather(*(tiny.acomplete(r) for r in requests))
+    assert [r.content for r in results] == [s.content for s in sync]
+    assert tiny.batcher.batch_sizes[before:] == [4]
+
+
+def test_greedy_tokens_match_transformers_generate(tiny: LocalBackend, tiny_model: Any, tokenizer: Any) -> None:
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+    with torch.inference_mode():
+        ref = tiny_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=10, do_sample=False)
+    expected = ref[0, len(ids):].tolist()
+    job = tiny.job(request(PROMPTS[1], max_tokens=10))
+    result = tiny.batcher.submit(job).result(timeout=60)
+    assert result.token_ids == expected
+
+
+# -- exact token counts ------------------------------------------------------------------------
+
+
+def test_token_counts_come_from_the_models_own_tokenizer(tiny: LocalBackend, tokenizer: Any) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[0]}]
+    response = tiny.complete(ChatRequest(model="local/tiny", messages=messages, params={"max_tokens": 7}))
+    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert response.usage.prompt_tokens == len(templated)
+    job = tiny.job(ChatRequest(model="local/tiny", messages=messages, params={"max_tokens": 7}))
+    tokens = tiny.batcher.submit(job).result(timeout=60).token_ids
+    assert response.usage.completion_tokens == len(tokens)
+    assert response.usage.exact and response.usage.counted_by == "provider"
+    assert response.usage.calls == 1 and response.usage.cost_usd == 0.0
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+
+def test_max_tokens_is_honoured(tiny: LocalBackend) -> None:
+    response = tiny.complete(request(PROMPTS[1], max_tokens=3, ignore_eos=True))
+    assert response.usage.completion_tokens == 3
+    assert response.finish_reason == "length"
+    default_cap = tiny.complete(request(PROMPTS[1], ignore_eos=True))
+    assert default_cap.usage.completion_tokens == tiny.options.max_new_tokens
+
+
+def test_stop_strings_cut_the_answer_and_end_generation(tiny: LocalBackend) -> None:
+    full = tiny.complete(request(PROMPTS[3], max_tokens=16, ignore_eos=True)).text
+    assert len(full) > 6
+    stop = full[4:7]
+    cut = tiny.complete(request(PROMPTS[3], max_tokens=16, ignore_eos=True, stop=[stop]))
+    assert cut.text == full[: full.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.usage.completion_tokens < 16
+
+
+def test_sampling_follows_temperature_and_seed(tiny: LocalBackend) -> None:
+    greedy = tiny.complete(request(PROMPTS[0], max_tokens=12, ignore_eos=True)).text
+    a = tiny.complete(request(PROMPTS[0], max_tokens=12, ignore_eos=True, temperature=1.5, seed=7)).text
+    b = tiny.complete(request(PROMPTS[0], max_tokens=12, ignore_eos=True, temperature=1.5, seed=7)).text
+    others = {tiny.complete(request(PROMPTS[0], max_tokens=12, ignore_eos=True, temperature=1.5, seed=s)).text
+              for s in (1, 2, 3)}
+    assert a == b
+    assert others | {a} != {greedy}, "temperature had no effect"
+
+
+def test_requests_the_backend_cannot_serve_are_refused_before_queueing(tiny: LocalBackend) -> None:
+    with pytest.raises(InvalidRequestError, match="n=1"):
+        tiny.complete(request("hi", n=2))
+    with pytest.raises(InvalidRequestError, match="does not fit"):
+        tiny.complete(request("word " * 400))
+    assert tiny.batcher.batch_sizes == []
+
+
+# -- back-pressure -----------------------------------------------------------------------------
+
+
+def test_overload_raises_queue_full(tiny_model: Any, tokenizer: Any) -> None:
+    backend = LocalBackend(tiny_model, tokenizer, name="local/tiny",
+                           options=LocalOptions(max_batch_size=1, batch_wait_ms=0, max_queue=2))
+    release, entered = threading.Event(), threading.Event()
+    run = backend.batcher._run
+
+    def gated(jobs: list[Any]) -> Any:
+        entered.set()
+        release.wait(30)
+        return run(jobs)
+
+    backend.batcher._run = gated
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(backend.complete, request("a", max_tokens=2))
+        assert entered.wait(10)
+        queued = [backend.batcher.submit(backend.job(request(x, max_tokens=2))) for x in "bc"]
+        with pytest.raises(QueueFullError, match="queue is full"):
+            backend.complete(request("d", max_tokens=2))
+        release.set()
+        assert first.result(timeout=30).usage.completion_tokens <= 2
+        assert all(f.result(timeout=30).completion_tokens <= 2 for f in queued)
+    backend.close()
+
+
+# -- construction errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["torch", "transformers"])
+def test_missing_local_extra_is_named(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(MissingExtraError, match=r"atlas-middleware\[local\]") as info:
+        backend_for("local/smollm2")
+    assert info.value.extra == "local"
+
+
+def test_unknown_local_model_is_a_config_error(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="no model folder"):
+        LocalBackend.for_model(f"local/{tmp_path / 'nothing-here'}")
+    with pytest.raises(ConfigError, match="invalid local model options"):
+        LocalBackend.for_model("local/smollm2", max_batch_size=0)
+
+
+# -- the embedded model itself -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Iterator[LocalBackend]:
+    backend = LocalBackend.for_model(EMBEDDED_MODEL, batch_wait_ms=200)
+    yield backend
+    clear_shared_backends()
+
+
+@pytest.mark.slow
+def test_embedded_model_is_shared_and_answers(smollm2: LocalBackend) -> None:
+    assert LocalBackend.for_model(EMBEDDED_MODEL, batch_wait_ms=200) is smollm2
+    answer = smollm2.complete(ChatRequest(
+        model=EMBEDDED_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+        params={"max_tokens": 12},
+    ))
+    assert "Paris" in answer.text
+    assert answer.finish_reason == "stop" and answer.usage.completion_tokens < 12
+
+
+@pytest.mark.slow
+def test_embedded_model_batched_equals_one_by_one(smollm2: LocalBackend) -> None:
+    requests = [ChatRequest(model=EMBEDDED_MODEL, messages=[{"role": "user", "content": p}],
+                            params={"max_tokens": 10}) for p in PROMPTS[:3]]
+    alone = [smollm2.complete(r) for r in requests]
+    together = run_together(smollm2, requests)
+    assert [t.text for t in together] == [a.text for a in alone]
+    assert [t.usage for t in together] == [a.usage for a in alone]
