@@ -23,7 +23,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check atlas_middleware tests bench examples
-	$(PY) -m pytest -q
+	# PostgreSQL and headless Chromium on loopback, for the ledger and report tests.
+	eval "$$(scripts/ci-services.sh)" && $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -91,14 +91,16 @@ class Atlas:
         # Failed ledger writes wait in a local spool and are written when the ledger is back.
         self.ledger_writer = SpooledWriter.for_ledger(self.ledger, config.spool)
         teacher_inner = teacher_backend or backend_for(
-            config.teacher or "", api_base=config.teacher_api_base, api_key=key
+            config.teacher or "", api_base=config.teacher_api_base, api_key=key, lean=config.lean_http
         )
         self.backends: dict[str, ChatBackend] = {
-            "student": student_backend or ModelRouter(),
+            "student": student_backend or ModelRouter(lean=config.lean_http),
             "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries, budget=config.teacher_timeout),
         }
         self.breaker = CircuitBreaker(config.circuit_failures, config.circuit_cooldown)
         self.sessions = SessionCache(ttl=config.session_ttl)
+        self._owned = [b for b in (None if student_backend else self.backends["student"],
+                                    None if teacher_backend else teacher_inner) if b is not None]
         self._sync = SyncDriver(self.backends)
         self._async = AsyncDriver(self.backends)
 
@@ -184,6 +186,12 @@ class Atlas:
         assert response is not None
         if stream is not None:
             return CompletionStream(chunks(response, stream["include_usage"]), report)
+        if isinstance(response.raw, dict):  # the lean HTTP path: the provider's JSON
+            from .backends.litellm import import_litellm
+
+            out_model = import_litellm().ModelResponse(**response.raw)
+            out_model.atlas = report
+            return out_model
         if response.raw is None:
             out = response.to_openai()
             out.atlas = report
@@ -212,6 +220,10 @@ class Atlas:
 
     def close(self) -> None:
         self._sync.close()
+        for backend in self._owned:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
         self.ledger.close()
 
     async def aclose(self) -> None:

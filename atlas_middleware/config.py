@@ -22,6 +22,7 @@ variable                       field                                            
 ``ATLAS_STORE_TEXTS``          ``store_texts``: keep prompt/answer texts          false
 ``ATLAS_SPOOL``                ``spool``: JSONL file for unwritten records, none  user data dir
 ``ATLAS_TEACHER_RETRIES``      ``teacher_retries``: attempts per teacher call     3
+``ATLAS_LEAN_HTTP``            ``lean_http``: direct httpx for OpenAI-compatible  true
 =============================  ================================================  =========
 """
 
@@ -67,6 +68,8 @@ class AtlasConfig(BaseModel):
     circuit_cooldown: float = Field(default=30.0, gt=0)
     session_ttl: float = Field(default=3600.0, gt=0)
     context_chars: int = Field(default=12000, ge=200)
+    lean_http: bool = True
+    """Call OpenAI-compatible endpoints directly over httpx instead of through LiteLLM."""
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -27,7 +27,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .backends.base import ChatBackend, WrapperBackend
 from .errors import ConfigError, MissingExtraError
+from .messages import ChatRequest, ChatResponse
 
 EMBEDDED_NAME = "smollm2"
 EMBEDDED_MODEL = f"local/{EMBEDDED_NAME}"
@@ -128,3 +130,40 @@ def resolve_local_model(name: str) -> Path:
         "for the embedded model, or local/<folder> for a transformers model saved on disk "
         "(hub ids are not downloaded)."
     )
+
+
+class PrefilledTeacher(WrapperBackend):
+    """The embedded model as a *teacher*: its reply is started with ``<teaching>`` for it.
+
+    A 135M model does not follow the teacher's output format on its own (it echoes the
+    student's plan), so every call would fall back as ``teacher_unparseable``. Starting the
+    assistant turn with the opening tag ("prefill", vLLM's ``continue_final_message``) makes
+    it write guidance in the format the parser reads. The guidance is still a tiny model's:
+    this shows the mechanism, not the teaching gain. Real teachers need no prefill.
+    """
+
+    PREFIX = "<teaching>"
+    END = "</teaching>"
+
+    def __init__(self, inner: ChatBackend) -> None:
+        super().__init__(inner)
+
+    def _prefilled(self, request: ChatRequest) -> ChatRequest:
+        messages = [*request.messages, {"role": "assistant", "content": self.PREFIX}]
+        stop = request.params.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        return request.replace(messages=messages).with_params(
+            continue_final_message=True, stop=[*stop, self.END]
+        )
+
+    def _complete_text(self, response: ChatResponse) -> ChatResponse:
+        # One paragraph is enough guidance, and a tiny model repeats itself past it.
+        paragraphs = [p.strip() for p in response.text.split("\n\n") if p.strip()]
+        text = f"{self.PREFIX}{paragraphs[0] if paragraphs else ''}{self.END}"
+        return response.model_copy(update={"content": text})
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        return self._complete_text(self.inner.complete(self._prefilled(request)))
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        return self._complete_text(await self.inner.acomplete(self._prefilled(request)))

@@ -33,6 +33,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import litellm
@@ -45,6 +46,7 @@ from .backends.base import ChatBackend
 from .backends.routing import ModelRouter
 from .client import Atlas
 from .config import AtlasConfig
+from .errors import InvalidRequestError
 from .redact import redact
 from .report import CallReport
 from .streaming import CompletionChunk, CompletionStream
@@ -129,6 +131,18 @@ def _quiet(backend: ChatBackend) -> ChatBackend:
     return backend
 
 
+@contextmanager
+def _bad_request(model: str) -> Iterator[None]:
+    """The caller's mistakes (bad messages, an unknown policy) as LiteLLM's 400 error.
+
+    Everything else (the student's own errors) passes through unchanged.
+    """
+    try:
+        yield
+    except InvalidRequestError as exc:
+        raise litellm.BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from exc
+
+
 def known_cost(report: CallReport) -> float:
     """The summed price of every inner call whose price is known."""
     usage = report.usage
@@ -174,8 +188,8 @@ class AtlasLLM(CustomLLM):
         if teacher is None and config.teacher:
             key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
             teacher = backend_for(config.teacher, api_base=config.teacher_api_base, api_key=key)
-        student = extra.pop("student_backend", None) or ModelRouter(fallback=LiteLLMBackend())
-        if isinstance(student, ModelRouter):
+        student = extra.pop("student_backend", None) or ModelRouter(fallback=LiteLLMBackend(NO_LOG))
+        if isinstance(student, ModelRouter):  # local/ and vllm/ students are not LiteLLM calls
             student.fallback = _quiet(student.fallback)
         return Atlas(config=config, student_backend=_quiet(student),
                      teacher_backend=_quiet(teacher) if teacher is not None else None, **extra)
@@ -188,17 +202,19 @@ class AtlasLLM(CustomLLM):
                    litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                    headers: dict[str, Any] | None = None, timeout: Any = None, client: Any = None) -> ModelResponse:
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
-        response = self.atlas.completion(model, messages, **kwargs)
+        with _bad_request(model):
+            response = self.atlas.completion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
 
-    async def acompletion(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override]
+    async def acompletion(self, model: str, messages: list[Any], api_base: str | None,
                           custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
                           encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict[str, Any],
                           acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
                           logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
                           client: Any = None) -> ModelResponse:
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
-        response = await self.atlas.acompletion(model, messages, **kwargs)
+        with _bad_request(model):
+            response = await self.atlas.acompletion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
 
     def streaming(self, model: str, messages: list[Any], api_base: str | None, custom_prompt_dict: dict[str, Any],
@@ -210,11 +226,14 @@ class AtlasLLM(CustomLLM):
         # The whole decision happens here, before LiteLLM wraps the iterator: a stream that
         # starts is a stream whose answer is chosen.
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
-        stream = self.atlas.completion(model, messages, **kwargs)
+        with _bad_request(model):
+            stream = self.atlas.completion(model, messages, **kwargs)
         self._remember(stream.atlas, litellm_params, logging_obj, stream=True)
         return iter(_generic_chunks(stream))
 
-    def astreaming(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override]
+    # A plain method returning an async iterator (not an async generator): the proxy's
+    # header hook must be able to run the loop (``prime()``) before the body starts.
+    def astreaming(self, model: str, messages: list[Any], api_base: str | None,  # type: ignore[override,misc]
                    custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
                    encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict[str, Any],
                    acompletion: Any = None, litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
@@ -270,7 +289,8 @@ class AtlasLLM(CustomLLM):
         # Forget what LiteLLM learned on the inner call (its price, endpoint, headers):
         # the outer call is priced from the report, and says nothing about the student's host.
         response._hidden_params = {"response_cost": known_cost(report)}
-        return response
+        delivered: ModelResponse = response
+        return delivered
 
 
 class PendingStream:
@@ -294,7 +314,8 @@ class PendingStream:
         async with self._lock:
             if self._chunks is None and self._error is None:
                 try:
-                    stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
+                    with _bad_request(self._model):
+                        stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
                 except Exception as exc:
                     self._error = exc
                     return None
@@ -382,7 +403,7 @@ def register(provider: AtlasLLM | None = None, **atlas_kwargs: Any) -> AtlasLLM:
     ] + [{"provider": PROVIDER, "custom_handler": provider}]
     from litellm.utils import custom_llm_setup
 
-    custom_llm_setup()
+    custom_llm_setup()  # type: ignore[no-untyped-call]
     _registered = provider
     return provider
 

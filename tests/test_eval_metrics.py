@@ -101,7 +101,10 @@ async def test_strict_run_gives_the_hand_computed_figures(tmp_path: Path) -> Non
     assert m.gain.mean_diff == pytest.approx(0.125)
     assert m.gain.t == pytest.approx(0.125 / (math.sqrt(2.1875 / 3) / 2))
     assert m.gain.p_value == pytest.approx(p_df3(0.29277), abs=1e-5)
-    assert m.gain.low == pytest.approx(0.125 - 3.182446 * 0.426956, abs=1e-5)
+    # 0.125 -/+ 3.182446 * 0.426956 = [-1.2338, 1.4838], clipped to the possible [-1, 1]
+    assert (m.gain.low, m.gain.high) == (-1.0, 1.0)
+    assert m.delivered_gain.low == pytest.approx(0.125 - 3.182446 * 0.125, abs=1e-6)
+    assert m.delivered_gain.high == pytest.approx(0.125 + 3.182446 * 0.125, abs=1e-6)
     assert m.delivered_gain.p_value == pytest.approx(1 - 1 / 3 - math.sqrt(3) / (2 * math.pi), abs=1e-9)
 
     assert m.teacher_student.completion_rate == 1.0

@@ -3,7 +3,8 @@
 The tiny model scores about 2% on GSM8K, so this proves the mechanism (real prompts, real
 tokens counted by the model's own tokenizer, real grading, the policy's fallback, the
 outputs), not a teaching gain. It runs in CI (marked slow): 3 problems x 1 sample with
-small token caps, about a minute on two cores once the model is cached.
+small token caps, about a minute on two idle cores once the model is cached (much longer
+when the cores are shared).
 """
 
 from __future__ import annotations
@@ -27,25 +28,27 @@ pytestmark = [
 
 
 def test_embedded_model_on_three_gsm8k_problems(tmp_path: Path) -> None:
+    # The same run as docs/evaluation.md. One sample in flight: on two cores the strict
+    # policy's two concurrent student calls (baseline and probe) already fill the machine.
     settings = EvalSettings(dataset="gsm8k", student="local/smollm2", teacher="local/smollm2", samples=1,
-                            limit=3, max_tokens=64, concurrency=3)
-    with Atlas(teacher="local/smollm2", ledger="none", teacher_timeout=120, probe_max_tokens=24,
-               teacher_max_tokens=64) as atlas:
+                            limit=3, max_tokens=48, concurrency=1)
+    with Atlas(teacher="local/smollm2", ledger="none", teacher_timeout=300, probe_max_tokens=16,
+               teacher_max_tokens=48) as atlas:
         out = evaluate(atlas, settings, tmp_path, progress=False)
 
     records = [SampleRecord.model_validate_json(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r.problem_id for r in sorted(records, key=lambda r: r.problem_id)] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
     for r in records:
         # Real tokens from the model's tokenizer, capped where the settings say.
-        assert 0 < r.alone.completion_tokens <= 64 and r.alone.prompt_tokens > 20
+        assert 0 < r.alone.completion_tokens <= 48 and r.alone.prompt_tokens > 20
         assert r.alone.text and r.alone.finish_reason in ("stop", "length")
         assert r.usage["baseline"]["calls"] == 1
-        assert r.usage["probe"]["calls"] == 1 and r.usage["probe"]["completion"] <= 24
+        assert r.usage["probe"]["calls"] == 1 and r.usage["probe"]["completion"] <= 16
         # The teaching path ran or its failure was recorded; never a crash.
         assert r.taught or r.reason in ("teacher_unparseable", "no_guidance", "strong_student", "teacher_timeout")
         if r.taught:
-            assert r.usage["teacher"]["calls"] == 1 and 0 < r.usage["teacher"]["completion"] <= 64
-            assert 0 < r.guided.completion_tokens <= 64
+            assert r.usage["teacher"]["calls"] == 1 and 0 < r.usage["teacher"]["completion"] <= 48
+            assert 0 < r.guided.completion_tokens <= 48
         spent = sum(u["prompt"] + u["completion"] for u in r.usage.values())
         assert r.spent_tokens == spent and r.alone_tokens == r.alone.prompt_tokens + r.alone.completion_tokens
         assert r.gold == {"gsm8k-0": "18", "gsm8k-1": "3", "gsm8k-2": "70000"}[r.problem_id]

@@ -54,3 +54,11 @@ def test_degenerate_cases_are_undefined_not_guessed() -> None:
     assert mean_ci([]).mean is None
     with pytest.raises(ValueError):
         paired_test([1.0], [1.0, 0.0])
+
+
+def test_bounds_clip_the_interval_not_the_mean() -> None:
+    # 0, 1, 1: mean 2/3, sd sqrt(1/3), se 1/3; t(0.975, 2) = 4.302653 -> [-0.767551, 2.100884]
+    raw = mean_ci([0.0, 1.0, 1.0])
+    assert raw.low == pytest.approx(2 / 3 - 4.302653 / 3, abs=1e-6)
+    clipped = mean_ci([0.0, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert (clipped.mean, clipped.low, clipped.high) == (pytest.approx(2 / 3), 0.0, 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ pytest.importorskip("langchain")
 
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.callbacks import get_usage_metadata_callback  # noqa: E402
-from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
+from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 
@@ -147,3 +148,37 @@ def test_example_runs_offline_and_prints_the_savings(capsys: pytest.CaptureFixtu
     assert "ledger rows: 3" in out
     assert "student completion tokens saved vs. student alone: +" in out
     assert "net tokens of the run" in out
+
+
+@pytest.mark.parametrize("policy", ["strict", "off"])
+def test_messages_stream_shows_answers_not_probes(tmp_path: Path, policy: str) -> None:
+    agent, middleware, _, _ = _agent(tmp_path)
+    middleware.atlas.settings = dataclasses.replace(middleware.atlas.settings, policy=policy)
+    texts: list[str] = []
+    for chunk, _meta in agent.stream(QUESTION, stream_mode="messages"):
+        if isinstance(chunk, (AIMessage, AIMessageChunk)) and chunk.text:
+            texts.append(chunk.text)
+    joined = "".join(texts)
+    assert "Weather tool" not in joined  # the probe never reaches the user's stream
+    assert joined.count("sunny in Paris, and 2 + 3 = 5.") == 1  # the answer, once
+
+
+def test_verify_with_the_teacher_as_judge(tmp_path: Path) -> None:
+    """verify: the teacher (a LangChain model) grades each guided step; a failed grade brings
+    in the baseline for a comparison (here they agree, so no pairwise verdict is needed)."""
+    step = _step()
+    student = ScriptedChatModel(backend=ScriptedBackend({"probe": "plan", "guided": step, "baseline": step}))
+    teacher = ScriptedChatModel(backend=ScriptedBackend({
+        "teacher": teacher_reply("One tool per step."),
+        # The tool steps pass, the final answer fails its grade and loses the comparison.
+        "judge_score": lambda r: "<verdict>2</verdict>" if "sunny in Paris, and" in r.messages[-1]["content"] else "<verdict>9</verdict>",
+        "judge_pair": "<verdict>B</verdict>",
+    }), model_name="scripted-teacher")
+    middleware = AtlasAgentMiddleware(teacher=teacher, policy="verify", judge="teacher", ledger="none")
+    agent = create_agent(student, tools=[get_weather, add], middleware=[middleware])
+    reports = _reports(agent.invoke(QUESTION)["messages"])
+    assert [r.reason for r in reports[:2]] == [Reason.VERIFIED, Reason.VERIFIED]
+    assert student.roles.count("baseline") == 1  # only the step that failed its grade
+    assert reports[2].reason == Reason.AGREEMENT
+    assert [r.usage.judge.calls for r in reports] == [1, 1, 1]  # one grade per step, by the teacher
+    assert teacher.roles.count("judge_score") == 3 and "judge_pair" not in teacher.roles

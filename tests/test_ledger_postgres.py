@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from atlas_middleware.cli.app import app
 from atlas_middleware.cli.commands import report as _registered  # noqa: F401
 from atlas_middleware.errors import LedgerError
-from atlas_middleware.ledger import LedgerQuery, open_ledger
+from atlas_middleware.ledger import LedgerQuery, LedgerRecord, open_ledger
 from atlas_middleware.ledger.spool import Spool
 
 BASE_URL = os.environ.get("TEST_POSTGRES_URL")
@@ -99,9 +99,25 @@ def test_password_never_shows_in_the_url(pg_url: str) -> None:
     ledger.close()
 
 
-def test_unreachable_server_is_a_ledger_error() -> None:
+def test_a_server_that_is_away_does_not_stop_start_up() -> None:
+    # A replica must start while the database restarts; writes fail (and are spooled).
+    ledger = open_ledger("postgresql://postgres@127.0.0.1:1/nothing")
     with pytest.raises(LedgerError):
-        open_ledger("postgresql://postgres@127.0.0.1:1/nothing")
+        ledger.append(make_record())
+    with pytest.raises(LedgerError):
+        ledger.records()
+    ledger.close()
+
+
+def test_a_missing_database_is_refused_at_once(pg_url: str) -> None:
+    with pytest.raises(LedgerError, match="does not exist"):
+        open_ledger(pg_url + "_missing")
+
+
+def make_record() -> LedgerRecord:
+    from atlas_middleware.report import CallReport
+
+    return LedgerRecord.from_report(CallReport(student_model="m", policy="strict"), "p", "a", False)
 
 
 def test_report_reads_postgres(pg_url: str) -> None:

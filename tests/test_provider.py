@@ -234,6 +234,12 @@ def test_student_error_is_the_providers_own(upstream: OpenAITestServer, backend:
         call(api_base=upstream.url, num_retries=0)
 
 
+def test_a_bad_option_is_a_bad_request(upstream: OpenAITestServer, backend: ScriptedBackend) -> None:
+    with pytest.raises(litellm.BadRequestError, match="unknown policy"):
+        call(api_base=upstream.url, metadata={"atlas": {"policy": "bogus"}})
+    assert backend.calls == []
+
+
 def test_request_options_from_headers_and_metadata() -> None:
     opts = RequestOptions.from_litellm(
         {"metadata": {"headers": {"X-Atlas-Teach": "false", "x-atlas-session-id": "s9"},

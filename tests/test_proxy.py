@@ -190,6 +190,9 @@ def test_malformed_body_is_400_and_not_a_success(proxy: ProxyProcess, backend: S
         response = httpx.post(f"{proxy.url}/chat/completions", content=body, headers=auth, timeout=60)
         assert response.status_code == 400, response.text
         assert not _atlas_headers(response.headers)
+    bad_option = httpx.post(f"{proxy.url}/chat/completions", json={"model": MODEL, "messages": QUESTION},
+                            headers={**auth, "x-atlas-policy": "bogus"}, timeout=60)
+    assert bad_option.status_code == 400, bad_option.text
     time.sleep(0.5)
     assert backend.calls == []
     assert len(_ledger_rows(ledger_path)) == before_rows

@@ -90,6 +90,7 @@ async def test_async_calls_spool_too(flaky: FlakyLedger, tmp_path: Path) -> None
     spool = tmp_path / "spool.jsonl"
     atlas = Atlas(student_backend=ScriptedBackend({"baseline": "42"}), teacher_backend=ScriptedBackend(
         {"teacher": teacher_reply()}), teacher="t", ledger=flaky, spool=str(spool))
+    atlas.ledger_writer.retry_after = 0.0  # try the ledger again at once (see the backoff test)
     flaky.down = True
     response = await atlas.acompletion("m", QUESTION)
     assert response.choices[0].message.content and Spool(spool).pending() == 1
@@ -97,6 +98,23 @@ async def test_async_calls_spool_too(flaky: FlakyLedger, tmp_path: Path) -> None
     await atlas.acompletion("m", QUESTION)
     await atlas.aclose()
     assert len(ids_in(flaky)) == 2 and Spool(spool).pending() == 0
+
+
+def test_after_a_failure_the_ledger_is_left_alone_for_a_while(flaky: FlakyLedger, tmp_path: Path) -> None:
+    make_calls(flaky, spool="none")
+    records = flaky.inner.records()
+    target = FlakyLedger(tmp_path / "target.db")
+    writer = SpooledWriter(target, Spool(tmp_path / "spool.jsonl"), retry_after=60.0)
+    target.down = True
+    assert not writer.write(records[0]) and not writer.write(records[1])
+    assert target.attempts == 1  # the second call did not wait on a dead ledger
+    target.down = False
+    assert not writer.write(records[2])  # still inside the window: spooled
+    assert writer.pending() == 3 and writer.flush() == 3  # an explicit flush always tries
+    writer.retry_after, writer._down_until = 0.0, 0.0
+    assert writer.write(records[3]) and writer.pending() == 0
+    assert sorted(ids_in(target)) == sorted(r.call_id for r in records[:4])
+    target.inner.close()
 
 
 def test_replay_is_idempotent_by_call_id(flaky: FlakyLedger, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ model string                backend                                      extra
 ==========================  ===========================================  =======
 ``local/<name or folder>``  in-process transformers (batched)            local
 ``vllm/<model>``            in-process ``vllm.LLM``                      vllm
-anything else               LiteLLM (``openai/...``, ``hosted_vllm/...``)  core
+OpenAI-compatible + base    lean httpx path (``openai_http.py``)         core
+anything else               LiteLLM (``openai/...``, ``anthropic/...``)  core
 ==========================  ===========================================  =======
 """
 
@@ -17,18 +18,27 @@ from .base import ChatBackend, WrapperBackend
 from .litellm import LiteLLMBackend
 from .retry import RetryingBackend
 
-__all__ = ["ChatBackend", "LiteLLMBackend", "RetryingBackend", "WrapperBackend", "backend_for"]
+__all__ = [
+    "ChatBackend", "LiteLLMBackend", "RetryingBackend", "WrapperBackend", "backend_for", "in_process_backend",
+]
 
 
-def backend_for(model: str, *, api_base: str | None = None, api_key: str | None = None,
-                **options: Any) -> ChatBackend:
-    """The backend that serves ``model``; raises ``ConfigError`` when it cannot."""
+def in_process_backend(model: str, **options: Any) -> ChatBackend:
+    """The in-process backend of a ``local/...`` or ``vllm/...`` model string."""
     if model.startswith("local/"):
         from .local import LocalBackend  # type: ignore[import-not-found,unused-ignore]
 
         return LocalBackend.for_model(model, **options)  # type: ignore[no-any-return,unused-ignore]
-    if model.startswith("vllm/"):
-        from .vllm_inprocess import VLLMBackend  # type: ignore[import-not-found,unused-ignore]
+    from .vllm_inprocess import VLLMBackend  # type: ignore[import-not-found,unused-ignore]
 
-        return VLLMBackend.for_model(model, **options)  # type: ignore[no-any-return,unused-ignore]
-    return LiteLLMBackend({"api_base": api_base, "api_key": api_key})
+    return VLLMBackend.for_model(model, **options)  # type: ignore[no-any-return,unused-ignore]
+
+
+def backend_for(model: str, *, api_base: str | None = None, api_key: str | None = None,
+                lean: bool = True, **options: Any) -> ChatBackend:
+    """The backend that serves ``model``; raises ``ConfigError`` when it cannot."""
+    if model.startswith(("local/", "vllm/")):
+        return in_process_backend(model, **options)
+    from .routing import ModelRouter
+
+    return ModelRouter({"api_base": api_base, "api_key": api_key}, lean=lean)

@@ -35,15 +35,32 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _cost(litellm: Any, response: Any) -> float | None:
+_prices: dict[str, tuple[float, float] | None] = {}
+
+
+def _unit_prices(litellm: Any, model: str) -> tuple[float, float] | None:
+    """USD per prompt and per completion token, looked up once per model (None: unknown).
+
+    LiteLLM's own cost functions take about a millisecond a call; a taught call prices
+    several responses, so the per-token prices are cached.
+    """
+    if model not in _prices:
+        try:
+            p, _ = litellm.cost_per_token(model=model, prompt_tokens=1_000_000, completion_tokens=0)
+            _, c = litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1_000_000)
+            _prices[model] = (p / 1_000_000, c / 1_000_000)
+        except Exception:  # LiteLLM raises for models it has no price for: unknown, not 0
+            _prices[model] = None
+    return _prices[model]
+
+
+def _cost(litellm: Any, response: Any, model: str, prompt: int, completion: int) -> float | None:
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")
     if isinstance(cost, (int, float)):
         return float(cost)
-    try:
-        return float(litellm.completion_cost(completion_response=response))
-    except Exception:  # LiteLLM raises for models it has no price for: unknown, not 0
-        return None
+    prices = _unit_prices(litellm, model)
+    return None if prices is None else prices[0] * prompt + prices[1] * completion
 
 
 def from_model_response(response: Any, request: ChatRequest, litellm: Any = None) -> ChatResponse:
@@ -61,8 +78,8 @@ def from_model_response(response: Any, request: ChatRequest, litellm: Any = None
     usage_obj = _get(response, "usage")
     prompt = _get(usage_obj, "prompt_tokens") if usage_obj is not None else None
     completion = _get(usage_obj, "completion_tokens") if usage_obj is not None else None
-    cost = _cost(litellm, response) if litellm is not None else None
     if isinstance(prompt, int) and isinstance(completion, int):
+        cost = _cost(litellm, response, request.model, prompt, completion) if litellm is not None else None
         usage = Usage(prompt_tokens=prompt, completion_tokens=completion, calls=1, cost_usd=cost)
     elif litellm is not None:
         # The provider gave no usage: count with LiteLLM's tokenizer and say so.

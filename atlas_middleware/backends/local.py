@@ -8,7 +8,7 @@
   the provider. ``cost_usd`` is 0.0: there is no per-token price on your own hardware.
 * Honoured request parameters: ``max_tokens`` / ``max_completion_tokens``, ``temperature``
   (0 or absent: greedy, so results are reproducible; see ``LocalOptions``), ``top_p``,
-  ``stop``, ``seed``, and vLLM's ``ignore_eos`` (benchmarks). ``n`` > 1 is refused. Tools
+  ``stop``, ``seed``, and vLLM's ``ignore_eos`` (benchmarks) and ``continue_final_message``. ``n`` > 1 is refused. Tools
   are shown to the chat template when it supports them, but tool calls are not parsed.
 * Concurrent calls (from threads or tasks) are batched into one decode loop
   (:mod:`.local_batcher`, :mod:`.local_generation`); a full queue raises ``QueueFullError``.
@@ -136,12 +136,18 @@ class LocalBackend:
 
     # -- requests -----------------------------------------------------------------------
 
-    def encode(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
-        """The prompt's token ids, through the model's own chat template."""
+    def encode(self, messages: list[dict[str, Any]], tools: Any = None, continue_final: bool = False) -> list[int]:
+        """The prompt's token ids, through the model's own chat template.
+
+        ``continue_final`` (vLLM's ``continue_final_message``) continues a last assistant
+        message instead of opening a new turn: the "prefill" that keeps small models on a format.
+        """
         chat = [_template_message(m) for m in messages]
+        continue_final = continue_final and chat[-1]["role"] == "assistant"
         with self._tok_lock:
             text = self.tokenizer.apply_chat_template(
-                chat, tools=tools or None, add_generation_prompt=True, tokenize=False
+                chat, tools=tools or None, tokenize=False,
+                add_generation_prompt=not continue_final, continue_final_message=continue_final,
             )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [int(i) for i in ids]
@@ -151,7 +157,7 @@ class LocalBackend:
         p = request.params
         if (p.get("n") or 1) != 1:
             raise InvalidRequestError("local models return one choice per request (n=1)")
-        prompt = self.encode(request.messages, p.get("tools"))
+        prompt = self.encode(request.messages, p.get("tools"), bool(p.get("continue_final_message")))
         cap = p.get("max_completion_tokens") or p.get("max_tokens") or self.options.max_new_tokens
         if not isinstance(cap, int) or cap < 1:
             raise InvalidRequestError(f"max_tokens must be a positive integer, got {cap!r}")

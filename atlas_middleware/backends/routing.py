@@ -1,7 +1,12 @@
-"""Pick the backend for each request from its model string (``local/...``, ``vllm/...``, ...).
+"""Pick the backend for each request from its model string and parameters.
+
+* ``local/...`` and ``vllm/...``: in-process backends, one per distinct model;
+* ``hosted_vllm/...`` or ``openai/...`` with an ``api_base`` and only standard OpenAI
+  parameters: the lean HTTP path (``openai_http.py``), one shared connection pool;
+* everything else: LiteLLM, which translates for the provider.
 
 The student is named per call (``atlas.completion(model=...)``), so the student side is a
-router: one backend per distinct local model, LiteLLM for everything else.
+router; the teacher's router carries the teacher's endpoint and key as defaults.
 """
 
 from __future__ import annotations
@@ -17,25 +22,39 @@ IN_PROCESS_PREFIXES = ("local/", "vllm/")
 
 
 class ModelRouter:
-    def __init__(self, fallback: ChatBackend | None = None, **local_options: Any) -> None:
-        self.fallback = fallback or LiteLLMBackend()
+    def __init__(self, defaults: dict[str, Any] | None = None, *, lean: bool = True,
+                 fallback: ChatBackend | None = None, **local_options: Any) -> None:
+        self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+        self.fallback = fallback or LiteLLMBackend(self.defaults)
+        self.lean: Any = None
+        if lean:
+            from .openai_http import LeanHTTPBackend
+
+            self.lean = LeanHTTPBackend(self.defaults)
         self.local_options = local_options
-        self._backends: dict[str, ChatBackend] = {}
+        self._in_process: dict[str, ChatBackend] = {}
         self._lock = threading.Lock()
 
-    def backend(self, model: str) -> ChatBackend:
-        if not model.startswith(IN_PROCESS_PREFIXES):
-            return self.fallback
-        with self._lock:
-            backend = self._backends.get(model)
-            if backend is None:
-                from . import backend_for
+    def backend(self, request: ChatRequest) -> ChatBackend:
+        model = request.model
+        if model.startswith(IN_PROCESS_PREFIXES):
+            with self._lock:
+                backend = self._in_process.get(model)
+                if backend is None:
+                    from . import in_process_backend
 
-                backend = self._backends[model] = backend_for(model, **self.local_options)
-            return backend
+                    backend = self._in_process[model] = in_process_backend(model, **self.local_options)
+                return backend
+        if self.lean is not None and self.lean.accepts(request):
+            return self.lean  # type: ignore[no-any-return]
+        return self.fallback
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        return self.backend(request.model).complete(request)
+        return self.backend(request).complete(request)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        return await self.backend(request.model).acomplete(request)
+        return await self.backend(request).acomplete(request)
+
+    def close(self) -> None:
+        if self.lean is not None:
+            self.lean.close()

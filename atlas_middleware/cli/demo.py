@@ -35,7 +35,8 @@ SYSTEM = "Solve the math problem. Reason step by step in a few short lines, then
 HONESTY = (
     "SmolLM2-135M is a tiny model (about 2% on GSM8K): this run shows the mechanism (real "
     "probe, teacher, guided and baseline calls, exact token counts, the non-degradation "
-    "policy), not the teaching gain of an 8B teacher such as ATLAS-8B."
+    "policy), not the teaching gain of an 8B teacher such as ATLAS-8B. As teacher, its reply "
+    "is started with <teaching> for it, since it cannot follow the format alone."
 )
 
 
@@ -88,16 +89,23 @@ def run_demo(
     probe_tokens: int = 48,
     teacher_tokens: int = 96,
     ledger: str = "none",
+    threads: int | None = 1,
     console: Console | None = None,
 ) -> DemoResult:
     """Run ``problems`` through the loop and print each call; return the reports."""
+    from ..backends.local import LocalBackend
     from ..client import Atlas
+    from ..embedded import PrefilledTeacher
 
     console = console or Console()
     result = DemoResult()
+    # One shared backend: the model is loaded once, and the guided and baseline answers
+    # (started together by the loop) are decoded in one batch.
+    shared = LocalBackend.for_model(model, torch_threads=threads, batch_wait_ms=50)
     # CPU generation is slow: give the guidance path minutes, not the 10 s default.
     with Atlas(teacher=model, policy=policy, ledger=ledger, probe_max_tokens=probe_tokens,
-               teacher_max_tokens=teacher_tokens, teacher_timeout=900.0, teacher_retries=1) as atlas:
+               teacher_max_tokens=teacher_tokens, teacher_timeout=900.0, teacher_retries=1,
+               student_backend=shared, teacher_backend=PrefilledTeacher(shared)) as atlas:
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console, transient=True)
         with progress:
@@ -186,6 +194,10 @@ def demo(
     ledger: str | None = typer.Option(
         None, help="Ledger URL (default: a throwaway SQLite file in a temporary folder)."
     ),
+    threads: int = typer.Option(
+        1, min=1, help="torch CPU threads. A 135M model gains little from more, and on a busy "
+        "shared CPU extra threads spin against each other and slow it down several-fold.",
+    ),
 ) -> None:
     """Run a few GSM8K problems through the teaching loop with the embedded model, offline."""
     console = Console()
@@ -195,7 +207,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="atlas-demo-") as tmp:
         url = ledger or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         result = run_demo(problems, policy=policy, answer_tokens=answer_tokens, probe_tokens=probe_tokens,
-                          teacher_tokens=teacher_tokens, ledger=url, console=console)
+                          teacher_tokens=teacher_tokens, ledger=url, threads=threads, console=console)
     console.print(savings_table(result))
     for line in summary_lines(result):
         console.print(line)

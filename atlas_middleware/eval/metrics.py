@@ -3,7 +3,7 @@
 Definitions (ATLAS-PROTOCOL.md, so figures compare with the published ones):
 
 * accuracy: per problem, the share of its samples answered correctly; then the mean over
-  problems (with a 95% interval). Equal to the sample-level share when every problem has
+  problems (with a 95% interval, clipped to [0, 1]). Equal to the sample-level share when every problem has
   the same number of samples. Three arms: teacher+student (the raw guided answer, the
   student's own when no guidance was given), student alone, delivered (after the policy).
 * gain: teacher+student minus student alone, paired by problem, with a paired t-test; the
@@ -115,7 +115,7 @@ def _accuracy(records: list[SampleRecord], name: ArmName, problems: list[str]) -
 def _arm_figures(records: list[SampleRecord], name: ArmName, problems: list[str]) -> ArmFigures:
     time = _per_problem(records, lambda r: _arm(r, name).latency_ms / 1000)
     return ArmFigures(
-        accuracy=mean_ci(_accuracy(records, name, problems)),
+        accuracy=mean_ci(_accuracy(records, name, problems), bounds=(0.0, 1.0)),
         completion_rate=_mean(float(_arm(r, name).completed) for r in records),
         response_tokens=_mean(_arm(r, name).completion_tokens for r in records),
         generation_s=_mean(sum(time[p]) for p in problems),
@@ -130,7 +130,7 @@ def group_metrics(label: str, records: list[SampleRecord]) -> GroupMetrics:
     figures = {a: _arm_figures(records, a, problems) for a in ARMS}
     degraded = {a: sum(r.alone.correct and not _arm(r, a).correct for r in records) for a in ("guided", "delivered")}
     improved = {a: sum(not r.alone.correct and _arm(r, a).correct for r in records) for a in ("guided", "delivered")}
-    gain = paired_test(per["guided"], per["alone"])
+    gain = paired_test(per["guided"], per["alone"], bounds=(-1.0, 1.0))
     spent = _mean(r.spent_tokens for r in records)
     alone = _mean(r.alone_tokens for r in records)
     teaching = _mean(r.teaching_tokens for r in records)
@@ -142,7 +142,7 @@ def group_metrics(label: str, records: list[SampleRecord]) -> GroupMetrics:
     return GroupMetrics(
         label=label, problems=len(problems), samples=n,
         teacher_student=ts, student_alone=figures["alone"], delivered=figures["delivered"],
-        gain=gain, delivered_gain=paired_test(per["delivered"], per["alone"]),
+        gain=gain, delivered_gain=paired_test(per["delivered"], per["alone"], bounds=(-1.0, 1.0)),
         degraded_raw=degraded["guided"], degraded_delivered=degraded["delivered"],
         improved_raw=improved["guided"], improved_delivered=improved["delivered"],
         ndr_raw=1 - degraded["guided"] / n if n else 0.0,

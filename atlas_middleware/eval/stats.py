@@ -50,8 +50,14 @@ def _sd(values: Sequence[float], mean: float) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
-    """Mean and two-sided Student-t interval: mean ± t(1-α/2, n-1) · sd / √n."""
+def mean_ci(
+    values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> MeanCI:
+    """Mean and two-sided Student-t interval: mean ± t(1-α/2, n-1) · sd / √n.
+
+    ``bounds`` clips the interval to the values the quantity can take (an accuracy lies in
+    [0, 1]; the symmetric t interval of a few problems does not know that).
+    """
     n = len(values)
     if n == 0:
         return MeanCI(mean=None, n=0)
@@ -63,15 +69,20 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
         return MeanCI(mean=mean, low=mean, high=mean, n=n)
     stats: object = _scipy_stats()
     half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)  # type: ignore[attr-defined]
-    return MeanCI(mean=mean, low=mean - half, high=mean + half, n=n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return MeanCI(mean=mean, low=low, high=high, n=n)
 
 
-def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedTest:
+def paired_test(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> PairedTest:
     """Paired t-test of ``a`` against ``b`` (``scipy.stats.ttest_rel``), two-sided."""
     if len(a) != len(b):
         raise ValueError("paired samples must have the same length")
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    ci = mean_ci(diffs, level)
+    ci = mean_ci(diffs, level, bounds)
     out = PairedTest(mean_diff=ci.mean, low=ci.low, high=ci.high, n=ci.n)
     if ci.n < 2 or ci.mean is None or _sd(diffs, ci.mean) == 0:
         return out

@@ -55,6 +55,7 @@ def headline(m: EvalMetrics, samples: int) -> str:
     max_gain = "n/a" if m.max_gain is None else f"{points(m.max_gain)} ({m.max_gain_group})"
     rows = [
         ("Accuracy (95% CI)", ci(ts.accuracy), ci(al.accuracy), ci(dl.accuracy), gain_text(o.gain)),
+        ("Gain of the delivered answer", "", "", gain_text(o.delivered_gain), ""),
         ("Max gain (by difficulty)", "", "", "", max_gain),
         ("Completion rate", pct(ts.completion_rate), pct(al.completion_rate), pct(dl.completion_rate),
          points(ts.completion_rate - al.completion_rate)),

@@ -182,8 +182,8 @@ class AtlasChatModel(BaseChatModel):
 
     def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
               sink: StreamSink | None = None) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
-        params = {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
-                  if v is not None}
+        params: dict[str, Any] = {k: v for k, v in (("temperature", self.temperature),
+                                                    ("max_tokens", self.max_tokens)) if v is not None}
         params.update(kwargs)
         opts = dict(params.pop("atlas", None) or {})
         if self.session_id and "session_id" not in opts:
@@ -212,7 +212,7 @@ class AtlasChatModel(BaseChatModel):
         dicts = to_openai_messages(messages)
         binding = CallBinding(originals=messages, original_dicts=dicts, run=run, arun=arun,
                               prepare=prepared, sink=sink)
-        return override or model_name(student), dicts, params, binding
+        return str(override or model_name(student)), dicts, params, binding
 
     def _policy(self, kwargs: dict[str, Any]) -> str:
         opts = kwargs.get("atlas") or {}

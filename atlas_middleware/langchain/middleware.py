@@ -5,7 +5,7 @@ first call), and the agent's later calls reuse that guidance through the core's 
 cache until the policy's comparison shows it stopped helping (a judge preferred the
 baseline, or the guided step made an invalid tool call); the next call is then taught
 afresh. Sessions are keyed by the LangGraph thread (and the user message that started the
-current task), else by the run id, else by the first user message.
+current task), else by the first user message.
 
 The student calls (probe, guided, baseline) all go through the agent's own ``handler``, so
 they are ordinary model runs of the agent: its callbacks and tracers see each of them
@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, cast
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain.agents.structured_output import AutoStrategy, OutputToolBinding, ToolStrategy
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.constants import TAG_NOSTREAM
 
 from ..client import Atlas
 from ..config import AtlasConfig
@@ -41,7 +44,7 @@ def _digest(message: BaseMessage | None) -> str:
 
 
 def default_session_key(request: ModelRequest) -> str:
-    """thread + the user message that opened the current task; else run id; else first user message."""
+    """The thread and the user message that opened the current task; else the first user message."""
     try:
         from langgraph.config import get_config
 
@@ -52,8 +55,6 @@ def default_session_key(request: ModelRequest) -> str:
     thread = (config.get("configurable") or {}).get("thread_id")
     if thread is not None:
         return f"thread:{thread}:{_digest(humans[-1] if humans else None)}"
-    if config.get("run_id") is not None:
-        return f"run:{config['run_id']}"
     return f"task:{_digest(humans[0] if humans else None)}"
 
 
@@ -66,8 +67,30 @@ def _structured_tools(response_format: Any) -> list[Any]:
     return []
 
 
-def _is_probe(messages: list[BaseMessage]) -> bool:
+def _is_probe(messages: Sequence[BaseMessage]) -> bool:
     return bool(messages) and isinstance(messages[-1], HumanMessage) and messages[-1].text == prompts.PROBE_INSTRUCTION
+
+
+def _is_guided(messages: Sequence[BaseMessage]) -> bool:
+    return any(isinstance(m, SystemMessage) and prompts.GUIDANCE_PREFIX in m.text for m in messages)
+
+
+@contextmanager
+def _unstreamed() -> Iterator[None]:
+    """Tag the model run made inside with ``nostream``.
+
+    LangGraph's ``stream_mode="messages"`` then leaves out its tokens; the message the agent
+    keeps still reaches that stream whole, when the model node ends.
+    """
+    config = var_child_runnable_config.get()
+    if config is None:
+        yield
+        return
+    token = var_child_runnable_config.set({**config, "tags": [*(config.get("tags") or []), TAG_NOSTREAM]})
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 class AtlasAgentMiddleware(AgentMiddleware):
@@ -109,17 +132,18 @@ class AtlasAgentMiddleware(AgentMiddleware):
 
     # -- the call -------------------------------------------------------------------------
 
-    def _prepare(self, request: ModelRequest, run: Callable[[ModelRequest], Any],
+    def _prepare(self, request: ModelRequest, run: Callable[[ModelRequest, Any], Any],
                  arun: Callable[[ModelRequest], Awaitable[Any]]) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
         originals: list[BaseMessage] = list(request.messages)
         if request.system_message is not None:
             originals.insert(0, request.system_message)
         dicts = to_openai_messages(originals)
 
-        def step(messages: list[BaseMessage], params: dict[str, Any]) -> ModelRequest:
+        def step(restored: list[BaseMessage], params: dict[str, Any]) -> ModelRequest:
             system = None
-            if messages and isinstance(messages[0], SystemMessage):
-                system, messages = messages[0], messages[1:]
+            if restored and isinstance(restored[0], SystemMessage):
+                system, restored = restored[0], restored[1:]
+            messages = cast("list[AnyMessage]", restored)
             if _is_probe(messages):
                 # The probe asks for a short plan in plain text: no tools, no structured output.
                 settings = {**request.model_settings}
@@ -129,11 +153,25 @@ class AtlasAgentMiddleware(AgentMiddleware):
                                         response_format=None, model_settings=settings)
             return request.override(messages=messages, system_message=system)
 
-        binding = CallBinding(
-            originals=originals, original_dicts=dicts,
-            run=lambda messages, params: run(step(messages, params)),
-            arun=lambda messages, params: arun(step(messages, params)),
-        )
+        # Only a call whose tokens are the answer may stream: the guided call, when the policy
+        # delivers it without comparing first. The probe, the baseline and any compared call
+        # are run unstreamed (see ``_unstreamed``).
+        live_guided = self.atlas.settings.policy in ("off", "audit")
+
+        def quiet(messages: list[BaseMessage]) -> Any:
+            streams = live_guided and not _is_probe(messages) and _is_guided(messages)
+            return nullcontext() if streams else _unstreamed()
+
+        def run_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
+            req = step(messages, params)
+            return run(req, quiet(messages))
+
+        async def arun_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
+            # Runs in its own task (the core's async driver), so the tag stays in this call.
+            with quiet(messages):
+                return await arun(step(messages, params))
+
+        binding = CallBinding(originals=originals, original_dicts=dicts, run=run_step, arun=arun_step)
         params: dict[str, Any] = {}
         tools = openai_tools([*request.tools, *_structured_tools(request.response_format)])
         if tools:
@@ -148,8 +186,12 @@ class AtlasAgentMiddleware(AgentMiddleware):
         # context, so the graph's config (callbacks, streaming, tracing) reaches it.
         context = contextvars.copy_context()
 
-        def run(req: ModelRequest) -> Any:
-            return context.copy().run(handler, req)
+        def run(req: ModelRequest, tags: Any) -> Any:
+            def call() -> Any:
+                with tags:
+                    return handler(req)
+
+            return context.copy().run(call)
 
         async def never(req: ModelRequest) -> Any:  # pragma: no cover - sync path only
             raise RuntimeError("async call on a sync agent step")
@@ -162,7 +204,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
-        def never(req: ModelRequest) -> Any:  # pragma: no cover - async path only
+        def never(req: ModelRequest, tags: Any) -> Any:  # pragma: no cover - async path only
             raise RuntimeError("sync call on an async agent step")
 
         # Tasks inherit this context, so no copy is needed here.

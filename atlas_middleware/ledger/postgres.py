@@ -15,10 +15,13 @@ Same interface as the SQLite ledger. What it adds for a shared server:
 from __future__ import annotations
 
 import json
+import logging
+import re
 from datetime import UTC
 from typing import Any
 
 from ..errors import LedgerError, MissingExtraError
+from ..redact import redact
 from .base import LedgerQuery
 from .record import LedgerRecord
 
@@ -28,6 +31,8 @@ try:
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("the Postgres ledger", "postgres", "sqlalchemy") from _exc
+
+log = logging.getLogger("atlas_middleware.ledger")
 
 SCHEMA_VERSION = 1
 # An arbitrary constant: the advisory lock that serialises schema set-up across replicas.
@@ -93,8 +98,17 @@ class PostgresLedger:
         )
         # Never keep the password in a field someone may print.
         self.url = self._engine.url.render_as_string(hide_password=True)
+        self._schema_ready = False
         try:
             self._ensure_schema()
+        except sa_exc.DBAPIError as exc:
+            if _misconfigured(exc):
+                self._engine.dispose()
+                raise LedgerError(f"cannot open the Postgres ledger at {self.url}: {exc.orig or exc}") from exc
+            # The server is down or restarting: a replica must still start. The schema is set
+            # up on first use; until then writes fail and the records wait in the spool.
+            log.warning("Postgres ledger at %s unreachable (%s); will retry on first use", self.url,
+                        redact(str(exc.orig or exc)))
         except sa_exc.SQLAlchemyError as exc:
             self._engine.dispose()
             raise LedgerError(f"cannot open the Postgres ledger at {self.url}: {exc}") from exc
@@ -121,6 +135,7 @@ class PostgresLedger:
                 conn.execute(
                     meta_table.update().where(meta_table.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
                 )
+        self._schema_ready = True
 
     def schema_version(self) -> int:
         with self._engine.connect() as conn:
@@ -137,6 +152,8 @@ class PostgresLedger:
         )
         for attempt in (1, 2):
             try:
+                if not self._schema_ready:
+                    self._ensure_schema()
                 with self._engine.begin() as conn:
                     conn.execute(stmt)
                 return
@@ -163,6 +180,8 @@ class PostgresLedger:
         if q.limit:
             stmt = stmt.limit(q.limit)
         try:
+            if not self._schema_ready:
+                self._ensure_schema()
             with self._engine.connect() as conn:
                 rows = conn.execute(stmt).mappings().all()
         except sa_exc.SQLAlchemyError as exc:
@@ -175,6 +194,23 @@ class PostgresLedger:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+_MISCONFIGURED = re.compile(
+    r'password authentication failed|role "[^"]*" does not exist|database "[^"]*" does not exist'
+    r"|no pg_hba\.conf entry|authentication failed"
+)
+
+
+def _misconfigured(exc: sa_exc.DBAPIError) -> bool:
+    """Errors no retry will fix (bad credentials, no such database): raise at construction.
+
+    Everything else (refused or cut connections, a server shutting down or starting up)
+    is the server being away, which the spool is for.
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    # psycopg gives no SQLSTATE for errors while connecting: read the server's message.
+    return sqlstate.startswith(("28", "3D")) or bool(_MISCONFIGURED.search(str(exc.orig or exc)))
 
 
 def _aware(value: Any) -> Any:

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,11 +135,18 @@ class Spool:
 
 
 class SpooledWriter:
-    """Writes records to a ledger, spooling them when it fails. ``write`` never raises."""
+    """Writes records to a ledger, spooling them when it fails. ``write`` never raises.
 
-    def __init__(self, ledger: Ledger, spool: Spool | None) -> None:
+    After a failure the ledger is left alone for ``retry_after`` seconds and records go
+    straight to the spool: a database that is down (or slow to refuse, up to its connect
+    timeout) then costs the user's calls one failed attempt, not one per call.
+    """
+
+    def __init__(self, ledger: Ledger, spool: Spool | None, retry_after: float = 2.0) -> None:
         self.ledger = ledger
         self.spool = spool
+        self.retry_after = retry_after
+        self._down_until = 0.0
 
     @classmethod
     def for_ledger(cls, ledger: Ledger, spool_path: str | None = None) -> SpooledWriter:
@@ -149,23 +157,30 @@ class SpooledWriter:
 
     def write(self, record: LedgerRecord) -> bool:
         """True when the record reached the ledger, False when it was spooled (or lost)."""
+        if self.spool is not None and time.monotonic() < self._down_until:
+            self._spool(record, "the ledger failed moments ago")
+            return False
         try:
             self.ledger.append(record)
         except Exception as exc:
             if self.spool is None:
                 log.warning("atlas ledger write failed for %s (no spool): %s", record.call_id, redact(str(exc)))
                 return False
-            try:
-                self.spool.put(record)
-                log.warning("atlas ledger write failed for %s; spooled to %s: %s",
-                            record.call_id, self.spool.path, redact(str(exc)))
-            except LedgerError as spool_exc:
-                log.error("atlas ledger write failed and the spool too; record %s lost: %s; %s",
-                          record.call_id, redact(str(exc)), spool_exc)
+            self._down_until = time.monotonic() + self.retry_after
+            self._spool(record, redact(str(exc)))
             return False
         if self.spool is not None and self.spool.has_pending():
             self.flush()
         return True
+
+    def _spool(self, record: LedgerRecord, why: str) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.put(record)
+            log.warning("atlas ledger write failed for %s; spooled to %s: %s", record.call_id, self.spool.path, why)
+        except LedgerError as spool_exc:
+            log.error("atlas ledger write failed and the spool too; record %s lost: %s; %s",
+                      record.call_id, why, spool_exc)
 
     def flush(self) -> int:
         """Write spooled records now; returns how many reached the ledger."""

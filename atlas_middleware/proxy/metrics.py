@@ -56,7 +56,7 @@ class AtlasMetrics:
             self.teacher_errors.labels(report.reason.value).inc()
 
     def render(self) -> bytes:
-        return self._prom.generate_latest(self.registry)  # type: ignore[no-any-return]
+        return bytes(self._prom.generate_latest(self.registry))
 
     def mount(self, app: Any, path: str = "/atlas/metrics") -> None:
         """Serve the metrics on a Starlette/FastAPI ``app`` (the LiteLLM proxy's), once."""

@@ -127,6 +127,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timed-out teacher call) is not the server's failure.
+        return None
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512

@@ -1,0 +1,53 @@
+"""Headers, body and metrics built from a report, without a proxy process."""
+
+from __future__ import annotations
+
+import pytest
+
+from atlas_middleware.report import CallReport, Reason
+from atlas_middleware.usage import Usage
+
+pytest.importorskip("prometheus_client")
+
+from atlas_middleware.proxy.headers import report_body, report_headers  # noqa: E402
+from atlas_middleware.proxy.metrics import AtlasMetrics  # noqa: E402
+
+
+def _report(**changes: object) -> CallReport:
+    report = CallReport(student_model="openai/s", teacher_model="openai/t", policy="strict",
+                        decision="guided", reason=Reason.AGREEMENT, guidance="secret plan",
+                        tokens_saved=-3, net_tokens=120, latency_ms={"teacher": 250.0, "total": 400.0})
+    report.usage.add("teacher", Usage(prompt_tokens=100, completion_tokens=20, calls=1))
+    report.usage.add("guided", Usage(prompt_tokens=10, completion_tokens=7, calls=1))
+    return report.model_copy(update=changes)
+
+
+def test_headers_and_body() -> None:
+    report = _report()
+    headers = report_headers(report)
+    assert headers["x-atlas-decision"] == "guided" and headers["x-atlas-reason"] == "agreement"
+    assert headers["x-atlas-tokens-saved"] == "-3" and headers["x-atlas-net-tokens"] == "120"
+    assert report_headers(_report(tokens_saved=None))["x-atlas-tokens-saved"] == ""
+    body = report_body(report)
+    assert "guidance" not in body and body["call_id"] == report.call_id
+    assert body["usage"]["teacher"]["prompt_tokens"] == 100
+
+
+def _sample(metrics: AtlasMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_metrics_observe_reports() -> None:
+    metrics = AtlasMetrics()
+    metrics.observe(_report())
+    metrics.observe(_report(reason=Reason.TEACHER_TIMEOUT, decision="student_only", tokens_saved=None,
+                            net_tokens=None))
+    assert _sample(metrics, "atlas_calls_total", decision="guided", reason="agreement") == 1
+    assert _sample(metrics, "atlas_tokens_total", role="teacher", kind="prompt") == 200
+    assert _sample(metrics, "atlas_tokens_total", role="probe", kind="prompt") == 0
+    assert _sample(metrics, "atlas_tokens_saved") == -3
+    assert _sample(metrics, "atlas_net_tokens") == 120
+    assert _sample(metrics, "atlas_teacher_latency_seconds_count") == 2
+    assert _sample(metrics, "atlas_teacher_errors_total", reason="teacher_timeout") == 1
+    assert b"atlas_calls_total" in metrics.render()
