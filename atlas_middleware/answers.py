@@ -100,7 +100,7 @@ def _from_statement(candidate: str) -> str:
         candidate = candidate.rsplit("=", 1)[1]
     nums = _NUMBER.findall(candidate)
     if nums:  # "The answer is 18 dollars." -> 18; a trailing sentence does not matter
-        return nums[0].strip()
+        return str(nums[0]).strip()
     return candidate.rstrip(".").strip()
 
 
@@ -113,16 +113,16 @@ def extract_answer(text: str | None) -> str | None:
         return boxed
     solutions = _SOLUTION.findall(text)
     if solutions and solutions[-1].strip():
-        return solutions[-1].strip()
+        return str(solutions[-1]).strip()
     hashes = _HASHES.findall(text)
     if hashes:
-        return hashes[-1].strip()
+        return str(hashes[-1]).strip()
     stated = [s for s in _ANSWER_IS.findall(text) if s.strip()]
     if stated:
-        return _from_statement(stated[-1]) or None
+        return _from_statement(str(stated[-1])) or None
     nums = _NUMBER.findall(text)
     if nums:
-        return nums[-1].strip()
+        return str(nums[-1]).strip()
     return None
 
 
@@ -233,8 +233,8 @@ def _math_verify(a: str, b: str) -> bool | None:
     timeout = 5 if main else None
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
-        pa = parse(a if "$" in a else f"${a}$", parsing_timeout=timeout)  # type: ignore[arg-type]
-        pb = parse(b if "$" in b else f"${b}$", parsing_timeout=timeout)  # type: ignore[arg-type]
+        pa = parse(a if "$" in a else f"${a}$", parsing_timeout=timeout)  # type: ignore[arg-type,unused-ignore]
+        pb = parse(b if "$" in b else f"${b}$", parsing_timeout=timeout)  # type: ignore[arg-type,unused-ignore]
         if not pa or not pb:
             return None
         return bool(verify(pa, pb, timeout_seconds=timeout)) or bool(verify(pb, pa, timeout_seconds=timeout))

@@ -26,7 +26,7 @@ from .config import AtlasConfig
 from .drivers import AsyncDriver, Delivered, SyncDriver
 from .errors import ConfigError, InvalidRequestError
 from .judges import Judge, resolve_judge
-from .ledger import Ledger, LedgerRecord, open_ledger
+from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
 from .messages import ChatRequest, validate_messages
 from .redact import register_secret
@@ -203,6 +203,8 @@ class Atlas:
         return response.raw
 
     def _record(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
+        if isinstance(self.ledger, NullLedger):
+            return  # nothing keeps it: skip building the record
         answer = delivered.response.text if delivered.response is not None else None
         prompt = json.dumps(request.messages, sort_keys=True, ensure_ascii=False, default=str)
         record = LedgerRecord.from_report(report, prompt, answer, self.config.store_texts)

@@ -53,7 +53,15 @@ def _timeout_error(call: ModelCall) -> TeacherTimeout:
 def _snapshot(cmd: Deliver, started: float) -> Delivered:
     report: CallReport = cmd.report
     report.latency_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
-    return Delivered(cmd.response, cmd.error, report.model_copy(deep=True))
+    # The user's copy must not change while an audit goes on in the background. The flow
+    # only reassigns fields (usage values are immutable), so copying the containers is
+    # enough, and far cheaper than a deep copy on every call.
+    snapshot = report.model_copy(update={
+        "usage": report.usage.model_copy(),
+        "latency_ms": dict(report.latency_ms),
+        "errors": list(report.errors),
+    })
+    return Delivered(cmd.response, cmd.error, snapshot)
 
 
 class SyncDriver:

@@ -125,9 +125,14 @@ class ReportStore:
 
 
 def _quiet(backend: ChatBackend) -> ChatBackend:
-    """A LiteLLM backend whose calls LiteLLM's callbacks do not log (``no-log``)."""
+    """The backend, with its LiteLLM calls made under ``no-log`` so callbacks skip them.
+
+    (The lean HTTP path and in-process models do not go through LiteLLM at all.)
+    """
     if isinstance(backend, LiteLLMBackend):
         return LiteLLMBackend({**backend.defaults, **NO_LOG})
+    if isinstance(backend, ModelRouter):
+        backend.fallback = _quiet(backend.fallback)
     return backend
 
 
@@ -167,6 +172,7 @@ class AtlasLLM(CustomLLM):
         self._config_file = config_file
         self._kwargs = atlas_kwargs
         self._lock = threading.Lock()
+        self._owned: list[ChatBackend] = []
         self.reports = ReportStore()
 
     @property
@@ -187,12 +193,24 @@ class AtlasLLM(CustomLLM):
         teacher = extra.pop("teacher_backend", None)
         if teacher is None and config.teacher:
             key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-            teacher = backend_for(config.teacher, api_base=config.teacher_api_base, api_key=key)
-        student = extra.pop("student_backend", None) or ModelRouter(fallback=LiteLLMBackend(NO_LOG))
-        if isinstance(student, ModelRouter):  # local/ and vllm/ students are not LiteLLM calls
-            student.fallback = _quiet(student.fallback)
+            teacher = self._own(backend_for(config.teacher, api_base=config.teacher_api_base, api_key=key,
+                                            lean=config.lean_http))
+        student = extra.pop("student_backend", None) or self._own(ModelRouter(lean=config.lean_http))
         return Atlas(config=config, student_backend=_quiet(student),
                      teacher_backend=_quiet(teacher) if teacher is not None else None, **extra)
+
+    def _own(self, backend: ChatBackend) -> ChatBackend:
+        self._owned.append(backend)
+        return backend
+
+    def close(self) -> None:
+        """Close the ``Atlas`` (its ledger) and the connection pools this provider opened."""
+        if self._atlas is not None:
+            self._atlas.close()
+        for backend in self._owned:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
 
     # -- LiteLLM's four entry points ------------------------------------------------------
 

@@ -76,10 +76,12 @@ def ledger_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def provider(upstream: OpenAITestServer, ledger_url: str) -> Iterator[AtlasLLM]:
     old_map = list(litellm.custom_provider_map)
+    # lean_http=False: every inner call goes through litellm.completion, the path where
+    # LiteLLM's callbacks could count it (the lean HTTP path bypasses LiteLLM entirely).
     prov = register(teacher="openai/gpt-4o", teacher_api_base=upstream.url, teacher_api_key=TEACHER_KEY,
-                    ledger=ledger_url, policy="strict")
+                    ledger=ledger_url, policy="strict", lean_http=False)
     yield prov
-    prov.atlas.close()
+    prov.close()
     litellm.custom_provider_map = old_map
 
 

@@ -32,7 +32,8 @@ def accuracy_by_difficulty(m: EvalMetrics, path: Path) -> Path:
     width = 0.8 / len(arms)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, attr) in enumerate(arms):
-        means, errs = [], [[], []]
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
         for g in groups:
             acc = getattr(g, attr).accuracy
             mean = 100 * (acc.mean or 0.0)

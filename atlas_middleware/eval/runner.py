@@ -106,8 +106,8 @@ async def evaluate_sample(atlas: Any, problem: Problem, sample: int, settings: E
     seed = settings.seed_of(sample)
     params = {**settings.student_params, "max_tokens": settings.max_tokens,
               "temperature": settings.resolved_temperature(), "seed": seed}
-    base = {"problem_id": problem.id, "sample": sample, "seed": seed, "difficulty": problem.difficulty,
-            "gold": problem.answer}
+    base: dict[str, Any] = {"problem_id": problem.id, "sample": sample, "seed": seed,
+                            "difficulty": problem.difficulty, "gold": problem.answer}
     try:
         response = await atlas.acompletion(
             model=settings.student, messages=messages, atlas={"keep_answers": True}, **params

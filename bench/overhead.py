@@ -1,0 +1,109 @@
+"""What one taught call costs the client, against plain clients, in one run.
+
+Servers answer instantly from a child process (their CPU is not counted). For each variant
+we time N sequential calls and report the wall-time median and the client's CPU time per
+call (``time.process_time`` of this process: the client's own work, whatever its threads).
+
+Variants:
+  raw httpx            one POST on a pooled httpx.Client
+  openai client        openai.OpenAI().chat.completions.create
+  litellm.completion   one plain LiteLLM call
+  taught, lean path    Atlas(strict) over HTTP, direct httpx (4 backend calls)
+  taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
+  middleware only      Atlas(strict) with in-process instant backends: the loop's own work
+
+    python bench/overhead.py            # full: 300 calls per variant
+    python bench/overhead.py --quick    # seconds: 20 calls per variant (CI runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import servers  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
+
+
+def measure(fn: Callable[[], object], n: int) -> tuple[float, float]:
+    """(median wall ms, CPU ms per call) after two warm-up calls."""
+    fn()
+    fn()
+    walls = []
+    cpu0 = time.process_time()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        walls.append((time.perf_counter() - t0) * 1000)
+    cpu = (time.process_time() - cpu0) * 1000 / n
+    return statistics.median(walls), cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="20 calls per variant")
+    parser.add_argument("-n", type=int, default=None)
+    args = parser.parse_args()
+    n = args.n or (20 if args.quick else 300)
+
+    import httpx
+    import litellm
+    import openai
+
+    from atlas_middleware import Atlas
+    from atlas_middleware.testing import ScriptedBackend, teacher_reply
+
+    litellm.suppress_debug_info = True
+    rows: list[tuple[str, float, float]] = []
+    with servers() as (student_url, teacher_url):
+        client = httpx.Client()
+        body = {"model": "student", "messages": QUESTION}
+        rows.append(("raw httpx", *measure(lambda: client.post(student_url + "/chat/completions", json=body), n)))
+        oai = openai.OpenAI(base_url=student_url, api_key="k", max_retries=0)
+        rows.append(("openai client", *measure(lambda: oai.chat.completions.create(model="student", messages=QUESTION), n)))  # type: ignore[arg-type]
+        rows.append(("litellm.completion", *measure(lambda: litellm.completion(
+            model="openai/student", api_base=student_url, api_key="k", messages=QUESTION), n)))
+        for label, lean in (("taught, lean path", True), ("taught, LiteLLM path", False)):
+            atlas = Atlas(teacher="openai/teacher", teacher_api_base=teacher_url, teacher_api_key="k",
+                          policy="strict", ledger="none", lean_http=lean)
+            rows.append((label, *measure(lambda a=atlas: a.completion(  # type: ignore[misc]
+                model="openai/student", api_base=student_url, api_key="k", messages=QUESTION), n)))
+            atlas.close()
+
+    student = ScriptedBackend({"probe": "plan", "baseline": "The answer is 42", "guided": "The answer is 42"})
+    teacher = ScriptedBackend({"teacher": teacher_reply("Check the carry.")})
+    for label, ledger in (("middleware only", "none"), ("middleware + SQLite ledger", None)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            atlas = Atlas(teacher="t", student_backend=student, teacher_backend=teacher, policy="strict",
+                          ledger=ledger or f"sqlite:///{tmp}/l.db")
+            rows.append((label, *measure(lambda a=atlas: a.completion(model="s", messages=QUESTION), n)))  # type: ignore[misc]
+            atlas.close()
+
+    base = dict((r[0], r) for r in rows)
+    one_litellm = base["litellm.completion"][2]
+    print(f"\n{n} sequential calls per variant; servers in a child process, answering instantly\n")
+    print(f"| variant | wall p50 ms | client CPU ms/call | CPU vs one litellm.completion |")
+    print("|---|---:|---:|---:|")
+    for label, wall, cpu in rows:
+        print(f"| {label} | {wall:.2f} | {cpu:.2f} | {cpu / one_litellm:.2f}x |")
+    lean_cpu = base["taught, lean path"][2]
+    own = base["middleware only"][2]
+    print(f"\nmiddleware's own work: {own:.2f} ms CPU per taught call (target < 1 ms): "
+          f"{'met' if own < 1 else 'NOT met'}")
+    print(f"taught call on the lean path: {lean_cpu:.2f} ms CPU vs {one_litellm:.2f} ms for one "
+          f"litellm.completion (target: below): {'met' if lean_cpu < one_litellm else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
