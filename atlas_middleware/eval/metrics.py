@@ -181,7 +181,7 @@ def compute_metrics(records: Iterable[SampleRecord]) -> EvalMetrics:
     order = sorted(groups, key=lambda g: (_ORDER.get(g.lower(), 3), g))
     by = [group_metrics(g, groups[g]) for g in order]
     gains = [(g.gain.mean_diff, g.label) for g in by if g.gain.mean_diff is not None]
-    best = max(gains) if gains else None
+    best = max(gains, key=lambda g: g[0]) if gains else None  # ties: the easier group
     return EvalMetrics(
         overall=group_metrics("all", recs), by_difficulty=by, difficulty_source=source,
         max_gain=best[0] if best else None, max_gain_group=best[1] if best else None,

@@ -47,7 +47,7 @@ def accuracy_by_difficulty(m: EvalMetrics, path: Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy by difficulty (95% CI)")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(arms), fontsize="small", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

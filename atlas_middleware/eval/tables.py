@@ -47,6 +47,10 @@ def tokens(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _samples(n: int) -> str:
+    return f"{n} sample" if n == 1 else f"{n} samples"
+
+
 def headline(m: EvalMetrics, samples: int) -> str:
     o: GroupMetrics = m.overall
     ts, al, dl = o.teacher_student, o.student_alone, o.delivered
@@ -63,7 +67,7 @@ def headline(m: EvalMetrics, samples: int) -> str:
          tokens(dl.response_tokens), red),
         ("Net tokens per call (all roles)", tokens(o.spent_tokens), tokens(o.alone_tokens), "",
          f"{o.net_tokens:+,.0f} ({net_red})"),
-        (f"Generation time for {samples} samples", clock(ts.generation_s), clock(al.generation_s),
+        (f"Generation time for {_samples(samples)}", clock(ts.generation_s), clock(al.generation_s),
          clock(dl.generation_s), f"{ts.generation_s - al.generation_s:+.1f} s"),
         ("Non-degradation rate", pct(o.ndr_raw), "", pct(o.ndr_delivered),
          f"{o.degraded_raw} raw / {o.degraded_delivered} delivered degraded"),
@@ -102,7 +106,7 @@ def render(m: EvalMetrics, *, title: str, samples: int, notes: list[str] | None 
     parts = [
         f"# {title}",
         "",
-        f"{m.overall.problems} problems x up to {samples} samples ({m.overall.samples} samples). "
+        f"{m.overall.problems} problems x up to {_samples(samples)} ({_samples(m.overall.samples)} in all). "
         "Teacher+Student is the raw guided answer; Delivered is what the middleware returned "
         "after its policy. Intervals are 95% Student-t over problems; p from a paired t-test.",
         "",

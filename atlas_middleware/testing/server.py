@@ -110,6 +110,9 @@ class _Handler(BaseHTTPRequestHandler):
         except RawBody as rawbody:
             self._send(rawbody.status, rawbody.body, rawbody.content_type)
             return
+        except Exception as exc:  # a scripted exception is the server's own failure: a 500
+            self._json(500, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error"}})
+            return
         if not stream:
             out = response.to_openai().model_dump(exclude={"atlas"})
             out["model"] = model
