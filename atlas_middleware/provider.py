@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import litellm
+from litellm.exceptions import BadRequestError
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -145,7 +146,7 @@ def _bad_request(model: str) -> Iterator[None]:
     try:
         yield
     except InvalidRequestError as exc:
-        raise litellm.BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from exc
+        raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from exc
 
 
 def known_cost(report: CallReport) -> float:

@@ -93,7 +93,7 @@ def main() -> None:
     base = dict((r[0], r) for r in rows)
     one_litellm = base["litellm.completion"][2]
     print(f"\n{n} sequential calls per variant; servers in a child process, answering instantly\n")
-    print(f"| variant | wall p50 ms | client CPU ms/call | CPU vs one litellm.completion |")
+    print("| variant | wall p50 ms | client CPU ms/call | CPU vs one litellm.completion |")
     print("|---|---:|---:|---:|")
     for label, wall, cpu in rows:
         print(f"| {label} | {wall:.2f} | {cpu:.2f} | {cpu / one_litellm:.2f}x |")

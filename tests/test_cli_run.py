@@ -7,8 +7,8 @@ import json
 from conftest import STUDENT_SCRIPT, TEACHER_SCRIPT
 from typer.testing import CliRunner
 
-from atlas_middleware.cli.app import app
 from atlas_middleware.cli import commands  # noqa: F401  (registers the commands)
+from atlas_middleware.cli.app import app
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
 
 

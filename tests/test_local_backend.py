@@ -39,6 +39,16 @@ def request(text: str, **params: Any) -> ChatRequest:
     return ChatRequest(model="local/tiny", messages=[{"role": "user", "content": text}], params=params)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # Small models gain little from intra-op threads, and on a busy shared CPU the extra
+    # threads spin against each other and make every step several times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def embedded_folder() -> str:
     return str(ensure_converted())
@@ -247,3 +257,33 @@ def test_embedded_model_batched_equals_one_by_one(smollm2: LocalBackend) -> None
     together = run_together(smollm2, requests)
     assert [t.text for t in together] == [a.text for a in alone]
     assert [t.usage for t in together] == [a.usage for a in alone]
+
+
+# -- the embedded teacher's prefill --------------------------------------------------------------
+
+
+def test_prefilled_teacher_starts_the_reply_and_keeps_one_paragraph() -> None:
+    from atlas_middleware.embedded import PrefilledTeacher
+    from atlas_middleware.teaching.parse import parse_teacher_output
+    from atlas_middleware.testing import FunctionBackend
+
+    seen: list[ChatRequest] = []
+
+    def reply(req: ChatRequest) -> str:
+        seen.append(req)
+        return "Check the units first.\n\nCheck the units first.\n\nCheck"
+
+    teacher = PrefilledTeacher(FunctionBackend(reply))
+    out = teacher.complete(ChatRequest(model="local/smollm2", messages=[{"role": "user", "content": "task"}],
+                                       params={"max_tokens": 32}))
+    assert seen[0].messages[-1] == {"role": "assistant", "content": "<teaching>"}
+    assert seen[0].params["continue_final_message"] is True and "</teaching>" in seen[0].params["stop"]
+    assert parse_teacher_output(out.text).guidance == "Check the units first."
+
+
+def test_continue_final_message_continues_the_assistant_turn(tiny: LocalBackend, tokenizer: Any) -> None:
+    messages = [{"role": "user", "content": "task"}, {"role": "assistant", "content": "<teaching>"}]
+    ids = tiny.encode(messages, continue_final=True)
+    assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n<teaching>")
+    opened = tiny.encode(messages[:1])
+    assert tokenizer.decode(opened).endswith("<|im_start|>assistant\n")

@@ -54,8 +54,9 @@ def _samples(n: int) -> str:
 def headline(m: EvalMetrics, samples: int) -> str:
     o: GroupMetrics = m.overall
     ts, al, dl = o.teacher_student, o.student_alone, o.delivered
-    red = "n/a" if o.token_reduction is None else f"{-100 * o.token_reduction:+.1f}%"
-    net_red = "n/a" if o.net_reduction is None else f"{-100 * o.net_reduction:+.1f}%"
+    # "+ 0.0" turns a negative zero into "+0.0%".
+    red = "n/a" if o.token_reduction is None else f"{-100 * o.token_reduction + 0.0:+.1f}%"
+    net_red = "n/a" if o.net_reduction is None else f"{-100 * o.net_reduction + 0.0:+.1f}%"
     max_gain = "n/a" if m.max_gain is None else f"{points(m.max_gain)} ({m.max_gain_group})"
     rows = [
         ("Accuracy (95% CI)", ci(ts.accuracy), ci(al.accuracy), ci(dl.accuracy), gain_text(o.gain)),

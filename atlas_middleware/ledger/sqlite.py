@@ -34,9 +34,12 @@ class SQLiteLedger:
     def __init__(self, path: str | Path, url: str | None = None) -> None:
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        # One connection per ledger, serialised by a lock: SQLite takes one writer at a time
+        # anyway, and a connection per thread leaks one connection for every short-lived
+        # thread that ever wrote (each ``asyncio.run`` brings a new executor's threads).
+        # Other processes are kept safe by WAL mode and the busy timeout.
+        self._conn_: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,7 @@ class SQLiteLedger:
                 raise LedgerError(f"cannot create the ledger folder for {self.path}: {exc}") from exc
         try:
             conn = self._conn()
-            with conn:
+            with self._lock, conn:
                 conn.executescript(_SCHEMA)
                 conn.execute(
                     "INSERT OR IGNORE INTO atlas_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -53,18 +56,13 @@ class SQLiteLedger:
             raise LedgerError(f"cannot open the SQLite ledger at {self.path}: {exc}") from exc
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.path == ":memory:" and self._all:
-                return self._all[0]  # one shared in-memory database
+        if self._conn_ is None:
             conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+            self._conn_ = conn
+        return self._conn_
 
     def append(self, record: LedgerRecord) -> None:
         row = record.row()
@@ -73,7 +71,7 @@ class SQLiteLedger:
             f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
         )
         try:
-            with self._lock if self.path == ":memory:" else _nolock:
+            with self._lock:
                 self._conn().execute(sql, [row[c] for c in _COLUMNS])
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger write failed: {exc}") from exc
@@ -100,28 +98,17 @@ class SQLiteLedger:
         if q.limit:
             sql += f" LIMIT {int(q.limit)}"
         try:
-            rows = self._conn().execute(sql, args).fetchall()
+            with self._lock:
+                rows = self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger read failed: {exc}") from exc
         return [_record(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_nolock = _NoLock()
+            if self._conn_ is not None:
+                self._conn_.close()
+                self._conn_ = None
 
 
 def _record(row: dict[str, Any]) -> LedgerRecord:
