@@ -61,6 +61,8 @@ _NUMBER_WORDS = {
     )
 }
 
+_MAX_SYMBOLIC_CHARS = 200
+
 log = logging.getLogger("atlas_middleware")
 
 
@@ -228,7 +230,10 @@ def _math_verify(a: str, b: str) -> bool | None:
         from math_verify import parse, verify  # heavy (sympy): imported only when needed
     except ImportError:
         return None
-    # math-verify's timeouts use SIGALRM, which only the main thread may set.
+    if len(a) > _MAX_SYMBOLIC_CHARS or len(b) > _MAX_SYMBOLIC_CHARS:
+        return None  # a final answer is short; long text is prose, not worth sympy's time
+    # math-verify's timeouts use SIGALRM, which only the main thread may set; elsewhere the
+    # length cap above is what keeps sympy from running away.
     main = threading.current_thread() is threading.main_thread()
     timeout = 5 if main else None
     logging.getLogger("math_verify").setLevel(logging.ERROR)

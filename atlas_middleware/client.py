@@ -218,7 +218,9 @@ class Atlas:
         self.ledger_writer.flush()
 
     async def aflush(self) -> None:
+        """Wait for background work (audits) started by async calls; retry spooled records."""
         await self._async.join()
+        await asyncio.to_thread(self.ledger_writer.flush)
 
     def close(self) -> None:
         self._sync.close()

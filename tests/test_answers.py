@@ -180,3 +180,10 @@ def test_math_verify_works_off_the_main_thread() -> None:
     t.start()
     t.join()
     assert out == [True]
+
+
+def test_long_text_is_not_sent_to_sympy() -> None:
+    # A final answer is short; a 400-character "expression" is prose and is not simplified.
+    long = "(" + "x+" * 200 + "1)"
+    assert not answers_equivalent(long, long.replace("(", "[", 1))
+    assert answers_equivalent(long, long)  # identical text still agrees

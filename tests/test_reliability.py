@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -75,33 +77,56 @@ def test_prompt_injection_cannot_steer_parsing_or_leak_the_diagnosis(make_atlas,
 # -- faults over HTTP -----------------------------------------------------------------------
 
 
+_TEACHER_CHILD = """
+import sys, time
+from atlas_middleware.testing import OpenAITestServer, ScriptedBackend, teacher_reply
+server = OpenAITestServer(ScriptedBackend({"teacher": teacher_reply("Carry the one.")},
+                                          delays={"teacher": 0.05})).start()
+print(server.url, flush=True)
+time.sleep(600)
+"""
+
+
 def test_teacher_killed_mid_run_every_call_still_answered() -> None:
-    teacher_server = OpenAITestServer(ScriptedBackend(dict(TEACHER_SCRIPT), delays={"teacher": 0.05})).start()
-    with OpenAITestServer(ScriptedBackend(dict(STUDENT_SCRIPT))) as student_server:
-        atlas = Atlas(teacher="openai/teacher", teacher_api_base=teacher_server.url, teacher_api_key="k",
-                      teacher_timeout=1.0, teacher_retries=1, ledger="sqlite:///:memory:")
-        results: list[Any] = []
+    # A real process, killed with SIGKILL: its open keep-alive connections die with it.
+    child = subprocess.Popen([sys.executable, "-c", _TEACHER_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        teacher_url = child.stdout.readline().strip()
+        with OpenAITestServer(ScriptedBackend(dict(STUDENT_SCRIPT))) as student_server:
+            atlas = Atlas(teacher="openai/teacher", teacher_api_base=teacher_url, teacher_api_key="k",
+                          teacher_timeout=1.0, teacher_retries=1, ledger="sqlite:///:memory:")
+            results: list[Any] = []
+            killed = threading.Event()
 
-        def worker() -> None:
-            for _ in range(10):
-                results.append(atlas.completion(model="openai/student", api_base=student_server.url,
-                                                api_key="k", messages=QUESTION).atlas)
+            def worker() -> None:
+                for i in range(10):
+                    if i == 3:
+                        killed.wait(timeout=30)  # the rest of the run happens after the kill
+                    results.append(atlas.completion(model="openai/student", api_base=student_server.url,
+                                                    api_key="k", messages=QUESTION).atlas)
 
-        threads = [threading.Thread(target=worker) for _ in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        teacher_server.stop()  # the teacher dies while calls are in flight
-        for t in threads:
-            t.join(timeout=60)
-        atlas.flush()
-        assert len(results) == 40
-        reasons = {r.reason for r in results}
-        assert Reason.TEACHER_ERROR in reasons or Reason.TEACHER_TIMEOUT in reasons or Reason.CIRCUIT_OPEN in reasons
-        assert all(r.decision in ("guided", "baseline", "student_only") and not r.failed for r in results)
-        rows = atlas.ledger.records()
-        assert len(rows) == 40 and len({row.call_id for row in rows}) == 40
-        atlas.close()
+            threads = [threading.Thread(target=worker) for _ in range(4)]
+            for t in threads:
+                t.start()
+            while len(results) < 8:
+                time.sleep(0.01)
+            child.kill()  # the teacher dies while calls are in flight
+            child.wait()
+            killed.set()
+            for t in threads:
+                t.join(timeout=120)
+            atlas.flush()
+            assert len(results) == 40
+            reasons = [r.reason for r in results]
+            assert Reason.JUDGE_BASELINE in reasons  # taught before the kill
+            assert {Reason.TEACHER_ERROR, Reason.CIRCUIT_OPEN} & set(reasons)  # fell back after it
+            assert all(r.decision in ("guided", "baseline", "student_only") and not r.failed for r in results)
+            rows = atlas.ledger.records()
+            assert len(rows) == 40 and len({row.call_id for row in rows}) == 40
+            atlas.close()
+    finally:
+        child.kill()
 
 
 # -- secrets --------------------------------------------------------------------------------

@@ -64,3 +64,27 @@ def test_wait_healthy_sees_the_health_endpoint_and_gives_up_on_silence(health_se
 def test_api_base_uses_loopback_for_wildcard_hosts() -> None:
     assert ServeSettings(port=9000).api_base() == "http://127.0.0.1:9000/v1"
     assert ServeSettings(host="gpu-1", port=9000).api_base() == "http://gpu-1:9000/v1"
+
+
+def test_integration_recipes_use_the_same_flags_as_teacher_serve() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "integrations" / "vllm"
+    docs = list(yaml.safe_load_all((root / "k8s.yaml").read_text()))
+    stateful = next(d for d in docs if d["kind"] == "StatefulSet")
+    args = stateful["spec"]["template"]["spec"]["containers"][0]["args"]
+    flags = {a.split("=")[0] for a in args}
+    recommended = {a for a in ServeSettings().command() if a.startswith("--")}
+    assert recommended - {"--model"} <= flags | {"--served-model-name"}
+    router = yaml.safe_load((root / "litellm-router.yaml").read_text())
+    group = router["model_list"]
+    assert {m["model_name"] for m in group} == {"atlas-teacher"}
+    replicas = stateful["spec"]["replicas"]
+    assert sorted(m["litellm_params"]["api_base"] for m in group) == [
+        f"http://atlas-teacher-{i}.atlas-teacher:8000/v1" for i in range(replicas)
+    ]
+    assert all(m["litellm_params"]["model"].startswith("hosted_vllm/") for m in group)
+    script = (root / "serve.sh").read_text()
+    assert all(flag in script for flag in recommended)

@@ -174,7 +174,7 @@ class LocalBackend:
             prompt_ids=prompt,
             max_new_tokens=cap,
             temperature=float(self.options.default_temperature if temperature is None else temperature),
-            top_p=float(p.get("top_p") if p.get("top_p") is not None else 1.0),
+            top_p=float(p["top_p"]) if p.get("top_p") is not None else 1.0,
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
             seed=p.get("seed"),
             ignore_eos=bool(p.get("ignore_eos", False)),

@@ -69,7 +69,12 @@ class LeanHTTPBackend:
             return False
         if not (params.get("api_base") or params.get("base_url")):
             return False
-        return all(k in BODY_PARAMS or k in TRANSPORT_PARAMS for k in params)
+        # The LiteLLM proxy's router retries by itself and asks for ``max_retries=0`` on
+        # every call: one attempt, which is what this path makes. Other values mean SDK
+        # retries, which LiteLLM performs.
+        if params.get("max_retries") not in (None, 0):
+            return False
+        return all(k in BODY_PARAMS or k in TRANSPORT_PARAMS or k == "max_retries" for k in params)
 
     def _prepare(self, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any], float, str]:
         params = {**self.defaults, **request.params}

@@ -132,7 +132,7 @@ class VLLMBackend:
         params = self._vllm.SamplingParams(
             max_tokens=p.get("max_completion_tokens") or p.get("max_tokens") or self.options.max_new_tokens,
             temperature=float(self.options.default_temperature if temperature is None else temperature),
-            top_p=float(p.get("top_p") if p.get("top_p") is not None else 1.0),
+            top_p=float(p["top_p"]) if p.get("top_p") is not None else 1.0,
             stop=[stop] if isinstance(stop, str) else list(stop),
             seed=p.get("seed"),
             ignore_eos=bool(p.get("ignore_eos", False)),

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -187,7 +186,7 @@ def summary_lines(result: DemoResult) -> list[str]:
 def demo(
     limit: int = typer.Option(3, "--limit", "-n", min=1, help="How many problems to run."),
     policy: str = typer.Option("strict", help="strict | verify | audit | off"),
-    data: Path | None = typer.Option(None, help="JSONL with question/answer fields (default: bundled GSM8K sample)."),
+    data: str | None = typer.Option(None, help="JSONL with question/answer fields (default: bundled GSM8K sample)."),
     answer_tokens: int = typer.Option(160, help="Token cap of the guided and baseline answers."),
     probe_tokens: int = typer.Option(48, help="Token cap of the student's diagnostic probe."),
     teacher_tokens: int = typer.Option(96, help="Token cap of the teacher's diagnosis and guidance."),
@@ -203,7 +202,7 @@ def demo(
     console = Console()
     console.print(f"[bold]atlas-middleware demo[/bold]: {EMBEDDED_MODEL} as student and teacher, offline.")
     console.print(f"[yellow]Note:[/yellow] {HONESTY}\n")
-    problems = load_problems(data, limit)
+    problems = load_problems(Path(data) if data else None, limit)
     with tempfile.TemporaryDirectory(prefix="atlas-demo-") as tmp:
         url = ledger or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         result = run_demo(problems, policy=policy, answer_tokens=answer_tokens, probe_tokens=probe_tokens,

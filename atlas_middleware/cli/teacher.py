@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from typing import Annotated
 
 import httpx
 import typer
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from .app import app
 
-teacher_app = typer.Typer(help="Serve or check a teacher model.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Serve a teacher model (vLLM).", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
 
 DEFAULT_MODEL = "Arc-Intelligence/ATLAS-8B-Thinking"
@@ -99,7 +100,7 @@ def serve(
     served_model_name: str | None = typer.Option(None, help="Name clients use (default: the model)."),
     wait_timeout: float = typer.Option(900.0, help="Seconds to wait for /health before giving up."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the vllm command and exit."),
-    extra: list[str] | None = typer.Argument(None, help="Further vllm serve flags, after --."),
+    extra: Annotated[list[str] | None, typer.Argument(help="Further vllm serve flags, after --.")] = None,
 ) -> None:
     """Launch `vllm serve` with recommended flags, wait until healthy, print the api_base."""
     settings = ServeSettings(

@@ -49,7 +49,7 @@ def accuracy_by_difficulty(m: EvalMetrics, path: Path) -> Path:
     ax.set_title("Accuracy by difficulty (95% CI)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(arms), fontsize="small", frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -68,6 +68,6 @@ def token_distributions(records: list[SampleRecord], path: Path) -> Path:
     ax.set_title("Response tokens: guided vs alone")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

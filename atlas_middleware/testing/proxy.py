@@ -8,6 +8,10 @@
 It writes a config (the ``litellm_settings`` lines of the bundled config, a ``model_list``
 of ``atlas/`` students, an ``atlas:`` section) and the hook module into a temporary folder,
 starts the proxy on a free loopback port and waits for ``/health/liveliness``.
+
+``passthrough`` adds ``model_list`` entries that LiteLLM serves itself (no ``atlas/``), and
+``atlas=None`` writes a plain LiteLLM proxy config (no hooks, no ``atlas:`` section): the
+baseline the benchmarks compare against. ``num_workers`` is passed to the proxy.
 """
 
 from __future__ import annotations
@@ -54,16 +58,20 @@ class ProxyProcess:
         self,
         *,
         student_url: str,
-        atlas: dict[str, Any],
+        atlas: dict[str, Any] | None,
         models: dict[str, str] | None = None,
+        passthrough: dict[str, str] | None = None,
+        num_workers: int = 1,
         student_api_key: str = "sk-student-test",
         master_key: str = "sk-atlas-test-master",
         env: dict[str, str] | None = None,
         startup_timeout: float = 180.0,
     ) -> None:
         self.student_url = student_url
-        self.atlas = dict(atlas)
+        self.atlas = dict(atlas) if atlas is not None else None
         self.models = models or {"gpt-4o-mini": "openai/gpt-4o-mini"}
+        self.passthrough = dict(passthrough or {})
+        self.num_workers = num_workers
         self.student_api_key = student_api_key
         self.master_key = master_key
         self.extra_env = dict(env or {})
@@ -92,16 +100,21 @@ class ProxyProcess:
 
     def _write_config(self) -> None:
         assert self.folder is not None
-        config = {
+        prefix = "atlas/" if self.atlas is not None else ""
+        entries = [(name, prefix + student) for name, student in self.models.items()]
+        entries += list(self.passthrough.items())
+        config: dict[str, Any] = {
             "model_list": [
                 {"model_name": name, "litellm_params": {
-                    "model": f"atlas/{student}", "api_base": self.student_url, "api_key": self.student_api_key}}
-                for name, student in self.models.items()
+                    "model": model, "api_base": self.student_url, "api_key": self.student_api_key}}
+                for name, model in entries
             ],
-            "litellm_settings": LITELLM_SETTINGS,
-            "general_settings": GENERAL_SETTINGS,
-            "atlas": self.atlas,
         }
+        if self.atlas is not None:
+            config.update({"litellm_settings": LITELLM_SETTINGS, "general_settings": GENERAL_SETTINGS,
+                           "atlas": self.atlas})
+        else:  # a plain LiteLLM proxy
+            config["general_settings"] = {"master_key": GENERAL_SETTINGS["master_key"]}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         (self.folder / "atlas_hooks.py").write_text(HOOK_MODULE)
 
@@ -114,7 +127,7 @@ class ProxyProcess:
                     "LITELLM_TELEMETRY": "False", "NO_PROXY": "*", "no_proxy": "*"})
         env.update(self.extra_env)
         cmd = [sys.executable, "-m", "atlas_middleware.cli", "proxy", "--config", str(self.config_path),
-               "--host", "127.0.0.1", "--port", str(self.port)]
+               "--host", "127.0.0.1", "--port", str(self.port), "--num-workers", str(self.num_workers)]
         log = open(self.folder / "proxy.log", "wb")  # noqa: SIM115 (closed by the child's exit)
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
         log.close()
@@ -136,6 +149,10 @@ class ProxyProcess:
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"the proxy did not start within {self.startup_timeout:g} s:\n{self.log()[-4000:]}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

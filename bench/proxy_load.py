@@ -1,0 +1,178 @@
+"""Requests/s and latency through the atlas proxy against the plain LiteLLM proxy, in one run.
+
+Test servers (student and teacher) answer every call in 50 ms from a child process. The
+load generator (asyncio + httpx, this process) keeps C clients busy for a fixed time, each
+sending its next request when the previous one is answered, and reports requests/s and the
+p50/p99 latency per row:
+
+  plain LiteLLM    a LiteLLM proxy with ``openai/student`` (1 backend call per request)
+  atlas opt-out    the atlas proxy, ``x-atlas-teach: false``: the student alone (1 call)
+  atlas off        policy off: probe, teacher, guided (3 calls, all on the critical path)
+  atlas strict     policy strict: probe, teacher, guided + baseline in parallel (4 calls,
+                   3 on the critical path; the answers agree, so no judge call)
+
+Every proxy runs with the same number of workers (``--workers``); the atlas proxy writes
+its SQLite ledger as in production. ``--quick`` starts one proxy only and serves the plain
+row from a passthrough model (``openai/student``, no ``atlas/``) of the atlas proxy's own
+model_list, so that CI pays for one proxy start-up (~40 s on 2 cores).
+
+    python bench/proxy_load.py                 # 1/16/64/256 clients, 10 s each, 1 worker
+    python bench/proxy_load.py --workers 2     # the same with 2 workers per proxy
+    python bench/proxy_load.py --quick         # 1 and 16 clients, 2 s each (CI runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import httpx  # noqa: E402
+from _servers import servers  # noqa: E402
+
+from atlas_middleware.testing.proxy import ProxyProcess  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
+DELAY = 0.05
+
+
+@dataclass
+class Row:
+    label: str
+    policy: str
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+@dataclass
+class Target:
+    label: str
+    policy: str
+    url: str
+    key: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def load(target: Target, clients: int, seconds: float, warmup: float) -> Row:
+    """``clients`` closed-loop clients for ``warmup`` + ``seconds``.
+
+    Requests/s is the number of answers completed inside the measured window over its
+    length; latencies are those answers'. Requests still in flight at the end are drained
+    and not counted.
+    """
+    row = Row(target.label, target.policy, clients)
+    headers = {"Authorization": f"Bearer {target.key}", **target.headers}
+    body = {"model": target.model, "messages": QUESTION}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=target.url, headers=headers, limits=limits, timeout=60) as client:
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop = measure_from + seconds
+
+        async def one_client() -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                t1 = time.perf_counter()
+                if measure_from <= t1 <= stop:  # completions inside the window count
+                    if ok:
+                        row.latencies.append(t1 - t0)
+                    else:
+                        row.errors += 1
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        row.seconds = seconds
+    return row
+
+
+def targets(atlas: ProxyProcess, plain: ProxyProcess | None) -> list[Target]:
+    base = [
+        Target("plain LiteLLM", "-", (plain or atlas).url, (plain or atlas).master_key,
+               "student" if plain else "plain-student"),
+        Target("atlas opt-out", "teach=false", atlas.url, atlas.master_key, "student", {"x-atlas-teach": "false"}),
+        Target("atlas off", "off", atlas.url, atlas.master_key, "student", {"x-atlas-policy": "off"}),
+        Target("atlas strict", "strict", atlas.url, atlas.master_key, "student", {"x-atlas-policy": "strict"}),
+    ]
+    return base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 and 16 clients, 2 s each, one proxy")
+    parser.add_argument("--clients", default=None, help="comma-separated client counts (default 1,16,64,256)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per row (default 10)")
+    parser.add_argument("--workers", type=int, default=1, help="proxy workers (each proxy)")
+    args = parser.parse_args()
+    clients = [int(c) for c in (args.clients or ("1,16" if args.quick else "1,16,64,256")).split(",")]
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+    warmup = 0.5 if args.quick else 2.0
+
+    tmp = tempfile.mkdtemp(prefix="atlas-proxy-load-")
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        student_url, teacher_url = stack.enter_context(servers(DELAY))
+        atlas_cfg = {"teacher": "openai/teacher", "teacher_api_base": teacher_url, "teacher_api_key": "k",
+                     "policy": "strict", "ledger": f"sqlite:///{tmp}/ledger.db", "spool": "none"}
+        atlas = stack.enter_context(ProxyProcess(
+            student_url=student_url, atlas=atlas_cfg, models={"student": "openai/student"},
+            passthrough={"plain-student": "openai/student"} if args.quick else None,
+            num_workers=args.workers))
+        plain = None if args.quick else stack.enter_context(ProxyProcess(
+            student_url=student_url, atlas=None, models={"student": "openai/student"}, num_workers=args.workers))
+        boot = time.perf_counter() - started
+        for n in clients:
+            for target in targets(atlas, plain):
+                rows.append(asyncio.run(load(target, n, seconds, warmup)))
+
+    print(f"\nservers answer in {DELAY * 1000:.0f} ms (child process); {args.workers} worker(s) per proxy; "
+          f"{seconds:g} s measured per row after {warmup:g} s warm-up; proxies started in {boot:.0f} s"
+          + ("; quick: the plain row is a passthrough model of the atlas proxy" if args.quick else "") + "\n")
+    print("| clients | row | policy | req/s | p50 ms | p99 ms | errors | req/s vs plain |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for n in clients:
+        group = [r for r in rows if r.clients == n]
+        plain_rps = group[0].rps or float("nan")
+        for r in group:
+            print(f"| {n} | {r.label} | {r.policy} | {r.rps:.1f} | {r.pct(0.5):.0f} | {r.pct(0.99):.0f} | "
+                  f"{r.errors} | {r.rps / plain_rps:.2f}x |")
+    by = {(r.label, r.clients): r for r in rows}
+    top = max(clients)
+    strict, plain_row = by[("atlas strict", top)], by[("plain LiteLLM", top)]
+    print(f"\nat {top} clients: strict {strict.rps / plain_row.rps:.2f}x the plain proxy's rate (target >= 0.8x): "
+          f"{'met' if strict.rps >= 0.8 * plain_row.rps else 'NOT met'}")
+    if 64 in clients:
+        p99 = by[("atlas strict", 64)].pct(0.99)
+        print(f"strict p99 at 64 clients: {p99:.0f} ms (target < 1000 ms): {'met' if p99 < 1000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
