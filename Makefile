@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check atlas_middleware tests bench examples
+	$(PY) -m mypy
 	# PostgreSQL and headless Chromium on loopback, for the ledger and report tests.
 	eval "$$(scripts/ci-services.sh)" && $(PY) -m pytest -q
 

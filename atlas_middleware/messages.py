@@ -116,7 +116,7 @@ class ChatResponse(BaseModel):
             created=int(time.time()),
             model=self.model or "",
             choices=[
-                Choice(index=0, message=message, finish_reason=self.finish_reason or "stop")
+                Choice(index=0, message=_Message(**message), finish_reason=self.finish_reason or "stop")
             ],
             usage={
                 "prompt_tokens": self.usage.prompt_tokens,

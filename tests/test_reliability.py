@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
+from conftest import QUESTION, STUDENT_SCRIPT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -73,7 +73,7 @@ def report(
                 typer.echo(f"flushed {writer.flush()} spooled record(s) to the ledger", err=True)
             records = store.records(query)
             summary = summarize(
-                records, ledger=store.url, group_by=group_by,  # type: ignore[arg-type]
+                records, ledger=store.url, group_by=group_by,
                 filters=filters, pending_spooled=writer.pending(), top=top,
             )
         finally:

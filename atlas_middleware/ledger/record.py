@@ -55,7 +55,7 @@ class LedgerRecord(BaseModel):
         kept = report if store_texts else report.model_copy(
             update={"guidance": None, "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
         )
-        tokens = {
+        tokens: dict[str, dict[str, int]] = {
             role: {
                 "prompt": getattr(report.usage, role).prompt_tokens,
                 "completion": getattr(report.usage, role).completion_tokens,

@@ -1,0 +1,455 @@
+"""Faults, load, hostile input and secrets through the real LiteLLM proxy (``atlas-middleware proxy``).
+
+One proxy process for the module (its start-up is most of the cost). The student is an
+OpenAI-compatible test server in this process; the teacher is one in a child process on a
+fixed port, so that a test can kill it for real (SIGKILL: connections reset, nothing
+answers) and start it again with another behaviour (healthy, 500, 429 + Retry-After,
+hanging, garbage). The library-level suite is tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("litellm.proxy.proxy_server")
+pytest.importorskip("prometheus_client")
+
+from atlas_middleware.backends.openai_http import LeanHTTPBackend  # noqa: E402
+from atlas_middleware.messages import ChatRequest  # noqa: E402
+from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend  # noqa: E402
+from atlas_middleware.testing.proxy import ProxyProcess, free_port  # noqa: E402
+
+# Keys that no generic pattern would mask: only knowing them keeps them out.
+MASTER_KEY = "mk-proxy-master-Q7w3Zr9p2L"
+TEACHER_KEY = "tk-teacher-secret-V5n8Hc1x4D"
+STUDENT_KEY = "st-student-secret-K2j6Yb0m7F"
+QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
+BASELINE = "20 plus 22 is 42. The answer is 42"
+GUIDED = "The answer is 42"
+STUDENT_SCRIPT = {"probe": "Add the numbers, watch the carry.", "baseline": BASELINE, "guided": GUIDED}
+TEACHER_TIMEOUT = 1.0
+# The configured deadline of a call whose teacher misbehaves: the teacher's budget, then
+# the student's own (instant) answer; the rest is slack for a loaded 2-core CI machine.
+DEADLINE = TEACHER_TIMEOUT + 3.0
+COOLDOWN = 3.0
+TEACHER_FAILURE_REASONS = {"teacher_error", "teacher_timeout", "teacher_unparseable"}
+
+# The teacher, in a child process: ``python -c TEACHER_CHILD PORT MODE KEY``.
+TEACHER_CHILD = r"""
+import sys, time
+from atlas_middleware.testing import HTTPFault, OpenAITestServer, RawBody, Reply, ScriptedBackend, teacher_reply
+port, mode, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+item = {
+    "ok": teacher_reply("Check the carry."),
+    "500": HTTPFault(500, "teacher overloaded"),
+    "429": HTTPFault(429, "slow down", headers={"Retry-After": "30"}),
+    "hang": Reply(teacher_reply("Too late."), delay=30.0),
+    "garbage": RawBody(b"\xff\xfe<html>not json at all", content_type="application/json"),
+    "unparseable": "I will not follow your format, here is a poem instead.",
+    "leak": HTTPFault(500, f"invalid credentials: api key {key} rejected (Authorization: Bearer {key})"),
+}[mode]
+server = OpenAITestServer(ScriptedBackend({"teacher": item}), port=port, api_key=key).start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+class Teacher:
+    """The teacher server in a child process on a fixed port; ``switch(mode)`` restarts it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.mode = ""
+        self.process: subprocess.Popen[str] | None = None
+
+    def switch(self, mode: str) -> None:
+        if mode == self.mode and self.alive:
+            return
+        self.kill()
+        self.process = subprocess.Popen([sys.executable, "-c", TEACHER_CHILD, str(self.port), mode, TEACHER_KEY],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+        self.mode = mode
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+        self.mode = "dead"
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Iterator[Teacher]:
+    t = Teacher()
+    t.switch("ok")
+    yield t
+    t.kill()
+
+
+@pytest.fixture(scope="module")
+def student() -> Iterator[OpenAITestServer]:
+    with OpenAITestServer(ScriptedBackend(dict(STUDENT_SCRIPT)), api_key=STUDENT_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxy-reliability") / "ledger.db"
+
+
+@pytest.fixture(scope="module")
+def proxy(teacher: Teacher, student: OpenAITestServer, ledger_path: Path) -> Iterator[ProxyProcess]:
+    atlas = {"teacher": "openai/teacher", "teacher_api_base": teacher.url, "policy": "strict",
+             "ledger": f"sqlite:///{ledger_path}", "spool": "none", "teacher_timeout": TEACHER_TIMEOUT,
+             "teacher_retries": 2, "circuit_failures": 3, "circuit_cooldown": COOLDOWN}
+    with ProxyProcess(student_url=student.url, atlas=atlas, models={"student": "openai/student"},
+                      student_api_key=STUDENT_KEY, master_key=MASTER_KEY,
+                      env={"ATLAS_TEACHER_API_KEY": TEACHER_KEY}) as p:
+        yield p
+
+
+def _post(proxy: ProxyProcess, body: Any = None, *, content: bytes | None = None,
+          headers: dict[str, str] | None = None, timeout: float = 60) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {proxy.master_key}", **(headers or {})}
+    if content is not None:
+        auth.setdefault("Content-Type", "application/json")
+        return httpx.post(f"{proxy.url}/chat/completions", content=content, headers=auth, timeout=timeout)
+    return httpx.post(f"{proxy.url}/chat/completions", json=body or {"model": "student", "messages": QUESTION},
+                      headers=auth, timeout=timeout)
+
+
+def _timed(proxy: ProxyProcess, **kwargs: Any) -> tuple[httpx.Response, float]:
+    t0 = time.perf_counter()
+    response = _post(proxy, **kwargs)
+    return response, time.perf_counter() - t0
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path, timeout=30) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM atlas_calls")]
+
+
+def _wait_rows(path: Path, call_ids: set[str], timeout: float = 30) -> dict[str, list[dict[str, Any]]]:
+    """The ledger rows of these calls, by call id, once all are written (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in _rows(path):
+            if row["call_id"] in call_ids:
+                found.setdefault(row["call_id"], []).append(row)
+        if len(found) >= len(call_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _report(response: httpx.Response) -> dict[str, Any]:
+    return response.json()["atlas"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def healthy(proxy: ProxyProcess, teacher: Teacher, student: OpenAITestServer) -> Iterator[None]:
+    """A healthy teacher and a closed circuit before the test, whatever the last one did."""
+    student.backend.script = dict(STUDENT_SCRIPT)
+    teacher.switch("ok")
+    deadline = time.monotonic() + COOLDOWN + 30
+    while time.monotonic() < deadline:
+        response = _post(proxy)
+        if response.status_code == 200 and _report(response)["reason"] not in ("circuit_open", *TEACHER_FAILURE_REASONS):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the proxy did not recover a healthy teacher")
+    yield
+    student.backend.script = dict(STUDENT_SCRIPT)
+
+
+# -- a unit check of the fix the profile found -----------------------------------------------
+
+
+def test_lean_path_serves_the_proxy_routers_calls() -> None:
+    # The proxy's router sends ``max_retries=0`` with every call; one attempt is what the
+    # lean path makes, so it serves them (other values keep LiteLLM's SDK retries).
+    lean = LeanHTTPBackend()
+    base = {"api_base": "http://127.0.0.1:1/v1", "api_key": "k"}
+    assert lean.accepts(ChatRequest(model="openai/m", messages=QUESTION, params={**base, "max_retries": 0}))
+    assert not lean.accepts(ChatRequest(model="openai/m", messages=QUESTION, params={**base, "max_retries": 2}))
+    lean.close()
+
+
+# -- teacher faults: the student's answer, within the deadline, the cause named --------------
+
+FAULTS = {
+    "500": {"teacher_error"},
+    "429": {"teacher_error", "teacher_timeout"},  # Retry-After: 30 exceeds the budget
+    "hang": {"teacher_timeout"},
+    "garbage": {"teacher_error", "teacher_unparseable"},
+    "unparseable": {"teacher_unparseable", "no_guidance"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(FAULTS))
+def test_teacher_fault_falls_back_within_the_deadline(proxy: ProxyProcess, teacher: Teacher, healthy: None,
+                                                      ledger_path: Path, mode: str) -> None:
+    teacher.switch(mode)
+    response, elapsed = _timed(proxy)
+    assert response.status_code == 200, response.text
+    assert elapsed < DEADLINE, f"{mode}: {elapsed:.2f} s"
+    assert response.json()["choices"][0]["message"]["content"] == BASELINE  # the student's own answer
+    report = _report(response)
+    assert report["reason"] in FAULTS[mode], report
+    assert response.headers["x-atlas-reason"] == report["reason"]
+    assert response.headers["x-atlas-decision"] == "baseline"
+    if report["reason"] in TEACHER_FAILURE_REASONS:
+        assert report["errors"], report  # the teacher's failure is described
+    rows = _wait_rows(ledger_path, {report["call_id"]})
+    assert rows[report["call_id"]][0]["reason"] == report["reason"]
+
+
+@pytest.mark.slow
+def test_teacher_killed_mid_run(proxy: ProxyProcess, teacher: Teacher, healthy: None, ledger_path: Path) -> None:
+    results: list[tuple[httpx.Response, float]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(6):
+            r = _timed(proxy)
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    teacher.kill()  # SIGKILL while calls are in flight
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 36
+    assert all(r.status_code == 200 for r, _ in results), [r.text for r, _ in results if r.status_code != 200]
+    assert max(elapsed for _, elapsed in results) < DEADLINE + 2  # a few calls were mid-teacher at the kill
+    reasons = [_report(r)["reason"] for r, _ in results]
+    assert "agreement" in reasons or "guided" in {_report(r)["decision"] for r, _ in results}  # before the kill
+    assert {"teacher_error", "teacher_timeout", "circuit_open"} & set(reasons)  # after it
+    for r, _ in results:
+        content = r.json()["choices"][0]["message"]["content"]
+        assert content in (BASELINE, GUIDED)
+    ids = {_report(r)["call_id"] for r, _ in results}
+    assert len(ids) == 36
+    rows = _wait_rows(ledger_path, ids)
+    assert len(rows) == 36 and all(len(v) == 1 for v in rows.values())
+
+
+@pytest.mark.slow
+def test_circuit_breaker_makes_a_dead_teacher_free(proxy: ProxyProcess, teacher: Teacher, healthy: None) -> None:
+    teacher.switch("hang")
+    for _ in range(3):  # circuit_failures=3 timeouts open the circuit
+        response, elapsed = _timed(proxy)
+        assert _report(response)["reason"] == "teacher_timeout"
+        assert elapsed >= TEACHER_TIMEOUT * 0.9
+    open_calls = [_timed(proxy) for _ in range(3)]
+    for response, elapsed in open_calls:
+        report = _report(response)
+        assert report["reason"] == "circuit_open" and report["usage"]["teacher"]["calls"] == 0
+        assert response.json()["choices"][0]["message"]["content"] == BASELINE
+        assert elapsed < TEACHER_TIMEOUT / 2, elapsed  # no teacher latency at all
+    # after the cooldown one trial call reaches the teacher again; a healthy one closes it
+    teacher.switch("ok")
+    time.sleep(COOLDOWN)
+    reasons = [_report(_post(proxy))["reason"] for _ in range(2)]
+    assert reasons[-1] not in ("circuit_open", *TEACHER_FAILURE_REASONS), reasons
+
+
+# -- student faults: the student's own status reaches the client, the ledger keeps it ------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("status", "name"), [(503, "ServiceUnavailable"), (429, "RateLimit")])
+def test_student_failure_is_the_students_error(proxy: ProxyProcess, student: OpenAITestServer, healthy: None,
+                                               ledger_path: Path, status: int, name: str) -> None:
+    fault = HTTPFault(status, "student is down", headers={"Retry-After": "1"} if status == 429 else None)
+    student.backend.script = {role: fault for role in ("probe", "guided", "baseline")}
+    before = {row["call_id"] for row in _rows(ledger_path)}
+    response, elapsed = _timed(proxy)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert "student is down" in error["message"] and "Traceback" not in response.text
+    assert elapsed < DEADLINE
+    deadline = time.monotonic() + 15
+    new: list[dict[str, Any]] = []
+    while not new and time.monotonic() < deadline:
+        new = [row for row in _rows(ledger_path) if row["call_id"] not in before and row["failed"]]
+        time.sleep(0.2)
+    assert len(new) == 1, new
+    assert new[0]["decision"] == "student_only" or new[0]["failed"] == 1
+
+
+# -- load: 256 concurrent clients --------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _burst(proxy: ProxyProcess, clients: int, per_client: int) -> tuple[list[float], list[httpx.Response]]:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {proxy.master_key}"}
+    latencies: list[float] = []
+    responses: list[httpx.Response] = []
+    async with httpx.AsyncClient(base_url=proxy.url, headers=headers, limits=limits, timeout=120) as client:
+        async def one_client(i: int) -> None:
+            for j in range(per_client):
+                body = {"model": "student", "messages": [{"role": "user", "content": f"What is {i} + {j}?"}]}
+                t0 = time.perf_counter()
+                response = await client.post("/chat/completions", json=body)
+                latencies.append(time.perf_counter() - t0)
+                responses.append(response)
+
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return latencies, responses
+
+
+@pytest.mark.slow
+def test_256_concurrent_clients(proxy: ProxyProcess, healthy: None, ledger_path: Path) -> None:
+    assert proxy.pid is not None
+    clients, per_client = 256, 2
+    asyncio.run(_burst(proxy, clients, 1))  # warm-up: connection pools, caches, lazy imports
+    rss_before = _rss_kib(proxy.pid)
+    t0 = time.perf_counter()
+    latencies, responses = asyncio.run(_burst(proxy, clients, per_client))
+    wall = time.perf_counter() - t0
+    rss_after = _rss_kib(proxy.pid)
+    errors = [r for r in responses if r.status_code != 200]
+    ordered = sorted(latencies)
+    p50, p99 = ordered[len(ordered) // 2], ordered[int(0.99 * len(ordered))]
+    ids = [r.headers["x-atlas-call-id"] for r in responses if r.status_code == 200]
+    rows = _wait_rows(ledger_path, set(ids), timeout=60)
+    lost = len(set(ids) - set(rows))
+    duplicated = sum(len(v) - 1 for v in rows.values())
+    print(f"\nload: {clients} clients x {per_client} requests = {len(responses)} in {wall:.1f} s "
+          f"({len(responses) / wall:.1f} req/s); p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
+          f"errors {len(errors)}; ledger rows lost {lost}, duplicated {duplicated}; "
+          f"proxy VmRSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB")
+    assert len(responses) == clients * per_client
+    assert not errors, errors[0].text
+    assert len(set(ids)) == len(ids)  # one call id per response
+    assert all(r.json()["atlas"]["call_id"] == r.headers["x-atlas-call-id"] for r in responses)
+    assert lost == 0 and duplicated == 0
+    # flat: the reports cache is bounded; allow the allocator some slack, not a leak per call
+    assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
+
+
+# -- fuzzing the HTTP surface ------------------------------------------------------------------
+
+_text = st.text(max_size=50) | st.sampled_from(["", " ", "\x00", "\u202e", "x" * 200_000])
+_content = st.none() | _text | st.integers() | st.booleans() | st.lists(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "bogus"]), "text": _text}), max_size=2)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "developer", "robot", "", "USER", None])},
+    optional={"content": _content, "name": _text, "tool_calls": st.just("nope")},
+) | _text | st.integers() | st.none()
+_messages = st.lists(_message, max_size=4) | st.none() | _text | st.dictionaries(_text, _text, max_size=2)
+_params = st.fixed_dictionaries({}, optional={
+    "temperature": st.sampled_from([-1, 0.5, 99, "hot", None]),
+    "max_tokens": st.sampled_from([-5, 0, 1, "many", 10**12]),
+    "n": st.sampled_from([0, 1, "two"]),
+    "stream": st.sampled_from([False, "yes", 3]),
+    "tools": st.sampled_from(["none", [{"type": "function"}], [1, 2]]),
+    "stop": st.sampled_from([1, ["\n"], {"a": 1}]),
+    "model": st.sampled_from(["student", "", None, 7, "no-such-model"]),
+})
+_json_body = st.builds(lambda m, p: json.dumps({"model": "student", "messages": m, **p}).encode(), _messages, _params)
+_raw_body = st.binary(max_size=200) | st.sampled_from([
+    b"", b"null", b"[]", b"{", b'{"model": "student", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+    b'{"model": "student", "messages": "\xc3\x28"}', "{\"model\": \"student\"}".encode("utf-16"),
+])
+
+FUZZ_LOG: list[tuple[int, str | None]] = []
+
+
+@pytest.mark.slow
+@settings(max_examples=50, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=_json_body | _raw_body)
+def test_fuzzed_requests_get_a_clear_answer(proxy: ProxyProcess, body: bytes) -> None:
+    response = _post(proxy, content=body)
+    FUZZ_LOG.append((response.status_code, response.headers.get("x-atlas-call-id")))
+    assert response.status_code < 500, (body[:300], response.status_code, response.text[:1000])
+    assert "Traceback" not in response.text
+    if response.status_code >= 400:
+        message = response.json()["error"]["message"]
+        assert isinstance(message, str) and message.strip()
+    else:
+        assert response.json()["choices"]
+
+
+@pytest.mark.slow
+def test_fuzzing_left_nothing_half_written(proxy: ProxyProcess, ledger_path: Path) -> None:
+    if not FUZZ_LOG:
+        pytest.skip("runs after the fuzz test")
+    answered = {call_id for status, call_id in FUZZ_LOG if status == 200 and call_id}
+    rows = _wait_rows(ledger_path, answered)
+    assert set(rows) == answered and all(len(v) == 1 for v in rows.values())
+    for versions in rows.values():
+        row = versions[0]
+        assert row["decision"] in ("guided", "baseline", "student_only") and json.loads(row["report_json"])
+    print(f"\nfuzz: {len(FUZZ_LOG)} requests, statuses "
+          f"{ {s: sum(1 for x, _ in FUZZ_LOG if x == s) for s in sorted({x for x, _ in FUZZ_LOG})} }")
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_no_key_in_ledger_logs_metrics_or_responses(proxy: ProxyProcess, teacher: Teacher, student: OpenAITestServer,
+                                                     healthy: None, ledger_path: Path) -> None:
+    bodies: list[str] = []
+    for mode in ("ok", "leak"):
+        teacher.switch(mode)
+        response = _post(proxy)
+        assert response.status_code == 200
+        bodies.append(response.text + json.dumps(dict(response.headers)))
+    # a student whose error echoes its key
+    student.backend.script = {role: HTTPFault(503, f"bad key {STUDENT_KEY}") for role in ("probe", "guided", "baseline")}
+    response = _post(proxy)
+    assert response.status_code == 503
+    bodies.append(response.text + json.dumps(dict(response.headers)))
+    student.backend.script = dict(STUDENT_SCRIPT)
+    bodies.append(httpx.get(f"{proxy.base}/atlas/metrics", timeout=30).text)
+    time.sleep(1.0)  # the last ledger write
+    db = b"".join(p.read_bytes() for p in ledger_path.parent.glob(ledger_path.name + "*")).decode("latin-1")
+    haystacks = {"responses": "\n".join(bodies), "proxy log": proxy.log(), "ledger": db}
+    assert "[REDACTED]" in db or "[REDACTED]" in haystacks["responses"]  # the leaking errors were seen
+    for secret in (MASTER_KEY, TEACHER_KEY, STUDENT_KEY):
+        for where, hay in haystacks.items():
+            assert secret not in hay, f"{secret[:6]}... found in {where}"
+    assert os.path.getsize(ledger_path) > 0
