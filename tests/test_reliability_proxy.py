@@ -226,7 +226,7 @@ def test_teacher_fault_falls_back_within_the_deadline(proxy: ProxyProcess, teach
     report = _report(response)
     assert report["reason"] in FAULTS[mode], report
     assert response.headers["x-atlas-reason"] == report["reason"]
-    assert response.headers["x-atlas-decision"] == "baseline"
+    assert response.headers["x-atlas-decision"] in ("baseline", "student_only")
     if report["reason"] in TEACHER_FAILURE_REASONS:
         assert report["errors"], report  # the teacher's failure is described
     rows = _wait_rows(ledger_path, {report["call_id"]})
