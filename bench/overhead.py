@@ -10,7 +10,7 @@ Variants:
   litellm.completion   one plain LiteLLM call
   taught, lean path    Atlas(strict) over HTTP, direct httpx (4 backend calls)
   taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
-  middleware only      Atlas(strict) with in-process instant backends: the loop's own work
+  middleware only      Atlas(strict) with in-process backends that do no work: the loop's own work
 
     python bench/overhead.py            # full: 300 calls per variant
     python bench/overhead.py --quick    # seconds: 20 calls per variant (CI runs this)
@@ -59,8 +59,8 @@ def main() -> None:
     import litellm
     import openai
 
-    from atlas_middleware import Atlas
-    from atlas_middleware.testing import ScriptedBackend, teacher_reply
+    from atlas_middleware import Atlas, ChatResponse, Usage
+    from atlas_middleware.testing import teacher_reply
 
     litellm.suppress_debug_info = True
     rows: list[tuple[str, float, float]] = []
@@ -79,8 +79,20 @@ def main() -> None:
                 model="openai/student", api_base=student_url, api_key="k", messages=QUESTION), n)))
             atlas.close()
 
-    student = ScriptedBackend({"probe": "plan", "baseline": "The answer is 42", "guided": "The answer is 42"})
-    teacher = ScriptedBackend({"teacher": teacher_reply("Check the carry.")})
+    class Constant:
+        """A backend that does no work at all, so what is timed is the middleware alone."""
+
+        def __init__(self, text: str) -> None:
+            self.response = ChatResponse(content=text, finish_reason="stop",
+                                         usage=Usage(prompt_tokens=10, completion_tokens=5, calls=1))
+
+        def complete(self, request: object) -> ChatResponse:
+            return self.response
+
+        async def acomplete(self, request: object) -> ChatResponse:
+            return self.response
+
+    student, teacher = Constant("The answer is 42"), Constant(teacher_reply("Check the carry."))
     for label, ledger in (("middleware only", "none"), ("middleware + SQLite ledger", None)):
         import tempfile
 
