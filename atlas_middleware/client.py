@@ -32,7 +32,6 @@ from .messages import ChatRequest, validate_messages
 from .redact import register_secret
 from .report import CallReport, Reason
 from .sessions import SessionCache
-from .streaming import CompletionStream, chunks
 from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
 log = logging.getLogger("atlas_middleware")
@@ -185,6 +184,8 @@ class Atlas:
         response = delivered.response
         assert response is not None
         if stream is not None:
+            from .streaming import CompletionStream, chunks
+
             return CompletionStream(chunks(response, stream["include_usage"]), report)
         if isinstance(response.raw, dict):  # the lean HTTP path: the provider's JSON
             from .backends.litellm import import_litellm

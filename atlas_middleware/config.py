@@ -47,7 +47,7 @@ def default_ledger_url() -> str:
 
 
 class AtlasConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", validate_assignment=True)
 
     teacher: str | None = None
     teacher_api_base: str | None = None

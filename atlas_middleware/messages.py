@@ -48,7 +48,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
 class ChatRequest(BaseModel):
     """One chat-completion request: model, messages and every other parameter as given."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     model: str
     messages: list[dict[str, Any]]
@@ -64,7 +64,7 @@ class ChatRequest(BaseModel):
 
 
 class ToolCall(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     id: str | None = None
     name: str
@@ -82,7 +82,7 @@ class ChatResponse(BaseModel):
     the delivered answer reaches the user exactly as the provider shaped it.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(defer_build=True, arbitrary_types_allowed=True)
 
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
@@ -127,7 +127,7 @@ class ChatResponse(BaseModel):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     role: str = "assistant"
     content: str | None = None
@@ -135,6 +135,8 @@ class _Message(BaseModel):
 
 
 class Choice(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     index: int = 0
     message: _Message
     finish_reason: str | None = "stop"
@@ -143,7 +145,7 @@ class Choice(BaseModel):
 class CompletionResponse(BaseModel):
     """OpenAI ``chat.completion`` shape, with the call's report under ``atlas``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     id: str
     object: str = "chat.completion"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .usage import UsageByRole
 
@@ -53,17 +53,23 @@ class Reason(StrEnum):
 
 
 class ErrorInfo(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     role: str
     type: str
     message: str
 
 
 class DiagnosisInfo(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     level: int | None = None
     text: str = ""
 
 
 class JudgeInfo(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     winner: Literal["guided", "baseline", "tie"] | None = None
     scores: dict[str, float] = Field(default_factory=dict)
@@ -71,6 +77,8 @@ class JudgeInfo(BaseModel):
 
 
 class AuditInfo(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     sampled: bool = False
     winner: Literal["guided", "baseline", "tie"] | None = None
     degraded: bool | None = None
@@ -80,11 +88,15 @@ class AuditInfo(BaseModel):
 class KeptAnswer(BaseModel):
     """A student answer kept on the report for evaluation (opt-in, see ``CallReport.answers``)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     content: str | None = None
     finish_reason: str | None = None
 
 
 class CallReport(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     call_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     student_model: str

@@ -22,7 +22,7 @@ CHUNK_CHARS = 48
 
 
 class ChunkDelta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     role: str | None = None
     content: str | None = None
@@ -30,13 +30,15 @@ class ChunkDelta(BaseModel):
 
 
 class ChunkChoice(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     index: int = 0
     delta: ChunkDelta
     finish_reason: str | None = None
 
 
 class CompletionChunk(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     id: str
     object: str = "chat.completion.chunk"

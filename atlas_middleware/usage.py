@@ -21,7 +21,7 @@ ROLES: tuple[Role, ...] = ("probe", "teacher", "guided", "baseline", "judge")
 class Usage(BaseModel):
     """Tokens of one or more calls. Immutable; ``a + b`` sums two of them."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -67,6 +67,8 @@ class Usage(BaseModel):
 
 class UsageByRole(BaseModel):
     """Usage split by the role each call played in the teaching loop."""
+
+    model_config = ConfigDict(defer_build=True)
 
     probe: Usage = Usage()
     teacher: Usage = Usage()

@@ -11,6 +11,10 @@ p50/p99 latency per row:
   atlas strict     policy strict: probe, teacher, guided + baseline in parallel (4 calls,
                    3 on the critical path; the answers agree, so no judge call)
 
+"proxy CPU ms/req" is the CPU time of the proxy process (and its workers) during the
+measured window over the answers completed in it: on a shared machine it is steadier than
+requests/s, and it is what bounds throughput once the proxy's core is saturated.
+
 Every proxy runs with the same number of workers (``--workers``); the atlas proxy writes
 its SQLite ledger as in production. ``--quick`` starts one proxy only and serves the plain
 row from a passthrough model (``openai/student``, no ``atlas/``) of the atlas proxy's own
@@ -53,6 +57,13 @@ class Row:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    proxy_cpu: float = 0.0
+    """CPU seconds the proxy process (and its workers) used in the measured window."""
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.proxy_cpu * 1000 / len(self.latencies) if self.latencies else float("nan")
 
     @property
     def rps(self) -> float:
@@ -72,7 +83,30 @@ class Target:
     url: str
     key: str
     model: str
+    pid: int
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (the proxy's workers), from /proc."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        ticks[child] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(target: Target, clients: int, seconds: float, warmup: float) -> Row:
@@ -99,27 +133,40 @@ async def load(target: Target, clients: int, seconds: float, warmup: float) -> R
                 try:
                     response = await client.post("/chat/completions", json=body)
                     ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                    kind = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    ok, kind = False, type(exc).__name__
                 t1 = time.perf_counter()
                 if measure_from <= t1 <= stop:  # completions inside the window count
                     if ok:
                         row.latencies.append(t1 - t0)
                     else:
                         row.errors += 1
+                        row.error_kinds[kind] = row.error_kinds.get(kind, 0) + 1
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+        async def cpu_window() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            cpu0 = cpu_seconds(target.pid)
+            await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+            row.proxy_cpu = cpu_seconds(target.pid) - cpu0
+
+        await asyncio.gather(cpu_window(), *(one_client() for _ in range(clients)))
         row.seconds = seconds
     return row
 
 
+def _kinds(row: Row) -> str:
+    return f" ({', '.join(f'{k}: {v}' for k, v in sorted(row.error_kinds.items()))})" if row.errors else ""
+
+
 def targets(atlas: ProxyProcess, plain: ProxyProcess | None) -> list[Target]:
+    a, p = atlas.pid or 0, (plain or atlas).pid or 0
     base = [
         Target("plain LiteLLM", "-", (plain or atlas).url, (plain or atlas).master_key,
-               "student" if plain else "plain-student"),
-        Target("atlas opt-out", "teach=false", atlas.url, atlas.master_key, "student", {"x-atlas-teach": "false"}),
-        Target("atlas off", "off", atlas.url, atlas.master_key, "student", {"x-atlas-policy": "off"}),
-        Target("atlas strict", "strict", atlas.url, atlas.master_key, "student", {"x-atlas-policy": "strict"}),
+               "student" if plain else "plain-student", p),
+        Target("atlas opt-out", "teach=false", atlas.url, atlas.master_key, "student", a, {"x-atlas-teach": "false"}),
+        Target("atlas off", "off", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "off"}),
+        Target("atlas strict", "strict", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "strict"}),
     ]
     return base
 
@@ -133,7 +180,10 @@ def main() -> None:
     args = parser.parse_args()
     clients = [int(c) for c in (args.clients or ("1,16" if args.quick else "1,16,64,256")).split(",")]
     seconds = args.seconds or (2.0 if args.quick else 10.0)
-    warmup = 0.5 if args.quick else 2.0
+    # Each row starts from idle: warm up for at least one round of every client's first
+    # request (at 256 clients on 2 cores that is many seconds), then measure.
+    def warmup(n: int) -> float:
+        return 0.5 if args.quick else 2.0 + n / 16
 
     tmp = tempfile.mkdtemp(prefix="atlas-proxy-load-")
     rows: list[Row] = []
@@ -151,19 +201,20 @@ def main() -> None:
         boot = time.perf_counter() - started
         for n in clients:
             for target in targets(atlas, plain):
-                rows.append(asyncio.run(load(target, n, seconds, warmup)))
+                rows.append(asyncio.run(load(target, n, seconds, warmup(n))))
 
     print(f"\nservers answer in {DELAY * 1000:.0f} ms (child process); {args.workers} worker(s) per proxy; "
-          f"{seconds:g} s measured per row after {warmup:g} s warm-up; proxies started in {boot:.0f} s"
+          f"{seconds:g} s measured per row after a warm-up of {'0.5 s' if args.quick else '2 s + clients/16 s'}; "
+          f"proxies started in {boot:.0f} s"
           + ("; quick: the plain row is a passthrough model of the atlas proxy" if args.quick else "") + "\n")
-    print("| clients | row | policy | req/s | p50 ms | p99 ms | errors | req/s vs plain |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    print("| clients | row | policy | req/s | p50 ms | p99 ms | errors | req/s vs plain | proxy CPU ms/req |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for n in clients:
         group = [r for r in rows if r.clients == n]
         plain_rps = group[0].rps or float("nan")
         for r in group:
             print(f"| {n} | {r.label} | {r.policy} | {r.rps:.1f} | {r.pct(0.5):.0f} | {r.pct(0.99):.0f} | "
-                  f"{r.errors} | {r.rps / plain_rps:.2f}x |")
+                  f"{r.errors}{_kinds(r)} | {r.rps / plain_rps:.2f}x | {r.cpu_ms:.1f} |")
     by = {(r.label, r.clients): r for r in rows}
     top = max(clients)
     strict, plain_row = by[("atlas strict", top)], by[("plain LiteLLM", top)]

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from ..messages import ChatRequest, ChatResponse
+from ..redact import redact, register_secret
 from .litellm import from_model_response, import_litellm
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
@@ -85,6 +86,9 @@ class LeanHTTPBackend:
         url = base + "/chat/completions"
         headers = {"Content-Type": "application/json", **(params.get("extra_headers") or {})}
         if params.get("api_key"):
+            # A provider may echo the key in an error; the error's text goes to the caller
+            # (through the proxy: to clients who never held that key).
+            register_secret(str(params["api_key"]))
             headers["Authorization"] = f"Bearer {params['api_key']}"
         body: dict[str, Any] = {"model": model, "messages": request.messages}
         body.update({k: v for k, v in params.items() if k in BODY_PARAMS})
@@ -115,7 +119,7 @@ class LeanHTTPBackend:
                 return lm.Timeout(message=f"{provider} request timed out: {exc}", model=model, llm_provider=provider)  # type: ignore[no-any-return]
             return lm.APIConnectionError(message=f"{provider} connection failed: {exc}", llm_provider=provider, model=model)  # type: ignore[no-any-return]
         status = response.status_code
-        message = f"{provider} returned {status}: {response.text[:1000]}"
+        message = redact(f"{provider} returned {status}: {response.text[:1000]}")
         name = _STATUS_ERRORS.get(status)
         if name == "Timeout":
             return lm.Timeout(message=message, model=model, llm_provider=provider, response=response,  # type: ignore[no-any-return]
@@ -132,7 +136,8 @@ class LeanHTTPBackend:
             data["choices"][0]  # noqa: B018 - shape check: a body without choices is garbage
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise self._litellm.APIError(
-                status_code=response.status_code, message=f"{provider} returned a malformed body: {response.text[:200]!r}",
+                status_code=response.status_code,
+                message=redact(f"{provider} returned a malformed body: {response.text[:200]!r}"),
                 llm_provider=provider, model=model,
             ) from exc
         return from_model_response(data, request, self._litellm)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .record import LedgerRecord
 
 
 class LedgerQuery(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     since: datetime | None = None
     until: datetime | None = None
     student_model: str | None = None

@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..report import CallReport
 from ..usage import ROLES
@@ -23,6 +23,8 @@ def _digest(text: str) -> str:
 
 
 class LedgerRecord(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     call_id: str
     created_at: datetime
     student_model: str

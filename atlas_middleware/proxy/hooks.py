@@ -7,7 +7,9 @@ which builds them here with ``build()``:
   the teaching loop for every ``atlas/<student>`` model of the ``model_list``;
 * ``proxy_handler_instance``: a ``CustomLogger`` registered in ``callbacks`` that adds the
   headers to plain and streaming responses, the ``atlas`` field to plain bodies, and
-  mounts ``/atlas/metrics`` on the proxy's app.
+  mounts ``/atlas/metrics`` on the proxy's app. Before an ``atlas/`` model is called it
+  checks the message list, so that a malformed one is a clear 400 (LiteLLM's own check
+  crashes on some shapes and answers with its traceback as the message).
 
 LiteLLM hands hooks untyped dicts; only ``CallReport`` objects leave this module.
 """
@@ -19,10 +21,13 @@ import sys
 import threading
 from typing import Any
 
+from litellm.exceptions import BadRequestError
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import ModelResponse
 
-from ..provider import AtlasLLM, PendingStream, report_of
+from ..errors import InvalidRequestError
+from ..messages import validate_messages
+from ..provider import PROVIDER, AtlasLLM, PendingStream, report_of
 from ..report import CallReport
 from .headers import BODY_FIELD, report_body, report_headers
 from .metrics import AtlasMetrics
@@ -46,6 +51,18 @@ class AtlasProxyHooks(CustomLogger):
                 report = self.provider.reports.get(body.get("call_id"))
         return report
 
+    enforces_request_content = True  # it reads the messages of the request
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
+                                  call_type: Any) -> dict[str, Any]:
+        model = data.get("model")
+        if "messages" in data and isinstance(model, str) and _served_by_atlas(model):
+            try:
+                validate_messages(data["messages"])
+            except InvalidRequestError as exc:
+                raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from None
+        return data
+
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any,
                                            response: Any) -> Any:
         # Plain responses only: LiteLLM does not run this hook for streams.
@@ -64,6 +81,20 @@ class AtlasProxyHooks(CustomLogger):
             await stream.prime()
         report = self.report_for(data, response)
         return report_headers(report) if report is not None else None
+
+
+def _served_by_atlas(model_name: str) -> bool:
+    """Whether the proxy's router sends this model name to an ``atlas/`` deployment."""
+    module = sys.modules.get("litellm.proxy.proxy_server")
+    router = getattr(module, "llm_router", None) if module is not None else None
+    if router is None:
+        return model_name.startswith(PROVIDER + "/")
+    try:
+        deployments = router.get_model_list(model_name=model_name) or []
+    except Exception:  # an unknown name: LiteLLM answers it as usual
+        return False
+    return any(str((d.get("litellm_params") or {}).get("model", "")).startswith(PROVIDER + "/")
+               for d in deployments if isinstance(d, dict))
 
 
 def _proxy_app() -> Any:

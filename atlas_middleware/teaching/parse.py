@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import TeacherOutputError
 
@@ -38,6 +38,8 @@ MAX_GUIDANCE_CHARS = 4000
 
 class Diagnosis(BaseModel):
     """What the teacher concluded. ``thinking`` is private; only ``guidance`` is shown."""
+
+    model_config = ConfigDict(defer_build=True)
 
     level: int | None = None
     thinking: str = ""
