@@ -106,8 +106,9 @@ def _from_statement(candidate: str) -> str:
     return candidate.rstrip(".").strip()
 
 
-def extract_answer(text: str | None) -> str | None:
-    """The final answer stated in ``text``, or None when it states none."""
+def stated_answer(text: str | None) -> str | None:
+    """The final answer ``text`` marks explicitly (boxed, ``<solution>``, ``####``,
+    "the answer is ..."), or None. Unlike ``extract_answer``, no last-number guess."""
     if not text:
         return None
     boxed = _boxed(text)
@@ -122,6 +123,16 @@ def extract_answer(text: str | None) -> str | None:
     stated = [s for s in _ANSWER_IS.findall(text) if s.strip()]
     if stated:
         return _from_statement(str(stated[-1])) or None
+    return None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer stated in ``text``, else its last number, else None (for grading)."""
+    if not text:
+        return None
+    stated = stated_answer(text)
+    if stated is not None:
+        return stated
     nums = _NUMBER.findall(text)
     if nums:
         return str(nums[-1]).strip()
@@ -269,7 +280,11 @@ def answers_equivalent(a: str | None, b: str | None) -> bool:
 
 
 def same_final_answer(text_a: str | None, text_b: str | None) -> bool:
-    """Do two responses state the same final answer? Identical texts always agree."""
+    """Do two responses state the same final answer? Identical texts always agree.
+
+    Only explicitly marked answers count: two different explanations that merely end on
+    the same number ("see step 3") must go to a judge, not be waved through as agreement.
+    """
     if text_a is not None and text_a.strip() and text_a.strip() == (text_b or "").strip():
         return True
-    return answers_equivalent(extract_answer(text_a), extract_answer(text_b))
+    return answers_equivalent(stated_answer(text_a), stated_answer(text_b))

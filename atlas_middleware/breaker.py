@@ -41,6 +41,12 @@ class CircuitBreaker:
             self._trial = True
             return True
 
+    def release(self) -> None:
+        """The call let through never reached the teacher (probe failed, opted out, ...):
+        no verdict, but the next call may try."""
+        with self._lock:
+            self._trial = False
+
     def success(self) -> None:
         with self._lock:
             self._count = 0

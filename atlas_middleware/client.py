@@ -38,6 +38,7 @@ log = logging.getLogger("atlas_middleware")
 
 # When a reused guidance loses a comparison, the session is taught afresh next time.
 _GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL})
+_GUIDANCE_FAILED = _GUIDANCE_LOST | {Reason.GUIDED_ERROR}
 _TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
 
 
@@ -166,12 +167,14 @@ class Atlas:
             self.breaker.failure()
         elif report.usage.teacher.calls:
             self.breaker.success()
+        else:
+            self.breaker.release()
         sid = report.session_id
         if not sid:
             return
         if report.guidance_reused and report.reason in _GUIDANCE_LOST:
             self.sessions.drop(sid)
-        elif not report.guidance_reused and report.guidance:
+        elif not report.guidance_reused and report.guidance and report.reason not in _GUIDANCE_FAILED:
             self.sessions.put(sid, report.guidance)
         elif report.reason in (Reason.STRONG_STUDENT, Reason.NO_GUIDANCE):
             self.sessions.put(sid, "")
@@ -225,6 +228,7 @@ class Atlas:
 
     def close(self) -> None:
         self._sync.close()
+        self.ledger_writer.flush()  # what the spool still holds goes in now, if it can
         for backend in self._owned:
             close = getattr(backend, "close", None)
             if callable(close):
@@ -233,6 +237,10 @@ class Atlas:
 
     async def aclose(self) -> None:
         await self._async.join()
+        for backend in self._owned:
+            aclose = getattr(backend, "aclose", None)
+            if callable(aclose):
+                await aclose()  # this loop's connection pool, closed on its own loop
         self.close()
 
     def __enter__(self) -> Atlas:

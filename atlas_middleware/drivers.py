@@ -69,7 +69,12 @@ class SyncDriver:
 
     def __init__(self, backends: Mapping[str, ChatBackend], max_workers: int = 32) -> None:
         self.backends = backends
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="atlas-call")
+        # One pool per target: a hung teacher whose abandoned calls still occupy threads
+        # (a thread cannot be killed) must not starve the student's calls of workers.
+        self._pools = {
+            target: ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"atlas-{target}")
+            for target in ("student", "teacher")
+        }
         self._background: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._handles = itertools.count(1)
@@ -110,7 +115,8 @@ class SyncDriver:
             send = None
             if isinstance(cmd, Start):
                 send = next(self._handles)
-                pending[send] = (cmd.call, time.perf_counter(), self._pool.submit(self._call, cmd.call))
+                pool = self._pools[cmd.call.target]
+                pending[send] = (cmd.call, time.perf_counter(), pool.submit(self._call, cmd.call))
             elif isinstance(cmd, Wait):
                 send = self._wait(pending, cmd.handles)
             elif isinstance(cmd, Cancel):
@@ -168,7 +174,8 @@ class SyncDriver:
         self.join()
         # Calls abandoned after their deadline may still be running (a hung teacher):
         # closing must not wait for them.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _resume(flow: Flow, send: Any) -> Flow:
@@ -256,7 +263,13 @@ class AsyncDriver:
             send = yield first
             return (yield from _resume(flow, send))
 
-        result = await self._pump(replay(), None, tasks, time.perf_counter())
+        try:
+            result = await self._pump(replay(), None, tasks, time.perf_counter())
+        except asyncio.CancelledError:
+            # The caller's event loop is ending (``asyncio.run`` per call) before the audit
+            # finished: the delivered call is still recorded, without the audit's verdict.
+            await on_done(out.report, out)
+            raise
         if isinstance(result, CallReport):
             await on_done(result, out)
 

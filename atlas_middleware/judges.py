@@ -147,7 +147,10 @@ class TeacherJudge:
         self.context_chars = context_chars
 
     def _call(self, messages: list[dict[str, Any]]) -> ModelCall:
-        req = ChatRequest(model=self.model, messages=messages, params={"max_tokens": self.max_tokens})
+        params: dict[str, Any] = {"max_tokens": self.max_tokens}
+        if self.timeout is not None:
+            params["timeout"] = self.timeout  # the HTTP client gives up with the driver
+        req = ChatRequest(model=self.model, messages=messages, params=params)
         return ModelCall(role="judge", target="teacher", request=req, timeout=self.timeout)
 
     def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:

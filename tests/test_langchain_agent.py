@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,15 @@ def _step(bad_guided_step: int | None = None) -> Any:
     return answer
 
 
-def _agent(tmp_path: Path, bad_guided_step: int | None = None, **kwargs: Any) -> tuple[Any, AtlasAgentMiddleware, ScriptedChatModel, ScriptedChatModel]:
+def _agent(tmp_path: Path, bad_guided_step: int | None = None, *, policy: str = "strict",
+           **kwargs: Any) -> tuple[Any, AtlasAgentMiddleware, ScriptedChatModel, ScriptedChatModel]:
     step = _step(bad_guided_step)
     student = ScriptedChatModel(backend=ScriptedBackend({"probe": "Weather tool, then the add tool.",
                                                           "guided": step, "baseline": step}))
     teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": teacher_reply("One tool per step.")}),
                                 model_name="scripted-teacher")
-    middleware = AtlasAgentMiddleware(teacher=teacher, policy="strict", ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    middleware = AtlasAgentMiddleware(teacher=teacher, policy=policy, ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+                                      audit_rate=1.0)
     agent = create_agent(student, tools=[get_weather, add], middleware=[middleware],
                          system_prompt="You are a helpful assistant.", **kwargs)
     return agent, middleware, student, teacher
@@ -116,6 +119,39 @@ def test_a_wrong_guided_tool_call_falls_back_and_reteaches(tmp_path: Path) -> No
     assert not reports[2].guidance_reused and len(teacher.calls) == 2
     assert out["messages"][-1].content == FINAL
     assert len(middleware.atlas.ledger.records()) == 3
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_audit_baselines_run_after_each_step(tmp_path: Path, mode: str) -> None:
+    """audit: each step's sampled baseline runs in the background after the step returned,
+    through the agent's handler, and its comparison reaches the ledger."""
+    agent, middleware, student, _ = _agent(tmp_path, policy="audit")
+    # In sync, hold each baseline until the agent is done, so the test does not depend on
+    # thread timing (the baseline's thread may otherwise run before the step returns).
+    done = threading.Event()
+    backend = middleware.atlas.backends["student"]
+    complete = backend.complete
+
+    def held(request: ChatRequest) -> Any:
+        if classify(request) == "baseline":
+            assert done.wait(5), "the agent never finished"
+        return complete(request)
+
+    backend.complete = held  # type: ignore[method-assign]
+    if mode == "sync":
+        out = agent.invoke(QUESTION)
+        done.set()
+        middleware.atlas.flush()
+    else:
+        out = await agent.ainvoke(QUESTION)
+        await middleware.atlas.aflush()
+    assert out["messages"][-1].content == FINAL
+    assert [r.reason for r in _reports(out["messages"])] == [Reason.AUDIT_SAMPLED] * 3
+    reports = [row.report() for row in middleware.atlas.ledger.records()]
+    assert len(reports) == 3
+    assert [e.message for r in reports for e in r.errors] == []
+    assert all(r.audit is not None and r.audit.sampled and r.audit.winner is not None for r in reports)
+    assert student.roles.count("baseline") == 3 and all(r.usage.baseline.calls == 1 for r in reports)
 
 
 def test_agent_usage_is_counted_once_by_callbacks(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,8 @@ from pydantic import BaseModel, ValidationError  # noqa: E402
 from atlas_middleware import Reason  # noqa: E402
 from atlas_middleware.langchain import AtlasChatModel, atlas_report  # noqa: E402
 from atlas_middleware.langchain._convert import restore_messages, to_openai_messages  # noqa: E402
-from atlas_middleware.messages import ToolCall  # noqa: E402
-from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply  # noqa: E402
+from atlas_middleware.messages import ChatRequest, ToolCall  # noqa: E402
+from atlas_middleware.testing import Reply, ScriptedBackend, classify, teacher_reply  # noqa: E402
 from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
 
 SCRIPT = {"probe": "Add the numbers.", "guided": "20 + 22 = 42. The answer is 42",
@@ -38,7 +39,8 @@ def _teacher(guidance: str = "Carry the one.", **script: Any) -> ScriptedChatMod
 def _model(script: dict[str, Any] | None = None, **kwargs: Any) -> tuple[AtlasChatModel, ScriptedChatModel, ScriptedChatModel]:
     student = ScriptedChatModel(backend=ScriptedBackend(script or SCRIPT))
     teacher = kwargs.pop("teacher", None) or _teacher()
-    return AtlasChatModel(student=student, teacher=teacher, ledger="none", **kwargs), student, teacher
+    kwargs.setdefault("ledger", "none")
+    return AtlasChatModel(student=student, teacher=teacher, **kwargs), student, teacher
 
 
 class Recorder(BaseCallbackHandler):
@@ -245,3 +247,46 @@ def test_missing_extra_names_the_install_command() -> None:
             "try:\n    import atlas_middleware.langchain\nexcept MissingExtraError as e:\n"
             "    assert \"atlas-middleware[langchain]\" in str(e), e\nelse:\n    raise SystemExit('no error')")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "stream", "astream"])
+async def test_audit_baseline_runs_after_delivery(tmp_path: Path, mode: str) -> None:
+    """audit: the sampled baseline runs in the background after the call returns, and must
+    still reach the caller's student (the call binding outlives the user's call)."""
+    llm, student, _ = _model(policy="audit", ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+                             atlas_settings={"audit_rate": 1.0})
+    # In sync, the baseline's thread may reach the backend before the call returns; hold it
+    # until after, as a busy machine would, so the test does not depend on thread timing.
+    returned = threading.Event()
+    backend = llm.atlas.backends["student"]
+    complete = backend.complete
+
+    def held(request: ChatRequest) -> Any:
+        if classify(request) == "baseline":
+            assert returned.wait(5), "the user's call never returned"
+        return complete(request)
+
+    backend.complete = held  # type: ignore[method-assign]
+    if mode == "sync":
+        msg = llm.invoke("What is 20 + 22?")
+        returned.set()
+        llm.atlas.flush()
+    elif mode == "async":
+        msg = await llm.ainvoke("What is 20 + 22?")
+        await llm.atlas.aflush()
+    elif mode == "stream":
+        msg = _joined(llm.stream("What is 20 + 22?"))
+        returned.set()
+        llm.atlas.flush()
+    else:
+        msg = _joined(iter([c async for c in llm.astream("What is 20 + 22?")]))
+        await llm.atlas.aflush()
+    delivered = atlas_report(msg)
+    assert delivered is not None and delivered.reason == Reason.AUDIT_SAMPLED
+    assert msg.text == SCRIPT["guided"]
+    (row,) = llm.atlas.ledger.records()
+    report = row.report()
+    assert report.audit is not None and report.audit.sampled
+    assert [e.message for e in report.errors] == []
+    assert report.audit.winner is not None and report.usage.baseline.calls == 1
+    assert student.roles.count("baseline") == 1

@@ -321,11 +321,21 @@ def test_session_reuses_one_diagnosis(make_atlas, call) -> None:
     assert teacher.roles().count("teacher") == 1 and student.roles().count("probe") == 1
 
 
-def test_session_reteaches_after_guidance_loses(make_atlas, call) -> None:
+def test_guidance_that_lost_is_never_reused(make_atlas, call) -> None:
     atlas, _, teacher = make_atlas(judge="answer")  # guided 42 vs baseline 41: baseline wins
-    for _ in range(3):
-        call(atlas, atlas={"session_id": "task-2"})
-    # taught, reused and lost (dropped), taught again
+    reports = [call(atlas, atlas={"session_id": "task-2"}).atlas for _ in range(3)]
+    assert [r.guidance_reused for r in reports] == [False, False, False]
+    assert teacher.roles().count("teacher") == 3
+
+
+def test_reused_guidance_that_loses_is_dropped(make_atlas, call) -> None:
+    # per call, the two orders: guided wins, then baseline wins, then guided wins
+    verdicts = iter(f"<verdict>{v}</verdict>" for v in "ABBAAB")
+    atlas, _, teacher = make_atlas(judge="teacher", teacher={"judge_pair": lambda req: next(verdicts)})
+    reports = [call(atlas, atlas={"session_id": "task-3"}).atlas for _ in range(3)]
+    # won and stored; reused and lost (dropped); taught afresh
+    assert [r.guidance_reused for r in reports] == [False, True, False]
+    assert [r.reason for r in reports][:2] == [Reason.JUDGE_GUIDED, Reason.JUDGE_BASELINE]
     assert teacher.roles().count("teacher") == 2
 
 
@@ -388,3 +398,75 @@ def test_bad_input_is_rejected_before_any_call(make_atlas) -> None:
     with pytest.raises(InvalidRequestError):
         atlas.completion(model="m", messages=QUESTION, atlas={"policy": "sometimes"})
     assert student.calls == []
+
+
+def test_different_explanations_ending_on_one_number_are_not_agreement(make_atlas, call) -> None:
+    atlas, _, teacher = make_atlas(
+        student={"guided": "No. You must not restart the server; see step 3.",
+                 "baseline": "Yes, restart the server as explained in step 3."},
+        judge="teacher", teacher={"judge_pair": "<verdict>B</verdict>"},
+    )
+    r = call(atlas).atlas
+    assert r.reason != Reason.AGREEMENT and teacher.roles().count("judge_pair") == 2
+
+
+def test_truncated_answers_never_agree(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(student={"guided": Reply("The answer is 41", finish_reason="length")})
+    r = call(atlas).atlas
+    assert r.reason != Reason.AGREEMENT
+
+
+class _RaisingJudge:
+    name = "raising"
+    threshold = 0.5
+
+    def compare(self, task: Any, guided: Any, baseline: Any) -> Any:
+        raise ValueError("user judge bug")
+        yield  # pragma: no cover
+
+    def score(self, task: Any, answer: Any) -> Any:
+        return None  # not a number
+        yield  # pragma: no cover
+
+
+@pytest.mark.parametrize("policy", ["strict", "verify"])
+def test_any_judge_failure_means_baseline(make_atlas, call, policy) -> None:
+    atlas, *_ = make_atlas(judge=_RaisingJudge(), policy=policy)
+    r = call(atlas).atlas
+    assert (r.decision, r.reason) == ("baseline", Reason.JUDGE_ERROR)
+    assert r.errors and r.errors[-1].role == "judge"
+
+
+def test_guided_failure_under_verify_delivers_the_baseline(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(policy="verify", student={"guided": StudentDown("x")})
+    r = call(atlas).atlas
+    assert (r.decision, r.reason) == ("baseline", Reason.GUIDED_ERROR)
+
+
+def test_breaker_trial_that_never_reaches_the_teacher_frees_the_slot(make_atlas, call) -> None:
+    probe_fails = {"on": False}
+
+    def probe(req: Any) -> Any:
+        if probe_fails["on"]:
+            raise StudentDown("probe broke")
+        return "plan"
+
+    atlas, _, teacher = make_atlas(student={"probe": probe}, teacher={"teacher": ConnectionError("down")},
+                                   teacher_retries=1, circuit_failures=1, circuit_cooldown=0.05)
+    assert call(atlas).atlas.reason == Reason.TEACHER_ERROR  # opens the circuit
+    import time as _time
+
+    _time.sleep(0.1)
+    probe_fails["on"] = True
+    assert call(atlas).atlas.reason == Reason.PROBE_ERROR  # the half-open trial, no verdict
+    probe_fails["on"] = False
+    teacher.script["teacher"] = teacher_reply("Carry the one.")
+    assert call(atlas).atlas.reason != Reason.CIRCUIT_OPEN  # not stuck open
+
+
+def test_kept_answers_never_reach_the_ledger(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(ledger="sqlite:///:memory:")
+    r = call(atlas, atlas={"keep_answers": True}).atlas
+    assert r.answers is not None
+    (row,) = atlas.ledger.records()
+    assert row.report().answers is None and "The answer is 42" not in row.report_json

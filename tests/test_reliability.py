@@ -181,3 +181,62 @@ def test_classify_roles_of_the_loop() -> None:
     teacher = ChatRequest(model="m", messages=prompts.teacher_messages(QUESTION, {}, "plan", 1000))
     assert [classify(r) for r in (probe, guided, teacher)] == ["probe", "guided", "teacher"]
     assert classify(ChatRequest(model="m", messages=QUESTION)) == "baseline"
+
+
+def test_retry_never_waits_past_its_budget() -> None:
+    from atlas_middleware import ChatRequest
+    from atlas_middleware.backends import RetryingBackend
+
+    class SlowDown(Exception):
+        status_code = 429
+        retry_after = 3.0
+
+    inner = ScriptedBackend({"*": SlowDown("rate limited")})
+    backend = RetryingBackend(inner, attempts=5, budget=0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(SlowDown):
+        backend.complete(ChatRequest(model="m", messages=QUESTION))
+    assert time.perf_counter() - t0 < 0.4 and len(inner.calls) == 1
+
+
+def test_hung_teacher_does_not_starve_the_student_calls(make_atlas) -> None:
+    atlas, *_ = make_atlas(teacher_delays={"teacher": 3.0}, teacher_timeout=0.3, teacher_retries=1,
+                           circuit_failures=1000)
+    walls: list[float] = []
+    reasons: list[Any] = []
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        reasons.append(atlas.completion(model="m", messages=QUESTION).atlas.reason)
+        walls.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(reasons) == {Reason.TEACHER_TIMEOUT}  # not probe_error from a starved queue
+    assert max(walls) < 1.5, max(walls)
+
+
+def test_async_audit_is_recorded_even_when_the_loop_ends_first(make_atlas) -> None:
+    import asyncio
+
+    atlas, *_ = make_atlas(policy="audit", audit_rate=1.0, ledger="sqlite:///:memory:",
+                           student_delays={"baseline": 0.5})
+    for _ in range(3):
+        asyncio.run(atlas.acompletion(model="m", messages=QUESTION))  # the loop ends mid-audit
+    atlas.flush()
+    rows = atlas.ledger.records()
+    assert len(rows) == 3 and all(row.report().audit.sampled for row in rows)
+
+
+def test_lean_path_reads_the_key_from_the_environment_like_litellm(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-123456")
+    with OpenAITestServer(ScriptedBackend(dict(STUDENT_SCRIPT)), api_key="sk-from-env-123456") as s, \
+            OpenAITestServer(ScriptedBackend({"teacher": teacher_reply("Carry the one.")}),
+                             api_key="sk-from-env-123456") as t:
+        atlas = Atlas(teacher="openai/teacher", teacher_api_base=t.url, ledger="none")
+        resp = atlas.completion(model="openai/student", api_base=s.url, messages=QUESTION)
+        atlas.close()
+    assert resp.atlas.reason != Reason.TEACHER_ERROR and resp.atlas.usage.guided.calls == 1

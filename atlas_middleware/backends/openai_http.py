@@ -15,6 +15,8 @@ OpenAI parameters. Anything else goes to LiteLLM.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 from typing import Any
 
@@ -25,6 +27,8 @@ from ..redact import redact, register_secret
 from .litellm import from_model_response, import_litellm
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
+# Where LiteLLM looks for a key when none is passed: the lean path must look there too.
+ENV_KEYS = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}
 # Parameters that go into the JSON body exactly as OpenAI defines them.
 BODY_PARAMS = frozenset(
     {
@@ -60,7 +64,8 @@ class LeanHTTPBackend:
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync: httpx.Client | None = None
-        self._async: dict[int, httpx.AsyncClient] = {}  # one pool per event loop
+        # One pool per event loop (an httpx.AsyncClient is bound to the loop it first ran on).
+        self._async: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._lock = threading.Lock()
         self._litellm = import_litellm()  # exception types and usage estimation
 
@@ -85,11 +90,12 @@ class LeanHTTPBackend:
         base = str(params.get("api_base") or params.get("base_url")).rstrip("/")
         url = base + "/chat/completions"
         headers = {"Content-Type": "application/json", **(params.get("extra_headers") or {})}
-        if params.get("api_key"):
+        api_key = params.get("api_key") or os.environ.get(ENV_KEYS[provider])
+        if api_key:
             # A provider may echo the key in an error; the error's text goes to the caller
             # (through the proxy: to clients who never held that key).
-            register_secret(str(params["api_key"]))
-            headers["Authorization"] = f"Bearer {params['api_key']}"
+            register_secret(str(api_key))
+            headers["Authorization"] = f"Bearer {api_key}"
         body: dict[str, Any] = {"model": model, "messages": request.messages}
         body.update({k: v for k, v in params.items() if k in BODY_PARAMS})
         body.update(params.get("extra_body") or {})
@@ -103,13 +109,15 @@ class LeanHTTPBackend:
             return self._sync
 
     def _aclient(self) -> httpx.AsyncClient:
-        import asyncio
-
-        key = id(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async.get(key)
+            client = self._async.get(loop)
             if client is None:
-                client = self._async[key] = httpx.AsyncClient(limits=self._limits)
+                # Pools of loops that have ended (``asyncio.run`` per call) are dropped,
+                # and their sockets closed, instead of piling up.
+                for old_loop in [lp for lp in self._async if lp.is_closed()]:
+                    _close_sockets(self._async.pop(old_loop))
+                client = self._async[loop] = httpx.AsyncClient(limits=self._limits)
             return client
 
     def _error(self, exc: Exception | None, response: httpx.Response | None, provider: str, model: str) -> Exception:
@@ -163,4 +171,33 @@ class LeanHTTPBackend:
             if self._sync is not None:
                 self._sync.close()
                 self._sync = None
-            self._async.clear()  # async clients die with their loops
+            for client in self._async.values():
+                _close_sockets(client)
+            self._async.clear()
+
+    async def aclose(self) -> None:
+        """Close the current event loop's pool properly (``Atlas.aclose`` calls this)."""
+        with self._lock:
+            client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+
+def _close_sockets(client: httpx.AsyncClient) -> None:
+    """Close the sockets of a pool whose event loop is gone (``aclose`` needs that loop).
+
+    httpx keeps its connections in ``_transport._pool``; closing their network streams'
+    sockets directly is the only release left once the loop has been closed.
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    for conn in list(getattr(pool, "connections", []) or []):
+        stream = getattr(getattr(conn, "_connection", None), "_network_stream", None)
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        # asyncio hands out a TransportSocket wrapper; the real socket is inside it.
+        raw = getattr(sock, "_sock", sock)
+        if raw is not None and hasattr(raw, "close"):
+            try:
+                raw.close()
+            except OSError:
+                pass

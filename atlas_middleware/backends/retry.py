@@ -17,7 +17,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -70,7 +70,7 @@ class _Wait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         hinted = retry_after_seconds(exc) if exc is not None else None
-        return hinted if hinted is not None else self._backoff(state)
+        return hinted if hinted is not None else float(self._backoff(state))
 
 
 class RetryingBackend(WrapperBackend):
@@ -83,7 +83,9 @@ class RetryingBackend(WrapperBackend):
         super().__init__(inner)
         stop: Any = stop_after_attempt(attempts)
         if budget is not None:
-            stop = stop | stop_after_delay(budget)
+            # Give up *before* a wait that would end past the budget (a long Retry-After
+            # included): the caller has stopped listening by then.
+            stop = stop | stop_before_delay(budget)
         self._settings: dict[str, Any] = dict(
             stop=stop,
             wait=_Wait(base_delay, max_delay),

@@ -58,3 +58,7 @@ class ModelRouter:
     def close(self) -> None:
         if self.lean is not None:
             self.lean.close()
+
+    async def aclose(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()

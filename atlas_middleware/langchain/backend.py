@@ -7,10 +7,13 @@ Two ways to use it:
   ``bind_tools`` and the other parameters passed as call keywords. This is how a LangChain
   model serves as a teacher.
 * per call, with a ``CallBinding`` (``AtlasChatModel``, ``AtlasAgentMiddleware``): the
-  adapter registers how to run the student for one user call (the caller's own messages,
-  the agent's ``handler``) and passes the binding's token in the request's parameters.
-  The core copies parameters to the probe, guided and baseline requests, so each of them
-  finds its way back here.
+  adapter says how to run the student for one user call (the caller's own messages, the
+  agent's ``handler``) and passes the binding itself in the request's parameters
+  (``bound_params``). The core copies parameters to the probe, guided and baseline
+  requests, so each of them finds its way back here. The binding lives as long as those
+  requests do: an ``audit`` baseline, which the core starts in the background after the
+  user's call has returned, still finds it (a registry scoped to the user's call would
+  have dropped it by then).
 
 Usage ownership (see docs/langchain.md): with ``isolate=True`` the model runs in an empty
 ``contextvars`` context with LangSmith tracing switched off, so LangChain callbacks of the
@@ -23,8 +26,7 @@ import asyncio
 import contextvars
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +41,7 @@ from ..teaching import prompts
 from ._convert import restore_messages, to_chat_response
 
 BINDING_KEY = "atlas_langchain_call"
-"""Request parameter that names the ``CallBinding`` of a request (never sent to a model)."""
+"""Request parameter that holds the ``CallBinding`` of a request (never sent to a model)."""
 
 # Parameters the backend maps itself instead of passing them as call keywords.
 _TOOL_PARAMS = ("tools", "tool_choice")
@@ -92,6 +94,11 @@ class StreamSink:
                 self.closed, self.broken = True, error
             self._owner = None
 
+    def close(self) -> None:
+        """The user's call has returned: calls that run after it (an audit) never stream."""
+        with self._lock:
+            self.closed = True
+
 
 @dataclass
 class CallBinding:
@@ -104,6 +111,19 @@ class CallBinding:
     prepare: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
     """(runnable, call keywords) for a request's parameters; needed only to stream."""
     sink: StreamSink | None = None
+
+    def __repr__(self) -> str:  # the caller's messages and closures stay out of logs
+        return f"<CallBinding of {len(self.originals)} messages>"
+
+
+def bound_params(params: dict[str, Any], binding: CallBinding) -> dict[str, Any]:
+    """``params`` with ``binding`` attached, for ``Atlas.completion``.
+
+    The binding travels on the request (and the probe, guided and baseline requests the
+    core derives from it), so it stays reachable for as long as the core may still run a
+    call of this user call, background audits included, and is freed with the requests.
+    """
+    return {**params, BINDING_KEY: binding}
 
 
 def _run_isolated(fn: Callable[[], Any]) -> Any:
@@ -131,7 +151,9 @@ async def _arun_isolated(fn: Callable[[], Awaitable[Any]]) -> Any:
 
 def split_params(params: dict[str, Any]) -> tuple[list[Any] | None, Any, list[str] | None, dict[str, Any]]:
     """(tools, tool_choice, stop, call keywords) of a request's parameters."""
-    kwargs = {k: v for k, v in params.items() if k not in (*_TOOL_PARAMS, "stop", BINDING_KEY)}
+    # ``timeout`` is the transport deadline the core adds to guidance-path calls; LangChain
+    # models take no such call keyword (the driver enforces the deadline itself).
+    kwargs = {k: v for k, v in params.items() if k not in (*_TOOL_PARAMS, "stop", "timeout", BINDING_KEY)}
     stop = params.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -163,32 +185,16 @@ class LangChainBackend:
             raise ConfigError(f"expected a LangChain chat model (BaseChatModel), got {type(model).__name__}")
         self.model = model
         self.isolate = isolate
-        self._bindings: dict[str, CallBinding] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def binding(self, binding: CallBinding) -> Iterator[str]:
-        """Register ``binding`` for one user call; yields the token to put in the params."""
-        token = uuid.uuid4().hex
-        with self._lock:
-            self._bindings[token] = binding
-        try:
-            yield token
-        finally:
-            with self._lock:
-                self._bindings.pop(token, None)
 
     def _resolve(self, request: ChatRequest) -> tuple[CallBinding | None, list[BaseMessage], dict[str, Any]]:
-        token = request.params.get(BINDING_KEY)
+        binding = request.params.get(BINDING_KEY)
         params = {k: v for k, v in request.params.items() if k != BINDING_KEY}
-        if token is None:
+        if binding is None:
             if self.model is None:
                 raise ConfigError("this LangChainBackend serves bound calls only, and the request has no binding")
             return None, restore_messages(request.messages), params
-        with self._lock:
-            binding = self._bindings.get(token)
-        if binding is None:
-            raise ConfigError("the request's LangChain call binding has expired")
+        if not isinstance(binding, CallBinding):
+            raise ConfigError(f"the request's {BINDING_KEY!r} parameter is not a LangChain call binding")
         messages = restore_messages(request.messages, binding.originals, binding.original_dicts)
         return binding, messages, params
 

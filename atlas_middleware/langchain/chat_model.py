@@ -36,12 +36,12 @@ from ..errors import AtlasError
 from ..report import CallReport
 from ._convert import model_name, openai_tools, to_openai_messages, usage_metadata
 from .backend import (
-    BINDING_KEY,
     CallBinding,
     Delivery,
     LangChainBackend,
     StreamedDelivery,
     StreamSink,
+    bound_params,
     prepare_model,
 )
 
@@ -221,15 +221,21 @@ class AtlasChatModel(BaseChatModel):
     def _complete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                   sink: StreamSink | None = None) -> Delivery:
         model, dicts, params, binding = self._call(messages, stop, kwargs, sink)
-        with self._backend.binding(binding) as token:
-            out: Delivery = self._atlas.completion(model, dicts, **params, **{BINDING_KEY: token})
+        try:
+            out: Delivery = self._atlas.completion(model, dicts, **bound_params(params, binding))
+        finally:
+            if sink is not None:
+                sink.close()
         return out
 
     async def _acomplete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                          sink: StreamSink | None = None) -> Delivery:
         model, dicts, params, binding = self._call(messages, stop, kwargs, sink)
-        with self._backend.binding(binding) as token:
-            out: Delivery = await self._atlas.acompletion(model, dicts, **params, **{BINDING_KEY: token})
+        try:
+            out: Delivery = await self._atlas.acompletion(model, dicts, **bound_params(params, binding))
+        finally:
+            if sink is not None:
+                sink.close()
         return out
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,

@@ -33,7 +33,7 @@ from ..client import Atlas
 from ..config import AtlasConfig
 from ..teaching import prompts
 from ._convert import model_name, openai_tools, to_openai_messages
-from .backend import BINDING_KEY, CallBinding, Delivery, LangChainBackend
+from .backend import CallBinding, Delivery, LangChainBackend, bound_params
 
 SessionKey = Callable[[ModelRequest], str | None]
 
@@ -197,8 +197,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
             raise RuntimeError("async call on a sync agent step")
 
         model, dicts, params, binding = self._prepare(request, run, never)
-        with self._backend.binding(binding) as token:
-            delivery: Delivery = self.atlas.completion(model, dicts, **params, **{BINDING_KEY: token})
+        delivery: Delivery = self.atlas.completion(model, dicts, **bound_params(params, binding))
         return _with_report(delivery)
 
     async def awrap_model_call(
@@ -209,8 +208,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
 
         # Tasks inherit this context, so no copy is needed here.
         model, dicts, params, binding = self._prepare(request, never, handler)
-        with self._backend.binding(binding) as token:
-            delivery: Delivery = await self.atlas.acompletion(model, dicts, **params, **{BINDING_KEY: token})
+        delivery: Delivery = await self.atlas.acompletion(model, dicts, **bound_params(params, binding))
         return _with_report(delivery)
 
 

@@ -54,8 +54,10 @@ class LedgerRecord(BaseModel):
     def from_report(
         cls, report: CallReport, prompt: str, answer: str | None, store_texts: bool
     ) -> LedgerRecord:
-        kept = report if store_texts else report.model_copy(
-            update={"guidance": None, "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
+        # Answers kept for an evaluation are working data, never ledger content.
+        kept = report.model_copy(update={"answers": None}) if store_texts else report.model_copy(
+            update={"guidance": None, "answers": None,
+                    "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
         )
         tokens: dict[str, dict[str, int]] = {
             role: {

@@ -147,6 +147,7 @@ class SpooledWriter:
         self.spool = spool
         self.retry_after = retry_after
         self._down_until = 0.0
+        self._replaying = threading.Lock()
 
     @classmethod
     def for_ledger(cls, ledger: Ledger, spool_path: str | None = None) -> SpooledWriter:
@@ -170,8 +171,20 @@ class SpooledWriter:
             self._spool(record, redact(str(exc)))
             return False
         if self.spool is not None and self.spool.has_pending():
-            self.flush()
+            self._replay_soon()
         return True
+
+    def _replay_soon(self) -> None:
+        """Replay the spool on a thread of its own: after an outage it may hold thousands of
+        records, and the user whose write found the ledger back must not wait for them."""
+        if self._replaying.acquire(blocking=False):
+            threading.Thread(target=self._replay, name="atlas-spool-replay", daemon=True).start()
+
+    def _replay(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._replaying.release()
 
     def _spool(self, record: LedgerRecord, why: str) -> None:
         assert self.spool is not None

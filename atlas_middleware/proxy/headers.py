@@ -35,4 +35,6 @@ def report_body(report: CallReport) -> dict[str, Any]:
     Guidance is the teacher's work product and may echo the user's task; the ledger keeps
     it (when configured to), the HTTP body does not need it to explain a decision.
     """
-    return report.model_dump(mode="json", exclude={"guidance"})
+    # The teacher's private reasoning and any kept answers echo the task (and may state
+    # the answer): like the guidance, they stay out of what clients receive.
+    return report.model_dump(mode="json", exclude={"guidance": True, "answers": True, "diagnosis": {"text"}})

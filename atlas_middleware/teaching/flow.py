@@ -17,6 +17,7 @@ on every path the user depends on is the student's own exception handed back.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -140,7 +141,7 @@ def _guidance(
     """Probe the student, ask the teacher; the guidance, or None with ``report.reason`` set."""
     probe_req = request.replace(
         messages=prompts.probe_messages(request.messages)
-    ).with_params(_PROBE_DROP, max_tokens=s.probe_max_tokens)
+    ).with_params(_PROBE_DROP, max_tokens=s.probe_max_tokens, **_transport_timeout(s.teacher_timeout))
     probe = yield from _await_one(_start("probe", "student", probe_req, s.teacher_timeout))
     if probe.response is None:
         report.reason = Reason.PROBE_ERROR
@@ -151,7 +152,7 @@ def _guidance(
         messages=prompts.teacher_messages(
             request.messages, request.params, probe.response.text, s.context_chars
         ),
-        params={**s.teacher_params, "max_tokens": s.teacher_max_tokens},
+        params={**s.teacher_params, "max_tokens": s.teacher_max_tokens, **_transport_timeout(s.teacher_timeout)},
     )
     teacher = yield from _await_one(_start("teacher", "teacher", teacher_req, s.teacher_timeout))
     if teacher.response is None:
@@ -174,6 +175,12 @@ def _guidance(
     return diagnosis.guidance
 
 
+def _transport_timeout(seconds: float | None) -> dict[str, float]:
+    """Also give the HTTP client the deadline: a call the driver gave up on must not hold a
+    connection and a worker for the client's default of minutes."""
+    return {} if seconds is None else {"timeout": seconds}
+
+
 def _cheaper(guided: CallResult, baseline: CallResult) -> Literal["guided", "baseline"]:
     g, b = guided.response, baseline.response
     assert g is not None and b is not None
@@ -181,6 +188,8 @@ def _cheaper(guided: CallResult, baseline: CallResult) -> Literal["guided", "bas
 
 
 def _agree(g: ChatResponse, b: ChatResponse) -> bool:
+    if g.truncated or b.truncated:  # a cut-off answer agrees with nothing
+        return False
     if g.tool_calls or b.tool_calls:
         if len(g.tool_calls) != len(b.tool_calls):
             return False
@@ -205,9 +214,10 @@ def _judge(
         return _cheaper(guided, baseline), Reason.AGREEMENT
     try:
         verdict: Verdict = yield from judge.compare(task, g, b)
-    except JudgeError as exc:
-        report.judge = JudgeInfo(name=judge.name, detail=redact(str(exc))[:500])
-        report.errors.append(ErrorInfo(role="judge", type=type(exc).__name__, message=redact(str(exc))[:500]))
+        if not isinstance(verdict, Verdict) or verdict.winner not in ("guided", "baseline", "tie"):
+            raise JudgeError(f"the judge returned {verdict!r}, not a Verdict")
+    except Exception as exc:  # any judge failure, user code included: the baseline wins
+        _judge_failed(report, judge, exc)
         return "baseline", Reason.JUDGE_ERROR
     report.judge = JudgeInfo(name=judge.name, winner=verdict.winner, scores=verdict.scores, detail=verdict.detail)
     if verdict.winner == "guided":
@@ -215,6 +225,12 @@ def _judge(
     if verdict.winner == "baseline":
         return "baseline", Reason.JUDGE_BASELINE
     return _cheaper(guided, baseline), Reason.JUDGE_TIE
+
+
+def _judge_failed(report: CallReport, judge: Judge, exc: BaseException) -> None:
+    message = redact(f"{type(exc).__name__}: {exc}")[:500]
+    report.judge = JudgeInfo(name=judge.name, detail=message)
+    report.errors.append(ErrorInfo(role="judge", type=type(exc).__name__, message=message))
 
 
 def _settle(report: CallReport, delivered: CallResult | None, baseline: CallResult | None) -> None:
@@ -252,7 +268,8 @@ def _fail(report: CallReport, error: BaseException | None, baseline: CallResult 
 
 
 def _student_alone(
-    request: ChatRequest, report: CallReport, reason: Reason, baseline_start: Any | None
+    request: ChatRequest, report: CallReport, reason: Reason, baseline_start: Any | None,
+    decision: Literal["baseline", "student_only"] = "student_only",
 ) -> Flow:
     """Deliver the student's own answer (reusing a baseline already running)."""
     handle = baseline_start
@@ -262,7 +279,7 @@ def _student_alone(
     if base.response is None:
         yield _fail(report, base.error, base)
     else:
-        yield _deliver(report, base, "student_only", reason, base)
+        yield _deliver(report, base, decision, reason, base)
     return report
 
 
@@ -310,7 +327,7 @@ def _teach(
 
     (guided,) = yield Wait((h_guided,))
     if guided.response is None:
-        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None))
+        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None, "baseline"))
     if s.policy == "verify":
         return (yield from _verify(judge, task, guided, answer_req, report))
     if s.policy == "off":
@@ -336,10 +353,12 @@ def _verify(
     if passed:
         try:
             score = yield from judge.score(task, guided.response)
-            report.judge = JudgeInfo(name=judge.name, scores={"guided": score})
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise JudgeError(f"the judge's grade {score!r} is not a finite number")
+            report.judge = JudgeInfo(name=judge.name, scores={"guided": float(score)})
             passed = score >= judge.threshold
-        except JudgeError as exc:
-            report.errors.append(ErrorInfo(role="judge", type="JudgeError", message=redact(str(exc))[:500]))
+        except Exception as exc:  # a failed grade is a failing grade: the baseline is run
+            _judge_failed(report, judge, exc)
             passed = False
     if passed:
         yield _deliver(report, guided, "guided", Reason.VERIFIED, None)
