@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from .options import (
     TeacherOpt,
     TeacherTimeoutOpt,
     atlas_kwargs,
+    resolve_student,
     student_kwargs,
 )
 
@@ -57,9 +57,7 @@ def eval_command(
     from ..client import Atlas
     from ..eval import EvalSettings, evaluate
 
-    student = student or os.environ.get("ATLAS_STUDENT")
-    if not student:
-        raise typer.BadParameter("give the student model with --student (or ATLAS_STUDENT)")
+    student = resolve_student(student)
     try:
         atlas = Atlas(**atlas_kwargs(teacher=teacher, teacher_api_base=teacher_api_base, policy=policy,
                                      judge=judge, teacher_timeout=teacher_timeout, ledger=ledger,

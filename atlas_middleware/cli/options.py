@@ -6,6 +6,7 @@ gets the same flag, help text and environment fallback everywhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,14 @@ def atlas_kwargs(
         "teacher_timeout": teacher_timeout, "ledger": ledger,
         "config_file": str(config) if config else None,
     }
+
+
+def resolve_student(student: str | None) -> str:
+    """The student model from ``--student``, else ``ATLAS_STUDENT``; a usage error if neither."""
+    student = student or os.environ.get("ATLAS_STUDENT")
+    if not student:
+        raise typer.BadParameter("give the student model with --student (or ATLAS_STUDENT)")
+    return student
 
 
 def student_kwargs(api_base: str | None, api_key: str | None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -21,6 +20,7 @@ from .options import (
     TeacherOpt,
     TeacherTimeoutOpt,
     atlas_kwargs,
+    resolve_student,
     student_kwargs,
 )
 
@@ -47,9 +47,7 @@ def run(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    student = student or os.environ.get("ATLAS_STUDENT")
-    if not student:
-        raise typer.BadParameter("give the student model with --student (or ATLAS_STUDENT)")
+    student = resolve_student(student)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     params = student_kwargs(student_api_base, student_api_key)
     if max_tokens:
