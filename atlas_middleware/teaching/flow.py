@@ -120,9 +120,12 @@ def _record(report: CallReport, result: CallResult) -> None:
                 content=result.response.content, finish_reason=result.response.finish_reason
             )
     elif result.error is not None:
-        report.errors.append(
-            ErrorInfo(role=role, type=type(result.error).__name__, message=redact(str(result.error))[:500])
-        )
+        report.errors.append(_error_info(role, result.error))
+
+
+def _error_info(role: str, exc: BaseException, message: str | None = None) -> ErrorInfo:
+    """What the report keeps of a failure: redacted (keys echoed by providers) and capped."""
+    return ErrorInfo(role=role, type=type(exc).__name__, message=redact(message or str(exc))[:500])
 
 
 def _start(role: Any, target: Any, request: ChatRequest, timeout: float | None = None) -> Start:
@@ -162,7 +165,7 @@ def _guidance(
     try:
         diagnosis = parse_teacher_output(teacher.response.text)
     except TeacherOutputError as exc:
-        report.errors.append(ErrorInfo(role="teacher", type=type(exc).__name__, message=str(exc)))
+        report.errors.append(_error_info("teacher", exc))
         report.reason = Reason.TEACHER_UNPARSEABLE
         return None
     report.diagnosis = DiagnosisInfo(level=diagnosis.level, text=diagnosis.thinking)
@@ -228,9 +231,9 @@ def _judge(
 
 
 def _judge_failed(report: CallReport, judge: Judge, exc: BaseException) -> None:
-    message = redact(f"{type(exc).__name__}: {exc}")[:500]
-    report.judge = JudgeInfo(name=judge.name, detail=message)
-    report.errors.append(ErrorInfo(role="judge", type=type(exc).__name__, message=message))
+    info = _error_info("judge", exc, f"{type(exc).__name__}: {exc}")
+    report.judge = JudgeInfo(name=judge.name, detail=info.message)
+    report.errors.append(info)
 
 
 def _settle(report: CallReport, delivered: CallResult | None, baseline: CallResult | None) -> None:
