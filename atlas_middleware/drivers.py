@@ -4,11 +4,15 @@ Both do the same four things and nothing else: start calls, wait for them (with 
 deadline), run blocking user code off the caller's path, and hand the delivered answer
 back the moment the flow says ``Deliver``. Work the flow does after delivery (an audit)
 finishes in the background and then reaches ``on_done`` (the ledger).
+
+Giving up on a call tells its backend: the async driver cancels the call's task (the
+backend sees ``CancelledError``); the sync driver, whose worker thread cannot be
+interrupted, cancels the call's ``CancelToken``. A backend that can stop early (the local
+batcher) then drops the request instead of decoding an answer nobody reads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
@@ -16,9 +20,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import ChatBackend
+from .backends.base import CancelToken, ChatBackend, cancellation
 from .errors import TeacherTimeout
 from .report import CallReport
 from .teaching.commands import (
@@ -33,6 +37,11 @@ from .teaching.commands import (
     Wait,
 )
 from .teaching.flow import Flow
+
+# asyncio (about 40 ms to import, ssl included) is imported inside AsyncDriver's coroutines:
+# they run on an event loop, so it is loaded by then, and sync users never pay for it.
+if TYPE_CHECKING:
+    import asyncio
 
 OnDone = Callable[[CallReport, "Delivered"], None]
 
@@ -64,6 +73,16 @@ def _snapshot(cmd: Deliver, started: float) -> Delivered:
     return Delivered(cmd.response, cmd.error, snapshot)
 
 
+_Pending = tuple[ModelCall, float, Future[CallResult], CancelToken]
+"""A started call: the call, when it started, its worker's future, its cancel token."""
+
+
+def _give_up(future: Future[CallResult], token: CancelToken) -> None:
+    """Nobody waits for this call any more: never start it, or tell its backend to stop."""
+    future.cancel()
+    token.cancel()
+
+
 class SyncDriver:
     """Runs calls on a shared thread pool; the caller's thread runs the flow itself."""
 
@@ -79,18 +98,19 @@ class SyncDriver:
         self._lock = threading.Lock()
         self._handles = itertools.count(1)
 
-    def _call(self, call: ModelCall) -> CallResult:
+    def _call(self, call: ModelCall, token: CancelToken) -> CallResult:
         t0 = time.perf_counter()
         try:
-            response = self.backends[call.target].complete(call.request)
+            with cancellation(token):
+                response = self.backends[call.target].complete(call.request)
             return CallResult(call, response=response, latency_ms=(time.perf_counter() - t0) * 1000)
         except Exception as exc:  # the flow decides what an error means
             return CallResult(call, error=exc, latency_ms=(time.perf_counter() - t0) * 1000)
 
-    def _wait(self, pending: dict[int, tuple[ModelCall, float, Future[CallResult]]], handles: tuple[int, ...]) -> list[CallResult]:
+    def _wait(self, pending: dict[int, _Pending], handles: tuple[int, ...]) -> list[CallResult]:
         results = []
         for h in handles:
-            call, started, future = pending.pop(h)
+            call, started, future, token = pending.pop(h)
             if call.timeout is None:
                 results.append(future.result())
                 continue
@@ -98,8 +118,9 @@ class SyncDriver:
             try:
                 results.append(future.result(timeout=max(0.0, remaining)))
             except FutureTimeout:
-                # The thread cannot be killed; its late answer is simply ignored.
-                future.cancel()
+                # The thread cannot be killed: its backend is told to stop (if it can), and
+                # its late answer is ignored.
+                _give_up(future, token)
                 results.append(CallResult(call, error=_timeout_error(call), latency_ms=call.timeout * 1000))
         return results
 
@@ -109,20 +130,21 @@ class SyncDriver:
             try:
                 cmd: Command = flow.send(send)
             except StopIteration as stop:
-                for _, _, future in pending.values():
-                    future.cancel()
+                for _, _, future, token in pending.values():
+                    _give_up(future, token)
                 return stop.value  # type: ignore[no-any-return]
             send = None
             if isinstance(cmd, Start):
                 send = next(self._handles)
                 pool = self._pools[cmd.call.target]
-                pending[send] = (cmd.call, time.perf_counter(), pool.submit(self._call, cmd.call))
+                token = CancelToken()
+                pending[send] = (cmd.call, time.perf_counter(), pool.submit(self._call, cmd.call, token), token)
             elif isinstance(cmd, Wait):
                 send = self._wait(pending, cmd.handles)
             elif isinstance(cmd, Cancel):
                 entry = pending.pop(cmd.handle, None)
                 if entry:
-                    entry[2].cancel()
+                    _give_up(entry[2], entry[3])
             elif isinstance(cmd, RunBlocking):
                 try:
                     send = BlockingResult(value=cmd.fn(*cmd.args))
@@ -197,6 +219,8 @@ class AsyncDriver:
         self._handles = itertools.count(1)
 
     async def _call(self, call: ModelCall) -> CallResult:
+        import asyncio
+
         t0 = time.perf_counter()
         try:
             coro = self.backends[call.target].acomplete(call.request)
@@ -212,6 +236,8 @@ class AsyncDriver:
             return CallResult(call, error=exc, latency_ms=(time.perf_counter() - t0) * 1000)
 
     async def _pump(self, flow: Flow, send: Any, tasks: dict[int, asyncio.Task[CallResult]], started: float) -> Delivered | CallReport:
+        import asyncio
+
         while True:
             try:
                 cmd: Command = flow.send(send)
@@ -238,6 +264,8 @@ class AsyncDriver:
                 return _snapshot(cmd, started)
 
     async def run(self, flow: Flow, on_done: Callable[[CallReport, Delivered], Any]) -> Delivered:
+        import asyncio
+
         tasks: dict[int, asyncio.Task[CallResult]] = {}
         started = time.perf_counter()
         try:
@@ -259,6 +287,8 @@ class AsyncDriver:
         return out
 
     async def _finish(self, flow: Flow, first: Command, tasks: dict[int, Any], on_done: Callable[[CallReport, Delivered], Any], out: Delivered) -> None:
+        import asyncio
+
         def replay() -> Flow:
             send = yield first
             return (yield from _resume(flow, send))
@@ -274,5 +304,7 @@ class AsyncDriver:
             await on_done(result, out)
 
     async def join(self) -> None:
+        import asyncio
+
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)

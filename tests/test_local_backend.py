@@ -259,6 +259,32 @@ def test_embedded_model_batched_equals_one_by_one(smollm2: LocalBackend) -> None
     assert [t.usage for t in together] == [a.usage for a in alone]
 
 
+@pytest.mark.slow
+def test_embedded_model_survivors_of_an_abandoned_row_answer_as_if_alone(smollm2: LocalBackend) -> None:
+    requests = [ChatRequest(model=EMBEDDED_MODEL, messages=[{"role": "user", "content": p}],
+                            params={"max_tokens": 8, "ignore_eos": True}) for p in PROMPTS[:3]]
+    generator = smollm2._generator
+    expected = [generator.generate([smollm2.job(r)])[0].token_ids for r in requests]
+    jobs = [smollm2.job(r) for r in requests]
+    sizes: list[int] = []
+    inner = generator._forward
+
+    def forward(ids: Any, *args: Any) -> Any:
+        if len(sizes) == 3:
+            jobs[0].abandoned.set()  # the first caller leaves during the 4th forward pass
+        sizes.append(int(ids.shape[0]))
+        return inner(ids, *args)
+
+    generator._forward = forward  # type: ignore[method-assign]
+    try:
+        results = generator.generate(jobs)
+    finally:
+        del generator._forward
+    assert sizes == [3, 3, 3, 3] + [2] * 4
+    assert results[0].finish_reason == "abandoned" and results[0].token_ids == expected[0][:3]
+    assert [r.token_ids for r in results[1:]] == expected[1:]
+
+
 # -- the embedded teacher's prefill --------------------------------------------------------------
 
 
@@ -287,3 +313,236 @@ def test_continue_final_message_continues_the_assistant_turn(tiny: LocalBackend,
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n<teaching>")
     opened = tiny.encode(messages[:1])
     assert tokenizer.decode(opened).endswith("<|im_start|>assistant\n")
+
+
+# -- abandoned requests ------------------------------------------------------------------------
+# A caller that stops waiting (its timeout, a cancelled task, the teaching loop's deadline)
+# must not keep decoding in the shared batch. ``Steps`` records the batch size of every forward
+# pass (index 0 is the prefill) and can hold the batch thread before one of them, so the tests
+# abandon a request at an exact step instead of racing a clock.
+
+
+class Steps:
+    def __init__(self, backend: LocalBackend, pause_before: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.paused, self.resume = threading.Event(), threading.Event()
+        inner = backend._generator._forward
+
+        def forward(ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
+            if len(self.sizes) == pause_before:
+                self.paused.set()
+                self.resume.wait(30)
+            self.sizes.append(int(ids.shape[0]))
+            return inner(ids, mask, pos, cache)
+
+        backend._generator._forward = forward  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def make_local(tiny_model: Any, tokenizer: Any) -> Iterator[Any]:
+    made: list[LocalBackend] = []
+
+    def make(model: Any = None, **options: Any) -> LocalBackend:
+        options.setdefault("max_new_tokens", 16)
+        backend = LocalBackend(model or tiny_model, tokenizer, name="local/tiny", options=LocalOptions(**options))
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def alone(backend: LocalBackend, req: ChatRequest) -> Any:
+    """The one-by-one answer, straight from the generator (before the batch thread runs)."""
+    return backend._generator.generate([backend.job(req)])[0]
+
+
+def test_generator_drops_a_row_abandoned_mid_decode_and_never_prefills_an_abandoned_one(
+    make_local: Any,
+) -> None:
+    backend = make_local()
+    requests = [request(p, max_tokens=12, ignore_eos=True) for p in PROMPTS]
+    expected = [alone(backend, r).token_ids for r in requests]
+    jobs = [backend.job(r) for r in requests]
+    jobs[3].abandoned.set()  # its caller left while it waited in the queue
+    steps = Steps(backend)
+    inner = backend._generator._forward
+
+    def forward(*args: Any) -> Any:
+        if len(steps.sizes) == 3:  # the caller of job 1 leaves during the 4th forward pass
+            jobs[1].abandoned.set()
+        return inner(*args)
+
+    backend._generator._forward = forward  # type: ignore[method-assign]
+    results = backend._generator.generate(jobs)
+    # Prefill and 3 steps with 3 rows; the pass in flight when job 1 left cannot be
+    # interrupted, but from the next one on its row (and its KV cache rows) is gone.
+    assert steps.sizes == [3, 3, 3, 3] + [2] * 8
+    assert results[1].finish_reason == "abandoned"
+    assert results[1].token_ids == expected[1][:3]
+    assert results[3].finish_reason == "abandoned" and results[3].completion_tokens == 0
+    for k in (0, 2):
+        assert results[k].token_ids == expected[k], "a survivor's answer changed"
+        assert results[k].finish_reason == "length"
+
+
+def test_a_sync_call_past_its_timeout_leaves_the_batch_and_the_other_is_unchanged(make_local: Any) -> None:
+    backend = make_local(max_batch_size=2, batch_wait_ms=5000)
+    leaves = request(PROMPTS[1], max_tokens=16, ignore_eos=True, timeout=1.0)
+    stays = request(PROMPTS[0], max_tokens=16, ignore_eos=True)
+    expected = alone(backend, stays)
+    steps = Steps(backend, pause_before=3)
+    with ThreadPoolExecutor(2) as pool:
+        left, stayed = pool.submit(backend.complete, leaves), pool.submit(backend.complete, stays)
+        with pytest.raises(TimeoutError, match="within 1 s"):
+            left.result(timeout=30)  # while the batch is held at step 3: nobody waited for the batch
+        steps.resume.set()
+        answer = stayed.result(timeout=30)
+    assert steps.sizes == [2, 2, 2, 2] + [1] * 12, "the timed-out request kept decoding"
+    assert answer.usage.completion_tokens == 16 and answer.content == expected.text
+    assert backend.batcher.waiting == 0
+
+
+async def test_a_cancelled_async_call_leaves_the_batch_and_the_other_is_unchanged(make_local: Any) -> None:
+    backend = make_local(max_batch_size=2, batch_wait_ms=5000)
+    leaves = request(PROMPTS[1], max_tokens=16, ignore_eos=True)  # no timeout of its own
+    stays = request(PROMPTS[0], max_tokens=16, ignore_eos=True)
+    expected = alone(backend, stays)
+    steps = Steps(backend, pause_before=3)
+    stayed = asyncio.ensure_future(backend.acomplete(stays))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(backend.acomplete(leaves), 1.0)  # cancels the call's task
+    steps.resume.set()
+    answer = await stayed
+    assert steps.sizes == [2, 2, 2, 2] + [1] * 12, "the cancelled request kept decoding"
+    assert answer.content == expected.text
+
+
+def test_queued_requests_abandoned_by_timeout_or_token_never_start_and_free_their_slot(make_local: Any) -> None:
+    from atlas_middleware.backends.base import CancelToken, cancellation
+    from atlas_middleware.backends.local_batcher import RequestAbandonedError
+
+    backend = make_local(max_batch_size=1, batch_wait_ms=0, max_queue=1)
+    ran: list[list[int]] = []
+    run = backend.batcher._run
+
+    def recording(jobs: list[Any]) -> Any:
+        ran.extend(job.prompt_ids for job in jobs)
+        return run(jobs)
+
+    backend.batcher._run = recording
+    steps = Steps(backend, pause_before=1)  # the first request holds the batch thread
+    token = CancelToken()
+
+    def under_token(req: ChatRequest) -> Any:
+        with cancellation(token):
+            return backend.complete(req)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(backend.complete, request("first", max_tokens=4))
+        assert steps.paused.wait(30)
+        with pytest.raises(TimeoutError):  # its own timeout passes while it waits in the queue
+            backend.complete(request("timed out in the queue", max_tokens=4, timeout=0.2))
+        assert backend.batcher.waiting == 0, "the timed-out request kept its queue slot"
+        dropped = pool.submit(under_token, request("dropped by its caller", max_tokens=4))
+        while backend.batcher.waiting == 0:
+            assert not dropped.done(), dropped.exception()
+            threading.Event().wait(0.01)
+        with pytest.raises(QueueFullError):
+            backend.complete(request("no room", max_tokens=4))
+        token.cancel()  # what the sync driver does at the call's deadline
+        with pytest.raises(RequestAbandonedError):
+            dropped.result(timeout=5)
+        assert backend.batcher.waiting == 0
+        late = pool.submit(backend.complete, request("late", max_tokens=4))  # takes the freed slot
+        steps.resume.set()
+        assert first.result(timeout=30).usage.completion_tokens <= 4
+        assert late.result(timeout=30).usage.completion_tokens <= 4
+    started = [backend.tokenizer.decode(ids) for ids in ran]
+    assert len(started) == 2 and "first" in started[0] and "late" in started[1]
+    with pytest.raises(RequestAbandonedError):  # a token cancelled before the call: nothing queued
+        under_token(request("too late", max_tokens=4))
+    assert len(ran) == 2
+
+
+# -- the teaching loop's deadline reaches the local backend ----------------------------------------
+
+
+def _one_call_flow(req: ChatRequest, timeout: float) -> Any:
+    """A flow with one teacher call under a deadline: what ``teach()`` does for the teacher."""
+    from atlas_middleware.report import CallReport
+    from atlas_middleware.teaching.commands import Deliver, ModelCall, Start, Wait
+
+    report = CallReport(student_model="s", policy="strict")
+    handle = yield Start(ModelCall(role="teacher", target="teacher", request=req, timeout=timeout))
+    (result,) = yield Wait((handle,))
+    yield Deliver(None, error=result.error, report=report)
+    return report
+
+
+def _finished_forwards(backend: LocalBackend, steps: Steps) -> int:
+    """Forward passes of everything queued so far: the batch thread is serial, so once a
+    one-token request queued behind them has its answer, they are done."""
+    backend.complete(request("after", max_tokens=1))
+    return len(steps.sizes) - 1
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_driver_giving_up_at_the_deadline_stops_the_local_decode(make_local: Any, driver: str) -> None:
+    from atlas_middleware.drivers import AsyncDriver, SyncDriver
+    from atlas_middleware.errors import TeacherTimeout
+
+    backend = make_local(batch_wait_ms=0)
+    steps = Steps(backend, pause_before=3)
+    # No ``timeout`` parameter in the request: only the driver's signal can stop it.
+    req = request(PROMPTS[1], max_tokens=64, ignore_eos=True)
+    if driver == "sync":
+        sync = SyncDriver({"teacher": backend})
+        delivered = sync.run(_one_call_flow(req, 0.5), lambda report, out: None)
+        sync.close()
+    else:
+        async def go() -> Any:
+            return await AsyncDriver({"teacher": backend}).run(_one_call_flow(req, 0.5), _anoop)
+
+        delivered = asyncio.run(go())
+    assert isinstance(delivered.error, TeacherTimeout)
+    steps.resume.set()
+    assert _finished_forwards(backend, steps) == 4, "the abandoned call kept decoding"
+
+
+async def _anoop(*_: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_teacher_timeout_in_the_teaching_loop_stops_a_local_teacher(
+    make_local: Any, tokenizer: Any, mode: str
+) -> None:
+    from conftest import QUESTION, STUDENT_SCRIPT
+
+    from atlas_middleware import Atlas, Reason
+    from atlas_middleware.testing import ScriptedBackend
+
+    # The teacher's prompt (question, probe, instructions) needs more than 256 positions.
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.5,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    teacher = make_local(transformers.LlamaForCausalLM(config).eval(), batch_wait_ms=0)
+    steps = Steps(teacher, pause_before=3)
+    atlas = Atlas(student_backend=ScriptedBackend(STUDENT_SCRIPT), teacher_backend=teacher,
+                  teacher="local/tiny", teacher_timeout=0.5, teacher_params={"ignore_eos": True}, ledger="none")
+    try:
+        if mode == "sync":
+            resp = atlas.completion(model="student-model", messages=QUESTION)
+        else:
+            resp = asyncio.run(atlas.acompletion(model="student-model", messages=QUESTION))
+    finally:
+        atlas.close()
+    assert resp.atlas.reason == Reason.TEACHER_TIMEOUT
+    steps.resume.set()
+    # Without abandonment the teacher would decode all 512 of teacher_max_tokens.
+    assert _finished_forwards(teacher, steps) == 4

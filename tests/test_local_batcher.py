@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from atlas_middleware.backends.local_batcher import Batcher, BatcherClosedError
+from atlas_middleware.backends.local_batcher import Batcher, BatcherClosedError, RequestAbandonedError
 from atlas_middleware.errors import QueueFullError
 
 
@@ -100,6 +100,7 @@ def test_cancelled_waiting_jobs_are_skipped() -> None:
     dropped = batcher.submit(1)
     kept = batcher.submit(2)
     assert dropped.cancel()
+    assert batcher.waiting == 1, "a cancelled job kept its queue slot"
     gate.release.set()
     assert kept.result(timeout=10) == 20
     assert [1] not in gate.batches and all(1 not in b for b in gate.batches)
@@ -118,3 +119,50 @@ def test_close_fails_waiting_jobs_and_refuses_new_ones() -> None:
         waiting.result(timeout=5)
     with pytest.raises(BatcherClosedError):
         batcher.submit(2)
+
+
+def test_an_abandoned_waiting_job_frees_its_slot_at_once_and_never_runs() -> None:
+    gate = Gate()
+    batcher: Batcher[int, int] = Batcher(gate, max_batch_size=1, max_wait_s=0.0, max_queue=2)
+    running = batcher.submit(0)
+    assert gate.entered.wait(5)
+    gone, kept = batcher.submit(1), batcher.submit(2)
+    with pytest.raises(QueueFullError):
+        batcher.submit(3)
+    assert batcher.abandon(gone) is True  # it had not started
+    assert gone.cancelled() and batcher.waiting == 1
+    late = batcher.submit(3)  # the freed slot is usable before the running batch ends
+    gate.release.set()
+    assert [f.result(timeout=10) for f in (running, kept, late)] == [0, 20, 30]
+    assert all(1 not in b for b in gate.batches)
+    batcher.close()
+
+
+def test_an_abandoned_running_job_fails_its_caller_now_and_the_batch_goes_on() -> None:
+    gate = Gate()
+    batcher: Batcher[int, int] = Batcher(gate, max_batch_size=3, max_wait_s=0.5)
+    timed_out, dropped, stayed = batcher.submit(1), batcher.submit(2), batcher.submit(3)
+    assert gate.entered.wait(5) and gate.batches == [[1, 2, 3]]
+    reason = TimeoutError("deadline")
+    assert batcher.abandon(timed_out, reason) is False  # already running
+    assert timed_out.exception(timeout=0) is reason, "the caller was kept waiting for the batch"
+    assert batcher.abandon(dropped) is False
+    with pytest.raises(RequestAbandonedError):  # the default reason
+        dropped.result(timeout=0)
+    gate.release.set()
+    assert stayed.result(timeout=10) == 30
+    # The batch's late results for the abandoned jobs were dropped without hurting the worker.
+    assert batcher.submit(4).result(timeout=10) == 40
+    batcher.close()
+
+
+def test_a_lone_job_abandoned_while_waiting_for_company_never_runs() -> None:
+    runs: list[list[int]] = []
+    batcher: Batcher[int, int] = Batcher(lambda jobs: runs.append(jobs) or jobs, max_batch_size=4, max_wait_s=0.3)
+    gone = batcher.submit(1)
+    assert batcher.abandon(gone) is True
+    assert batcher.waiting == 0
+    time.sleep(0.4)  # past the wait for company
+    assert batcher.submit(2).result(timeout=10) == 2
+    assert runs == [[2]] and batcher.batch_sizes == [1]
+    batcher.close()

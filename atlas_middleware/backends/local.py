@@ -12,6 +12,11 @@
   are shown to the chat template when it supports them, but tool calls are not parsed.
 * Concurrent calls (from threads or tasks) are batched into one decode loop
   (:mod:`.local_batcher`, :mod:`.local_generation`); a full queue raises ``QueueFullError``.
+* A caller that stops waiting abandons its request: the request's own ``timeout`` (seconds,
+  from the call's start; ``TimeoutError``), a cancelled task, or the driver's
+  ``CancelToken`` (:func:`.base.current_cancel_token`; ``RequestAbandonedError``). A waiting
+  request leaves the queue and never starts; a running one leaves the batch at the next
+  decode step, so it stops costing the others.
 
 One instance per (model folder, options) is shared process-wide (``for_model``), so a
 model used as both student and teacher is loaded once and their calls batch together.
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError, InvalidRequestError, MissingExtraError
 from ..messages import ChatRequest, ChatResponse
 from ..usage import Usage
-from .local_batcher import Batcher
+from .base import current_cancel_token
+from .local_batcher import Batcher, RequestAbandonedError
 
 PREFIX = "local/"
 _FEATURE = "local models (local/...)"
@@ -181,6 +189,8 @@ class LocalBackend:
         )
 
     def _response(self, request: ChatRequest, job: Any, result: Any) -> ChatResponse:
+        if result.finish_reason == "abandoned":  # not reachable through complete/acomplete
+            raise RequestAbandonedError(f"{self.name}: the request was abandoned")
         usage = Usage(
             prompt_tokens=len(job.prompt_ids), completion_tokens=result.completion_tokens,
             calls=1, counted_by="provider", cost_usd=0.0,
@@ -188,23 +198,86 @@ class LocalBackend:
         return ChatResponse(content=result.text, finish_reason=result.finish_reason, usage=usage,
                             model=request.model)
 
+    # -- abandonment ----------------------------------------------------------------------
+
+    def _submit(self, job: Any) -> tuple[Future[Any], Callable[[], None]]:
+        """Queue ``job``, tied to the caller's cancel token if it has one; the future and the
+        function that unties it."""
+        token = current_cancel_token()
+        if token is not None and token.cancelled:  # e.g. a retry after the driver gave up
+            raise RequestAbandonedError(f"{self.name}: the caller stopped waiting before the request started")
+        future = self.batcher.submit(job)
+        if token is None:
+            return future, _nothing
+        return future, token.on_cancel(lambda: self._abandon(job, future))
+
+    def _abandon(self, job: Any, future: Future[Any], error: BaseException | None = None) -> None:
+        """Nobody waits for ``job`` any more: out of the queue, or out of the batch at the
+        next decode step. The future is failed *before* the row is flagged, so an answer cut
+        short can never reach a caller as if it were whole."""
+        self.batcher.abandon(future, error or RequestAbandonedError(f"{self.name}: the caller stopped waiting"))
+        job.abandoned.set()
+
+    def _timeout_error(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"{self.name} gave no answer within {timeout:g} s (the request's timeout)")
+
     def complete(self, request: ChatRequest) -> ChatResponse:
+        timeout = _timeout(request)
         job = self.job(request)
-        return self._response(request, job, self.batcher.submit(job).result())
+        future, untie = self._submit(job)
+        try:
+            try:
+                result = future.result(timeout)
+            except TimeoutError:
+                if not future.done():  # else: it finished just in time, or the job itself timed out
+                    error = self._timeout_error(timeout)
+                    self._abandon(job, future, error)
+                    if future.cancelled():
+                        raise error from None
+                result = future.result()  # failed with ``error`` now, or finished just in time
+        except CancelledError:  # the token dropped it from the queue
+            raise RequestAbandonedError(f"{self.name}: the caller stopped waiting") from None
+        finally:
+            untie()
+        return self._response(request, job, result)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        timeout = _timeout(request)
         job = self.job(request)
-        future = self.batcher.submit(job)
+        future, untie = self._submit(job)
+        wrapped = asyncio.wrap_future(future)
         try:
-            result = await asyncio.wrap_future(future)
+            result = await asyncio.wait_for(wrapped, timeout)
         except asyncio.CancelledError:
-            # The caller gave up (a timeout): a job already decoding leaves the batch early.
-            job.abandoned.set()
+            # The caller gave up (a driver's deadline, a dropped task): out of queue or batch.
+            self._abandon(job, future)
             raise
+        except TimeoutError:
+            if not wrapped.cancelled():
+                raise  # the job's own error, not our deadline
+            error = self._timeout_error(timeout)
+            self._abandon(job, future, error)
+            raise error from None
+        finally:
+            untie()
         return self._response(request, job, result)
 
     def close(self) -> None:
         self.batcher.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _timeout(request: ChatRequest) -> float | None:
+    """The request's ``timeout`` in seconds (the flow sets it to the call's deadline)."""
+    value = request.params.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _template_message(message: dict[str, Any]) -> dict[str, Any]:

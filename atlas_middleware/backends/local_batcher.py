@@ -9,6 +9,12 @@ company when it would otherwise start a batch of one, and runs it in one call.
 Back-pressure: at most ``max_queue`` jobs wait (jobs being decoded do not count). One more
 raises ``QueueFullError`` at once, so overload is an immediate, clear error and memory
 stays bounded, never a queue that grows until the process dies.
+
+Abandonment: a caller that stops waiting calls ``abandon(future)``. A job still waiting
+leaves the queue at once (its slot is free again) and never starts; a job already running
+fails its caller at once with ``RequestAbandonedError``, and stopping its work is the
+runner's business (``local_generation`` drops the row at its next decode step). Cancelling
+a waiting job's future directly also frees its slot.
 """
 
 from __future__ import annotations
@@ -17,17 +23,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Generic, TypeVar
 
 from ..errors import AtlasError, QueueFullError
 
 J = TypeVar("J")
 R = TypeVar("R")
+V = TypeVar("V")
 
 
 class BatcherClosedError(AtlasError):
     """The batcher was closed; no more jobs are accepted."""
+
+
+class RequestAbandonedError(AtlasError):
+    """The caller stopped waiting for this job (a deadline passed, or it was cancelled)."""
 
 
 class Batcher(Generic[J, R]):
@@ -70,11 +81,36 @@ class Batcher(Generic[J, R]):
                     "retry later, raise max_queue, or add replicas"
                 )
             self._queue.append((job, future))
+            # A waiting job whose future is cancelled leaves the queue at once.
+            future.add_done_callback(self._forget)
             if not self._started:
                 self._started = True
                 self._thread.start()
             self._cond.notify_all()
         return future
+
+    def abandon(self, future: Future[R], error: BaseException | None = None) -> bool:
+        """The caller of ``future`` stops waiting. A waiting job is dropped from the queue
+        and never starts (True); a running one fails its future now with ``error`` (default
+        ``RequestAbandonedError``) and its result, when it comes, is thrown away (False).
+        Stopping the running job's work is up to the runner."""
+        if future.cancel():  # still waiting (or just taken, not yet started)
+            return True
+        try:
+            future.set_exception(error or RequestAbandonedError("the caller stopped waiting"))
+        except InvalidStateError:
+            pass  # it finished first
+        return False
+
+    def _forget(self, future: Future[R]) -> None:
+        if not future.cancelled():
+            return
+        with self._cond:
+            for i, (_, queued) in enumerate(self._queue):
+                if queued is future:
+                    del self._queue[i]
+                    self._cond.notify_all()
+                    return
 
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting jobs; jobs still waiting fail with ``BatcherClosedError``."""
@@ -98,12 +134,12 @@ class Batcher(Generic[J, R]):
             # Alone in the queue: wait briefly for the calls that usually come together
             # (guided and baseline start at the same moment) rather than run a batch of one.
             deadline = time.monotonic() + self.max_wait_s
-            while len(self._queue) < self.max_batch_size and not self._closed:
+            while self._queue and len(self._queue) < self.max_batch_size and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            count = min(self.max_batch_size, len(self._queue))
+            count = min(self.max_batch_size, len(self._queue))  # 0: all were abandoned
             return [self._queue.popleft() for _ in range(count)]
 
     def _work(self) -> None:
@@ -111,7 +147,7 @@ class Batcher(Generic[J, R]):
             taken = self._take()
             if taken is None:
                 return
-            # A caller that gave up while its job waited has cancelled the future: skip it.
+            # A caller that gave up just after the job was taken has cancelled it: skip it.
             batch = [(job, fut) for job, fut in taken if fut.set_running_or_notify_cancel()]
             if not batch:
                 continue
@@ -123,7 +159,15 @@ class Batcher(Generic[J, R]):
                     raise RuntimeError(f"batch runner returned {len(results)} results for {len(batch)} jobs")
             except BaseException as exc:  # every waiting caller must hear about the failure
                 for _, fut in batch:
-                    fut.set_exception(exc)
+                    _resolve(fut.set_exception, exc)
                 continue
             for (_, fut), result in zip(batch, results, strict=True):
-                fut.set_result(result)
+                _resolve(fut.set_result, result)
+
+
+def _resolve(setter: Callable[[V], None], value: V) -> None:
+    """Set a future's outcome unless an abandoning caller already failed it."""
+    try:
+        setter(value)
+    except InvalidStateError:
+        pass

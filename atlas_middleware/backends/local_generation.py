@@ -9,6 +9,9 @@ this loop keeps them per row:
 * every row stops on its own end token, its own stop strings or its own token cap;
 * finished rows leave the batch (``Cache.batch_select_indices``), so a long answer does
   not make short ones pay for its steps;
+* so do abandoned rows (``GenerationJob.abandoned``, set when the caller stops waiting):
+  checked before every step, a row abandoned during a forward pass is dropped right after
+  it, with its KV rows, and a job abandoned before its batch starts is never prefilled;
 * greedy rows take the argmax; sampled rows use their own temperature, top-p and seed.
 
 torch is imported by the caller (``local.py``) before this module, and only there.
@@ -23,7 +26,8 @@ from typing import Any, Literal
 
 import torch
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "abandoned"]
+"""``abandoned``: the caller stopped waiting; the tokens are the ones made until then."""
 
 
 @dataclass
@@ -38,6 +42,8 @@ class GenerationJob:
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
     abandoned: threading.Event = field(default_factory=threading.Event)
+    """Set from any thread when nobody waits for the answer any more: the row leaves the
+    batch before the next decode step."""
 
 
 @dataclass
@@ -98,23 +104,32 @@ class BatchGenerator:
     @torch.inference_mode()
     def generate(self, jobs: list[GenerationJob]) -> list[GenerationResult]:
         rows = [_Row(job, self.device) for job in jobs]
-        lengths = [len(job.prompt_ids) for job in jobs]
+        # A job abandoned before its batch started is never prefilled.
+        active = [i for i, row in enumerate(rows) if not self._abandoned(row)]  # batch row -> rows index
+        if not active:
+            return [self._result(row) for row in rows]
+        lengths = [len(jobs[i].prompt_ids) for i in active]
         width = max(lengths)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):
-            ids[i, width - lengths[i]:] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            mask[i, width - lengths[i]:] = 1
+        ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(active), width), dtype=torch.long)
+        for k, i in enumerate(active):
+            ids[k, width - lengths[k]:] = torch.tensor(jobs[i].prompt_ids, dtype=torch.long)
+            mask[k, width - lengths[k]:] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         next_pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
 
         cache = self._new_cache()
         logits = self._forward(ids, mask, pos, cache)
-        active = list(range(len(rows)))  # batch row -> index into ``rows``
         while active:
-            chosen = self._choose(logits, [rows[i] for i in active])
-            keep = [k for k, i in enumerate(active) if not self._advance(rows[i], chosen[k])]
+            # Rows whose caller left while the last forward pass ran take no token.
+            live = [k for k, i in enumerate(active) if not self._abandoned(rows[i])]
+            if not live:
+                break
+            if len(live) < len(active):
+                logits = logits[torch.tensor(live, dtype=torch.long, device=logits.device)]
+            chosen = self._choose(logits, [rows[active[k]] for k in live])
+            keep = [k for n, k in enumerate(live) if not self._advance(rows[active[k]], chosen[n])]
             if not keep:
                 break
             if len(keep) < len(active):
@@ -127,6 +142,14 @@ class BatchGenerator:
             logits = self._forward(step[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
         return [self._result(row) for row in rows]
+
+    @staticmethod
+    def _abandoned(row: _Row) -> bool:
+        """True (and the row finished) when its caller no longer waits for it."""
+        if row.job.abandoned.is_set():
+            row.finish = "abandoned"
+            return True
+        return False
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
@@ -156,8 +179,6 @@ class BatchGenerator:
             row.finish = "stop"
         elif len(row.tokens) >= job.max_new_tokens:
             row.finish = "length"
-        elif job.abandoned.is_set():
-            row.finish = "stop"  # nobody waits for it any more: free the batch slot
         return row.finish is not None
 
     def _hit_stop(self, row: _Row) -> bool:
