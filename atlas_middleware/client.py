@@ -13,7 +13,6 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -117,6 +116,8 @@ class Atlas:
         flow = teach(request, settings, self.judge, options)
 
         async def done(report: CallReport, out: Delivered) -> None:
+            import asyncio  # loaded: this runs on its event loop (see drivers.py)
+
             await asyncio.to_thread(self._record, report, request, out)
 
         delivered = await self._async.run(flow, done)
@@ -223,6 +224,8 @@ class Atlas:
 
     async def aflush(self) -> None:
         """Wait for background work (audits) started by async calls; retry spooled records."""
+        import asyncio
+
         await self._async.join()
         await asyncio.to_thread(self.ledger_writer.flush)
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidRequestError
-from .usage import Usage
+from .usage import ZERO_USAGE, Usage
 
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -87,7 +87,7 @@ class ChatResponse(BaseModel):
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
-    usage: Usage = Usage()
+    usage: Usage = ZERO_USAGE
     model: str | None = None
     raw: Any = Field(default=None, exclude=True, repr=False)
 

@@ -65,16 +65,22 @@ class Usage(BaseModel):
         )
 
 
+ZERO_USAGE: Usage = Usage.model_construct()
+"""``Usage()``, the default of every usage field. Made with ``model_construct`` (the defaults
+need no validation): calling ``Usage()`` at import time would build the model's schema, and
+load pydantic's plugins, in every process that imports the package (``defer_build``)."""
+
+
 class UsageByRole(BaseModel):
     """Usage split by the role each call played in the teaching loop."""
 
     model_config = ConfigDict(defer_build=True)
 
-    probe: Usage = Usage()
-    teacher: Usage = Usage()
-    guided: Usage = Usage()
-    baseline: Usage = Usage()
-    judge: Usage = Usage()
+    probe: Usage = ZERO_USAGE
+    teacher: Usage = ZERO_USAGE
+    guided: Usage = ZERO_USAGE
+    baseline: Usage = ZERO_USAGE
+    judge: Usage = ZERO_USAGE
 
     def add(self, role: Role, usage: Usage) -> None:
         setattr(self, role, getattr(self, role) + usage)

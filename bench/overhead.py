@@ -8,7 +8,9 @@ Variants:
   raw httpx            one POST on a pooled httpx.Client
   openai client        openai.OpenAI().chat.completions.create
   litellm.completion   one plain LiteLLM call
+  litellm.acompletion  one plain async LiteLLM call
   taught, lean path    Atlas(strict) over HTTP, direct httpx (4 backend calls)
+  taught async, lean   Atlas.acompletion(strict) over HTTP, direct aiohttp (the proxy's path)
   taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
   middleware only      Atlas(strict) with in-process backends that do no work: the loop's own work
 
@@ -19,6 +21,7 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
@@ -72,6 +75,15 @@ def main() -> None:
         rows.append(("openai client", *measure(lambda: oai.chat.completions.create(model="student", messages=QUESTION), n)))  # type: ignore[arg-type]
         rows.append(("litellm.completion", *measure(lambda: litellm.completion(
             model="openai/student", api_base=student_url, api_key="k", messages=QUESTION), n)))
+        loop = asyncio.new_event_loop()  # one loop for every async variant, as in a server
+        rows.append(("litellm.acompletion", *measure(lambda: loop.run_until_complete(litellm.acompletion(
+            model="openai/student", api_base=student_url, api_key="k", messages=QUESTION)), n)))
+        atlas = Atlas(teacher="openai/teacher", teacher_api_base=teacher_url, teacher_api_key="k",
+                      policy="strict", ledger="none")
+        rows.append(("taught async, lean path", *measure(lambda: loop.run_until_complete(atlas.acompletion(
+            model="openai/student", api_base=student_url, api_key="k", messages=QUESTION)), n)))
+        loop.run_until_complete(atlas.aclose())
+        loop.close()
         for label, lean in (("taught, lean path", True), ("taught, LiteLLM path", False)):
             atlas = Atlas(teacher="openai/teacher", teacher_api_base=teacher_url, teacher_api_key="k",
                           policy="strict", ledger="none", lean_http=lean)
@@ -110,11 +122,15 @@ def main() -> None:
     for label, wall, cpu in rows:
         print(f"| {label} | {wall:.2f} | {cpu:.2f} | {cpu / one_litellm:.2f}x |")
     lean_cpu = base["taught, lean path"][2]
+    lean_async = base["taught async, lean path"][2]
+    one_async = base["litellm.acompletion"][2]
     own = base["middleware only"][2]
     print(f"\nmiddleware's own work: {own:.2f} ms CPU per taught call (target < 1 ms): "
           f"{'met' if own < 1 else 'NOT met'}")
     print(f"taught call on the lean path: {lean_cpu:.2f} ms CPU vs {one_litellm:.2f} ms for one "
           f"litellm.completion (target: below): {'met' if lean_cpu < one_litellm else 'NOT met'}")
+    print(f"async taught call on the lean path: {lean_async:.2f} ms CPU vs {one_async:.2f} ms for one "
+          f"litellm.acompletion (target: below): {'met' if lean_async < one_async else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
@@ -19,6 +20,14 @@ litellm = pytest.importorskip("litellm")
 def path(request: pytest.FixtureRequest) -> bool:
     """Run every test on both client paths: direct httpx and litellm.completion."""
     return request.param == "lean"
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``atlas.completion`` or ``atlas.acompletion``: each path has its own transport."""
+    if request.param == "sync":
+        return lambda atlas, **kwargs: atlas.completion(**kwargs)
+    return lambda atlas, **kwargs: asyncio.run(atlas.acompletion(**kwargs))
 
 
 @pytest.fixture
@@ -61,13 +70,13 @@ def test_sync_and_async_over_http(servers, path) -> None:
     assert {r["headers"]["authorization"] for r in student.requests} == {"Bearer sk-student-key-123456"}
 
 
-def test_teacher_rate_limit_is_retried_with_retry_after(servers, path) -> None:
+def test_teacher_rate_limit_is_retried_with_retry_after(servers, path, call) -> None:
     student, teacher = servers
     faults = iter([HTTPFault(429, "slow down", {"Retry-After": "0.3"})])
     teacher.backend.script["teacher"] = lambda req: next(faults, TEACHER_SCRIPT["teacher"])
     with _atlas(teacher, path, teacher_timeout=8) as atlas:
         t0 = time.perf_counter()
-        r = atlas.completion(messages=QUESTION, **_student(student)).atlas
+        r = call(atlas, messages=QUESTION, **_student(student)).atlas
         assert time.perf_counter() - t0 >= 0.3
     assert r.guidance == "Carry the one." and teacher.backend.roles().count("teacher") >= 2
 
@@ -80,29 +89,30 @@ def test_teacher_rate_limit_is_retried_with_retry_after(servers, path) -> None:
         (RawBody(b"<html>not json</html>"), Reason.TEACHER_ERROR),
     ],
 )
-def test_teacher_http_failures_fall_back(servers, path, fault, reason) -> None:
+def test_teacher_http_failures_fall_back(servers, path, call, fault, reason) -> None:
     student, teacher = servers
     teacher.backend.script["teacher"] = fault
     with _atlas(teacher, path, teacher_timeout=3, teacher_retries=1) as atlas:
-        resp = atlas.completion(messages=QUESTION, **_student(student))
+        resp = call(atlas, messages=QUESTION, **_student(student))
     assert (resp.atlas.decision, resp.atlas.reason) == ("student_only", reason)
     assert resp.choices[0].message.content.endswith("41")
     assert "sk-teacher-key" not in resp.atlas.model_dump_json()
 
 
-def test_student_error_surfaces_as_litellm_exception(servers, path) -> None:
+def test_student_error_surfaces_as_litellm_exception(servers, path, call) -> None:
     student, teacher = servers
     student.backend.script.update(baseline=HTTPFault(400, "context too long"), guided=HTTPFault(400, "context too long"))
-    with _atlas(teacher, path) as atlas, pytest.raises(litellm.BadRequestError):
-        atlas.completion(messages=QUESTION, **_student(student))
+    with _atlas(teacher, path) as atlas, pytest.raises(litellm.BadRequestError) as raised:
+        call(atlas, messages=QUESTION, **_student(student))
+    assert raised.value.status_code == 400 and "context too long" in str(raised.value)
 
 
-def test_hung_teacher_costs_at_most_the_timeout(servers, path) -> None:
+def test_hung_teacher_costs_at_most_the_timeout(servers, path, call) -> None:
     student, teacher = servers
     teacher.backend.delays["teacher"] = 10
     with _atlas(teacher, path, teacher_timeout=0.5) as atlas:
         t0 = time.perf_counter()
-        r = atlas.completion(messages=QUESTION, **_student(student)).atlas
+        r = call(atlas, messages=QUESTION, **_student(student)).atlas
         wall = time.perf_counter() - t0
     assert r.reason == Reason.TEACHER_TIMEOUT and wall < 3.0
 
@@ -135,3 +145,76 @@ def test_lean_path_only_takes_what_it_can_serve_faithfully() -> None:
     assert not lean.accepts(ChatRequest(model="openai/gpt-4o", messages=QUESTION))  # no api_base: LiteLLM's env
     assert not lean.accepts(ChatRequest(model="anthropic/claude", messages=QUESTION, params=base))
     assert not lean.accepts(ChatRequest(model="openai/m", messages=QUESTION, params={**base, "num_retries": 2}))
+
+
+# -- the lean transport itself, sync (httpx) and async (aiohttp): same errors, same bytes -----
+
+
+def _lean_call(lean: Any, request: Any, mode: str) -> Any:
+    if mode == "sync":
+        return lean.complete(request)
+    return asyncio.run(lean.acomplete(request))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_lean_transports_map_failures_to_litellm_exceptions(servers, mode) -> None:
+    from atlas_middleware import ChatRequest
+    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+    from atlas_middleware.backends.retry import retry_after_seconds
+
+    student, _ = servers
+    lean = LeanHTTPBackend()
+    params = {"api_base": student.url, "api_key": "sk-student-key-123456"}
+
+    def request(role: str, **extra: Any) -> ChatRequest:
+        return ChatRequest(model="openai/student", messages=[{"role": "user", "content": f"q [role:{role}]"}],
+                           params={**params, **extra})
+
+    try:
+        student.backend.script["baseline"] = "The answer is 41"
+        ok = _lean_call(lean, request("baseline", temperature=0, max_tokens=5), mode)
+        assert ok.content == "The answer is 41" and ok.usage.exact
+        sent = student.requests[-1]["body"]
+        assert sent["model"] == "student" and (sent["temperature"], sent["max_tokens"]) == (0, 5)
+
+        student.backend.script["baseline"] = HTTPFault(429, "slow down", {"Retry-After": "7"})
+        with pytest.raises(litellm.RateLimitError) as limited:
+            _lean_call(lean, request("baseline"), mode)
+        assert retry_after_seconds(limited.value) == 7.0
+
+        student.backend.script["baseline"] = RawBody(b"<html>not json</html>")
+        with pytest.raises(litellm.APIError, match="malformed body"):
+            _lean_call(lean, request("baseline"), mode)
+
+        student.backend.script["baseline"] = "late"
+        student.backend.delays["baseline"] = 2.0
+        t0 = time.perf_counter()
+        with pytest.raises(litellm.Timeout):
+            _lean_call(lean, request("baseline", timeout=0.3), mode)
+        assert time.perf_counter() - t0 < 1.5
+        student.backend.delays.clear()
+
+        with pytest.raises(litellm.APIConnectionError):  # nothing listens on port 1
+            _lean_call(lean, request("baseline", api_base="http://127.0.0.1:1/v1"), mode)
+    finally:
+        lean.close()
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_lean_pools_of_finished_event_loops_are_released(servers) -> None:
+    # ``asyncio.run`` per call makes a new loop each time; each loop gets its own pool, and
+    # the pools of loops that have ended must not keep their sockets open.
+    student, teacher = servers
+    with _atlas(teacher, True, policy="off") as atlas:
+        asyncio.run(atlas.acompletion(messages=QUESTION, **_student(student)))
+        before = _open_fds()
+        for _ in range(30):
+            asyncio.run(atlas.acompletion(messages=QUESTION, **_student(student)))
+        assert _open_fds() - before < 10
+    assert all(r["headers"]["authorization"] == "Bearer sk-student-key-123456" for r in student.requests)

@@ -5,7 +5,7 @@ model string                backend                                      extra
 ==========================  ===========================================  =======
 ``local/<name or folder>``  in-process transformers (batched)            local
 ``vllm/<model>``            in-process ``vllm.LLM``                      vllm
-OpenAI-compatible + base    lean httpx path (``openai_http.py``)         core
+OpenAI-compatible + base    lean HTTP path (``openai_http.py``)          core
 anything else               LiteLLM (``openai/...``, ``anthropic/...``)  core
 ==========================  ===========================================  =======
 """

@@ -8,21 +8,15 @@ the user's call then falls back to the student.
 from __future__ import annotations
 
 import time
-from email.utils import parsedate_to_datetime
-from typing import Any
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
+from typing import TYPE_CHECKING, Any
 
 from ..messages import ChatRequest, ChatResponse
 from .base import ChatBackend, WrapperBackend
+
+# tenacity is imported when a RetryingBackend is built, not with the package (importing
+# atlas_middleware must stay cheap: tests/test_public_api.py).
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 _TRANSIENT_NAMES = frozenset(
@@ -57,6 +51,8 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime  # only for the rare HTTP-date form
+
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -65,6 +61,8 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 class _Wait:
     def __init__(self, base: float, cap: float) -> None:
+        from tenacity import wait_exponential_jitter
+
         self._backoff = wait_exponential_jitter(multiplier=base, max=cap, jitter=base)
 
     def __call__(self, state: RetryCallState) -> float:
@@ -80,6 +78,8 @@ class RetryingBackend(WrapperBackend):
         self, inner: ChatBackend, attempts: int = 3, budget: float | None = 10.0,
         base_delay: float = 0.2, max_delay: float = 5.0,
     ) -> None:
+        from tenacity import retry_if_exception, stop_after_attempt, stop_before_delay
+
         super().__init__(inner)
         stop: Any = stop_after_attempt(attempts)
         if budget is not None:
@@ -94,12 +94,16 @@ class RetryingBackend(WrapperBackend):
         )
 
     def complete(self, request: ChatRequest) -> ChatResponse:
+        from tenacity import Retrying  # loaded by __init__: a dictionary look-up here
+
         for attempt in Retrying(**self._settings):
             with attempt:
                 return self.inner.complete(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        from tenacity import AsyncRetrying
+
         async for attempt in AsyncRetrying(**self._settings):
             with attempt:
                 return await self.inner.acomplete(request)
