@@ -73,3 +73,15 @@ class LedgerError(AtlasError):
 
 class QueueFullError(AtlasError):
     """A local backend's request queue is full; retry later or add capacity."""
+
+
+# Providers' timeout exceptions, by class name: LiteLLM's ``Timeout`` and the openai SDK's
+# ``APITimeoutError`` are not ``TimeoutError``s, and the core imports neither.
+_TIMEOUT_CLASS_NAMES = frozenset({"Timeout", "APITimeoutError", "TimeoutException", "ReadTimeout"})
+
+
+def is_timeout(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says a call ran out of time (ours, the transport's or a provider's)."""
+    if exc is None:
+        return False
+    return isinstance(exc, TimeoutError) or any(cls.__name__ in _TIMEOUT_CLASS_NAMES for cls in type(exc).__mro__)

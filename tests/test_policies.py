@@ -206,6 +206,9 @@ def test_teacher_timeout_delivers_student_answer(make_atlas, call, policy) -> No
     ("script", "reason"),
     [
         (ConnectionError("teacher down"), Reason.TEACHER_ERROR),
+        # A provider's own timeout (openai's APITimeoutError, LiteLLM's Timeout) is not a
+        # TimeoutError, and may fire just before the driver's deadline: still a timeout.
+        (type("APITimeoutError", (Exception,), {})("read timed out"), Reason.TEACHER_TIMEOUT),
         ("I refuse to use your format.", Reason.TEACHER_UNPARSEABLE),
         ("", Reason.TEACHER_UNPARSEABLE),
         (teacher_reply("The answer is 42."), Reason.TEACHER_UNPARSEABLE),  # leaks the answer

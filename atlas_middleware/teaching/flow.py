@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..answers import same_final_answer
-from ..errors import JudgeError, TeacherOutputError, TeacherTimeout
+from ..errors import JudgeError, TeacherOutputError, is_timeout
 from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact
@@ -159,8 +159,9 @@ def _guidance(
     )
     teacher = yield from _await_one(_start("teacher", "teacher", teacher_req, s.teacher_timeout))
     if teacher.response is None:
-        timed_out = isinstance(teacher.error, (TeacherTimeout, TimeoutError))
-        report.reason = Reason.TEACHER_TIMEOUT if timed_out else Reason.TEACHER_ERROR
+        # The driver's deadline and the transport's timeout are the same budget; whichever
+        # fires first, the teacher ran out of time.
+        report.reason = Reason.TEACHER_TIMEOUT if is_timeout(teacher.error) else Reason.TEACHER_ERROR
         return None
     try:
         diagnosis = parse_teacher_output(teacher.response.text)
