@@ -12,6 +12,10 @@
   are shown to the chat template when it supports them, but tool calls are not parsed.
 * Concurrent calls (from threads or tasks) are batched into one decode loop
   (:mod:`.local_batcher`, :mod:`.local_generation`); a full queue raises ``QueueFullError``.
+* ``cache="static"`` (opt-in, ``LocalOptions``) preallocates the KV cache per batch bucket
+  and ``static_max_len`` so that every decode step has one shape; ``compile=True`` (CUDA only)
+  then captures that step with ``torch.compile(mode="reduce-overhead")``. See
+  :mod:`.local_generation`.
 * A caller that stops waiting abandons its request: the request's own ``timeout`` (seconds,
   from the call's start; ``TimeoutError``), a cancelled task, or the driver's
   ``CancelToken`` (:func:`.base.current_cancel_token`; ``RequestAbandonedError``). A waiting
@@ -63,6 +67,21 @@ class LocalOptions(BaseModel):
         default=None, ge=1,
         description="torch.set_num_threads at load (process-wide!); 1 helps on busy shared CPUs",
     )
+    cache: Literal["dynamic", "static"] = Field(
+        default="dynamic",
+        description="dynamic: the KV cache grows and finished rows leave it; static: preallocated per batch "
+                    "bucket (powers of two up to max_batch_size) and static_max_len, every decode step one shape",
+    )
+    static_max_len: int = Field(
+        default=2048, ge=2,
+        description="cache='static': tokens per request (prompt + answer) the cache holds; it acts as the "
+                    "context: longer prompts are refused and max_tokens is capped to fit",
+    )
+    compile: bool = Field(
+        default=False,
+        description="cache='static' on CUDA: torch.compile(mode='reduce-overhead') of the decode step (CUDA "
+                    "graphs), compiled once per bucket at its first batch",
+    )
 
 
 def require_local_extra() -> tuple[Any, Any]:
@@ -92,8 +111,24 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        _check_static_options(self.options, self.device)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
-        self._generator = BatchGenerator(model, tokenizer, self.device)
+        compiler = None
+        if self.options.cache == "static":
+            # The cache holds the smaller of static_max_len and the model's own context.
+            self.max_context = min(self.max_context or self.options.static_max_len, self.options.static_max_len)
+            if self.options.compile:
+                def compiler(step: Callable[..., Any]) -> Callable[..., Any]:
+                    # One compiled graph per bucket (static shapes), all on one code object:
+                    # keep dynamo from falling back to eager after its default 8.
+                    config = torch._dynamo.config
+                    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+                    setattr(config, name, max(getattr(config, name), 64))
+                    return torch.compile(step, mode="reduce-overhead", dynamic=False)  # type: ignore[no-any-return]
+        self._generator = BatchGenerator(
+            model, tokenizer, self.device, cache=self.options.cache, max_len=self.max_context,
+            max_batch=self.options.max_batch_size, compiler=compiler,
+        )
         # Tokenizers are shared with the batch thread; the Rust side dislikes concurrent use.
         self._tok_lock = threading.Lock()
         self.batcher: Batcher[GenerationJob, GenerationResult] = Batcher(
@@ -134,6 +169,7 @@ class LocalBackend:
         if opts.torch_threads is not None:
             torch.set_num_threads(opts.torch_threads)
         device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        _check_static_options(opts, device)  # before the (slow) load
         if opts.dtype == "auto":
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         else:
@@ -172,8 +208,9 @@ class LocalBackend:
         if self.max_context is not None:
             room = self.max_context - len(prompt)
             if room < 1:
+                what = "static cache" if self.options.cache == "static" else "context"
                 raise InvalidRequestError(
-                    f"prompt of {len(prompt)} tokens does not fit {self.name}'s context of {self.max_context}"
+                    f"prompt of {len(prompt)} tokens does not fit {self.name}'s {what} of {self.max_context}"
                 )
             cap = min(cap, room)
         stop = p.get("stop") or ()
@@ -264,6 +301,20 @@ class LocalBackend:
 
     def close(self) -> None:
         self.batcher.close()
+        self._generator.release()
+
+
+def _check_static_options(options: LocalOptions, device: Any) -> None:
+    """``compile`` needs the static cache and a CUDA device: ``ConfigError`` otherwise."""
+    if not options.compile:
+        return
+    if options.cache != "static":
+        raise ConfigError("local model option compile=True needs cache='static' (only its decode step has "
+                          "fixed shapes to compile)")
+    if device.type != "cuda":
+        raise ConfigError(f"local model option compile=True needs a CUDA device (it captures the decode step "
+                          f"in CUDA graphs); this backend runs on {device.type!r}: use cache='static' "
+                          "without compile, or the default dynamic cache")
 
 
 def _nothing() -> None:
