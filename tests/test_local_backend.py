@@ -26,6 +26,7 @@ from atlas_middleware.errors import (  # noqa: E402
     QueueFullError,
 )
 from atlas_middleware.messages import ChatRequest  # noqa: E402
+from atlas_middleware.testing.local_models import one_torch_thread, tiny_llama  # noqa: E402
 
 PROMPTS = [
     "What is 2 + 3?",
@@ -41,12 +42,8 @@ def request(text: str, **params: Any) -> ChatRequest:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:
-    # Small models gain little from intra-op threads, and on a busy shared CPU the extra
-    # threads spin against each other and make every step several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -61,15 +58,7 @@ def tokenizer(embedded_folder: str) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_model(tokenizer: Any) -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        # Large random weights give well-separated logits: greedy choices are not near-ties.
-        initializer_range=0.5, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture
@@ -525,13 +514,7 @@ def test_teacher_timeout_in_the_teaching_loop_stops_a_local_teacher(
     from atlas_middleware.testing import ScriptedBackend
 
     # The teacher's prompt (question, probe, instructions) needs more than 256 positions.
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.5,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    teacher = make_local(transformers.LlamaForCausalLM(config).eval(), batch_wait_ms=0)
+    teacher = make_local(tiny_llama(tokenizer, max_position_embeddings=4096), batch_wait_ms=0)
     steps = Steps(teacher, pause_before=3)
     atlas = Atlas(student_backend=ScriptedBackend(STUDENT_SCRIPT), teacher_backend=teacher,
                   teacher="local/tiny", teacher_timeout=0.5, teacher_params={"ignore_eos": True}, ledger="none")

@@ -20,6 +20,7 @@ from atlas_middleware.backends.local_generation import BatchGenerator  # noqa: E
 from atlas_middleware.embedded import ensure_converted  # noqa: E402
 from atlas_middleware.errors import ConfigError, InvalidRequestError  # noqa: E402
 from atlas_middleware.messages import ChatRequest  # noqa: E402
+from atlas_middleware.testing.local_models import one_torch_thread, tiny_llama  # noqa: E402
 
 PROMPTS = [
     "What is 2 + 3?",
@@ -36,10 +37,8 @@ def request(text: str, **params: Any) -> ChatRequest:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +48,7 @@ def tokenizer() -> Any:
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer: Any) -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        # Large random weights give well-separated logits: greedy choices are not near-ties.
-        initializer_range=0.5, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture
