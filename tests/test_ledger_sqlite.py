@@ -77,3 +77,31 @@ def test_ledger_failure_never_fails_the_call(make_atlas) -> None:
     atlas, *_ = make_atlas(ledger=Broken())
     resp = atlas.completion(model="m", messages=QUESTION)
     assert resp.atlas.decision in ("guided", "baseline")
+
+
+def test_a_locked_ledger_file_delays_a_call_by_the_write_timeout_then_spools(make_atlas, tmp_path) -> None:
+    # Another process (a backup, a stuck writer) holds the database's write lock: the call
+    # waits at most the ledger's write timeout, answers, and its record waits in the spool
+    # until the lock is gone (it used to wait out SQLite's 30 s busy timeout first).
+    import sqlite3
+    import time
+
+    from atlas_middleware.ledger.spool import Spool
+    from atlas_middleware.ledger.sqlite import WRITE_TIMEOUT_S
+
+    db, spool = tmp_path / "locked.db", tmp_path / "spool.jsonl"
+    atlas, *_ = make_atlas(ledger=f"sqlite:///{db}", spool=str(spool))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        t0 = time.perf_counter()
+        locked_id = atlas.completion(model="m", messages=QUESTION).atlas.call_id
+        waited = time.perf_counter() - t0
+        assert WRITE_TIMEOUT_S <= waited < WRITE_TIMEOUT_S + 3.0, f"the call waited {waited:.1f} s"
+        assert Spool(spool).pending() == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    atlas.flush()
+    assert [r.call_id for r in atlas.ledger.records()] == [locked_id]
+    assert Spool(spool).pending() == 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,20 @@ CREATE INDEX IF NOT EXISTS atlas_calls_session ON atlas_calls (session_id);
 """
 
 
+# How long a write waits for another writer's lock. Writes run on the user's call path (the
+# record is written before the call returns), and in WAL mode a writer holds the lock for
+# the milliseconds of one commit: a lock held for longer is someone else's long
+# transaction or a stuck process, and the record goes to the spool instead (SpooledWriter).
+WRITE_TIMEOUT_S = 2.0
+# Reads (reports) are off the call path and may wait out a long writer.
+READ_TIMEOUT_S = 30.0
+
+
 class SQLiteLedger:
-    def __init__(self, path: str | Path, url: str | None = None) -> None:
+    def __init__(self, path: str | Path, url: str | None = None, write_timeout: float = WRITE_TIMEOUT_S) -> None:
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
+        self._write_ms = int(write_timeout * 1000)
         # One connection per ledger, serialised by a lock: SQLite takes one writer at a time
         # anyway, and a connection per thread leaks one connection for every short-lived
         # thread that ever wrote (each ``asyncio.run`` brings a new executor's threads).
@@ -47,7 +59,7 @@ class SQLiteLedger:
                 raise LedgerError(f"cannot create the ledger folder for {self.path}: {exc}") from exc
         try:
             conn = self._conn()
-            with self._lock, conn:
+            with self._lock, self._waiting(READ_TIMEOUT_S), conn:
                 conn.executescript(_SCHEMA)
                 conn.execute(
                     "INSERT OR IGNORE INTO atlas_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -57,12 +69,23 @@ class SQLiteLedger:
 
     def _conn(self) -> sqlite3.Connection:
         if self._conn_ is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=READ_TIMEOUT_S, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={self._write_ms}")
             self._conn_ = conn
         return self._conn_
+
+    @contextlib.contextmanager
+    def _waiting(self, seconds: float) -> Iterator[None]:
+        """Wait up to ``seconds`` for locks inside the block (the connection's default is the
+        write timeout). Call with ``self._lock`` held."""
+        conn = self._conn()
+        conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={self._write_ms}")
 
     def append(self, record: LedgerRecord) -> None:
         row = record.row()
@@ -98,7 +121,7 @@ class SQLiteLedger:
         if q.limit:
             sql += f" LIMIT {int(q.limit)}"
         try:
-            with self._lock:
+            with self._lock, self._waiting(READ_TIMEOUT_S):
                 rows = self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger read failed: {exc}") from exc
