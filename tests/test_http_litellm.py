@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -175,12 +176,29 @@ def test_lean_transports_map_failures_to_litellm_exceptions(servers, mode) -> No
         ok = _lean_call(lean, request("baseline", temperature=0, max_tokens=5), mode)
         assert ok.content == "The answer is 41" and ok.usage.exact
         sent = student.requests[-1]["body"]
+        sent_before = len(student.requests)
         assert sent["model"] == "student" and (sent["temperature"], sent["max_tokens"]) == (0, 5)
 
         student.backend.script["baseline"] = HTTPFault(429, "slow down", {"Retry-After": "7"})
         with pytest.raises(litellm.RateLimitError) as limited:
             _lean_call(lean, request("baseline"), mode)
         assert retry_after_seconds(limited.value) == 7.0
+
+        # A server (or its reverse proxy) that compresses error bodies: the same exception,
+        # Retry-After included.
+        student.backend.script["baseline"] = RawBody(
+            gzip.compress(b'{"error": {"message": "slow down"}}'), status=429,
+            headers={"Content-Encoding": "gzip", "Retry-After": "5"})
+        with pytest.raises(litellm.RateLimitError, match="slow down") as compressed:
+            _lean_call(lean, request("baseline"), mode)
+        assert retry_after_seconds(compressed.value) == 5.0
+
+        # A redirect is an answer on both transports, never followed (aiohttp would resend
+        # the POST as a GET after a 302).
+        student.backend.script["baseline"] = HTTPFault(302, "moved", {"Location": student.url + "/elsewhere"})
+        with pytest.raises(litellm.APIError) as redirected:
+            _lean_call(lean, request("baseline"), mode)
+        assert redirected.value.status_code == 302 and len(student.requests) == sent_before + 3
 
         student.backend.script["baseline"] = RawBody(b"<html>not json</html>")
         with pytest.raises(litellm.APIError, match="malformed body"):

@@ -91,6 +91,7 @@ def test_a_locked_ledger_file_delays_a_call_by_the_write_timeout_then_spools(mak
 
     db, spool = tmp_path / "locked.db", tmp_path / "spool.jsonl"
     atlas, *_ = make_atlas(ledger=f"sqlite:///{db}", spool=str(spool))
+    atlas.ledger_writer.retry_after = 0.0  # every call tries the locked ledger itself
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -99,9 +100,22 @@ def test_a_locked_ledger_file_delays_a_call_by_the_write_timeout_then_spools(mak
         waited = time.perf_counter() - t0
         assert WRITE_TIMEOUT_S <= waited < WRITE_TIMEOUT_S + 3.0, f"the call waited {waited:.1f} s"
         assert Spool(spool).pending() == 1
+        # Concurrent calls of this process queue for the ledger behind each other: the
+        # timeout bounds each call's whole wait, not each wait in the queue (2, 4, 6, 8 s).
+        from concurrent.futures import ThreadPoolExecutor
+
+        def timed_call(_: int) -> float:
+            t = time.perf_counter()
+            atlas.completion(model="m", messages=QUESTION)
+            return time.perf_counter() - t
+
+        with ThreadPoolExecutor(4) as pool:
+            waits = list(pool.map(timed_call, range(4)))
+        assert max(waits) < WRITE_TIMEOUT_S + 3.0, f"calls waited {[round(w, 1) for w in waits]} s"
+        assert Spool(spool).pending() == 5
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     atlas.flush()
-    assert [r.call_id for r in atlas.ledger.records()] == [locked_id]
+    assert len(atlas.ledger.records()) == 5 and locked_id in {r.call_id for r in atlas.ledger.records()}
     assert Spool(spool).pending() == 0

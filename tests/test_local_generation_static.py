@@ -306,3 +306,35 @@ def test_the_compiled_decode_step_traces_as_one_graph_and_gives_the_same_tokens(
             same(got, want)
     longest = max(e.completion_tokens for e in expected)
     assert len(made) == 1 and calls == [(4, 1)] * (longest - 1) * 2, "the decode steps were not the compiled ones"
+
+
+def test_a_prefill_of_one_token_prompts_is_never_the_compiled_step(tiny_model: Any, tokenizer: Any) -> None:
+    # A prefill of one-token prompts has the decode step's shape; it must still run eagerly,
+    # since the static cache allocates its tensors (outside any CUDA graph) at the prefill.
+    from atlas_middleware.backends.local_generation import GenerationJob
+
+    compiled_calls: list[tuple[int, ...]] = []
+
+    def compiler(step: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            compiled_calls.append(tuple(args[0].shape))
+            return step(*args)
+
+        return counted
+
+    generator = BatchGenerator(tiny_model, tokenizer, torch.device("cpu"), cache="static", max_len=16,
+                               max_batch=2, compiler=compiler)
+    forwards: list[tuple[int, ...]] = []
+    inner = generator._forward
+
+    def forward(ids: Any, *args: Any) -> Any:
+        forwards.append(tuple(ids.shape))
+        return inner(ids, *args)
+
+    generator._forward = forward  # type: ignore[method-assign]
+    jobs = [GenerationJob(prompt_ids=[tokenizer.bos_token_id or 1], max_new_tokens=3, ignore_eos=True)
+            for _ in range(2)]
+    results = generator.generate(jobs)
+    assert [len(r.token_ids) for r in results] == [3, 3]
+    assert forwards == [(2, 1)] * 3  # the prefill and two decode steps, all one wide
+    assert compiled_calls == [(2, 1)] * 2, "the prefill went through the compiled step"

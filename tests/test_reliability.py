@@ -240,3 +240,24 @@ def test_lean_path_reads_the_key_from_the_environment_like_litellm(monkeypatch) 
         resp = atlas.completion(model="openai/student", api_base=s.url, messages=QUESTION)
         atlas.close()
     assert resp.atlas.reason != Reason.TEACHER_ERROR and resp.atlas.usage.guided.calls == 1
+
+
+def test_retries_stop_when_the_sync_driver_gives_up() -> None:
+    # A thread cannot be killed: when the driver gives up on a call (its cancel token), the
+    # retry loop must neither sleep out its back-off nor make another attempt.
+    from atlas_middleware import ChatRequest
+    from atlas_middleware.backends import RetryingBackend
+    from atlas_middleware.backends.base import CancelToken, cancellation
+
+    class SlowDown(Exception):
+        status_code = 429
+        retry_after = 2.0
+
+    inner = ScriptedBackend({"*": SlowDown("rate limited")})
+    backend = RetryingBackend(inner, attempts=5, budget=30.0)
+    token = CancelToken()
+    threading.Timer(0.3, token.cancel).start()  # the driver's deadline passes mid-back-off
+    t0 = time.perf_counter()
+    with cancellation(token), pytest.raises((SlowDown, TimeoutError)):
+        backend.complete(ChatRequest(model="m", messages=QUESTION))
+    assert time.perf_counter() - t0 < 1.5 and len(inner.calls) == 1

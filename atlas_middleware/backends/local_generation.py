@@ -124,6 +124,7 @@ class BatchGenerator:
         self.buckets = _buckets(max_batch)
         self._static_caches: dict[int, Any] = {}
         self._compiled = compiler(self._step) if compiler is not None else None
+        self._static_decoding = False  # set between a static batch's prefill and its end
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -144,7 +145,9 @@ class BatchGenerator:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
         """Every forward pass goes through here (tests count them): a compiled static decode
         step when there is one, else the model as it is (the prefill always)."""
-        if self._compiled is not None and ids.shape[1] == 1:
+        # The shape alone cannot tell: a prefill of one-token prompts is one wide too, and it
+        # must run eagerly (the static cache allocates its tensors at the first prefill).
+        if self._compiled is not None and self._static_decoding:
             # One call, one CUDA graph replay: its outputs are overwritten by the next, so copy.
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
             return self._compiled(ids, mask, pos, cache).clone()
@@ -272,20 +275,24 @@ class BatchGenerator:
         logits = self._forward(ids, mask, pos, cache)
         decoding = list(range(count))  # rows of the bucket still making tokens
         pad = torch.full((bucket,), self.pad_id, dtype=torch.long)
-        while decoding:
-            # Rows whose caller left while the last forward pass ran take no token, and stay idle.
-            live = [k for k in decoding if not self._abandoned(group[k])]
-            if not live:
-                break
-            picked = logits if len(live) == bucket else logits[torch.tensor(live, device=logits.device)]
-            chosen = self._choose(picked, [group[k] for k in live])
-            decoding = [k for n, k in enumerate(live) if not self._advance(group[k], chosen[n])]
-            if not decoding:
-                break
-            step = pad.clone()
-            step[decoding] = torch.tensor([group[k].tokens[-1] for k in decoding], dtype=torch.long)
-            logits = self._forward(step.to(self.device)[:, None], mask, next_pos, cache)
-            next_pos = next_pos + 1
+        self._static_decoding = True
+        try:
+            while decoding:
+                # Rows whose caller left while the last forward pass ran take no token, and stay idle.
+                live = [k for k in decoding if not self._abandoned(group[k])]
+                if not live:
+                    break
+                picked = logits if len(live) == bucket else logits[torch.tensor(live, device=logits.device)]
+                chosen = self._choose(picked, [group[k] for k in live])
+                decoding = [k for n, k in enumerate(live) if not self._advance(group[k], chosen[n])]
+                if not decoding:
+                    break
+                step = pad.clone()
+                step[decoding] = torch.tensor([group[k].tokens[-1] for k in decoding], dtype=torch.long)
+                logits = self._forward(step.to(self.device)[:, None], mask, next_pos, cache)
+                next_pos = next_pos + 1
+        finally:
+            self._static_decoding = False
 
     @staticmethod
     def _abandoned(row: _Row) -> bool:

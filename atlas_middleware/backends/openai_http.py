@@ -207,6 +207,9 @@ class LeanHTTPBackend:
             async with self._session().post(
                 url, data=content, headers=headers, proxy=self._proxy(url),
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                # As httpx (the sync path) and the OpenAI SDK: a redirect is an answer, not
+                # something to follow (aiohttp would resend a POST after 301/302 as a GET).
+                allow_redirects=False,
             ) as response:
                 reply = _Reply(url, response.status, response.headers, await response.read())
         # TimeoutError first: aiohttp's own timeout errors are also ClientErrors.
@@ -247,8 +250,14 @@ class _Reply:
         return self.content.decode("utf-8", errors="replace")
 
     def as_httpx(self) -> httpx.Response:
-        return httpx.Response(self.status, headers=list(self.headers.items()), content=self.content,
+        # ``content`` is already decoded: without these headers httpx would try to gunzip
+        # it again (and fail) when a server compresses its error bodies.
+        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _DECODED_HEADERS]
+        return httpx.Response(self.status, headers=headers, content=self.content,
                               request=httpx.Request("POST", self.url))
+
+
+_DECODED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def _release(session: aiohttp.ClientSession) -> None:

@@ -7,11 +7,12 @@ the user's call then falls back to the student.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..messages import ChatRequest, ChatResponse
-from .base import ChatBackend, WrapperBackend
+from .base import ChatBackend, WrapperBackend, current_cancel_token
 
 # tenacity is imported when a RetryingBackend is built, not with the package (importing
 # atlas_middleware must stay cheap: tests/test_public_api.py).
@@ -71,6 +72,27 @@ class _Wait:
         return hinted if hinted is not None else float(self._backoff(state))
 
 
+def _caller_left(state: RetryCallState) -> bool:
+    """A stop condition: the sync driver gave up on this call (its cancel token). Async
+    callers cancel the task instead, which ends the retry loop by itself."""
+    token = current_cancel_token()
+    return token is not None and token.cancelled
+
+
+def _sleep_unless_cancelled(seconds: float) -> None:
+    """The back-off sleep, cut short when the caller gives up (the thread is then free)."""
+    token = current_cancel_token()
+    if token is None:
+        time.sleep(seconds)
+        return
+    woken = threading.Event()
+    forget = token.on_cancel(woken.set)
+    try:
+        woken.wait(seconds)
+    finally:
+        forget()
+
+
 class RetryingBackend(WrapperBackend):
     """Retry transient failures of the inner backend within ``budget`` seconds."""
 
@@ -78,10 +100,10 @@ class RetryingBackend(WrapperBackend):
         self, inner: ChatBackend, attempts: int = 3, budget: float | None = 10.0,
         base_delay: float = 0.2, max_delay: float = 5.0,
     ) -> None:
-        from tenacity import retry_if_exception, stop_after_attempt, stop_before_delay
+        from tenacity import retry_if_exception, stop_after_attempt, stop_any, stop_before_delay
 
         super().__init__(inner)
-        stop: Any = stop_after_attempt(attempts)
+        stop: Any = stop_any(stop_after_attempt(attempts), cast(Any, _caller_left))  # any callable stops
         if budget is not None:
             # Give up *before* a wait that would end past the budget (a long Retry-After
             # included): the caller has stopped listening by then.
@@ -96,8 +118,12 @@ class RetryingBackend(WrapperBackend):
     def complete(self, request: ChatRequest) -> ChatResponse:
         from tenacity import Retrying  # loaded by __init__: a dictionary look-up here
 
-        for attempt in Retrying(**self._settings):
+        token = current_cancel_token()
+        for attempt in Retrying(**self._settings, sleep=_sleep_unless_cancelled):
             with attempt:
+                if token is not None and token.cancelled:
+                    # The caller gave up during the back-off: no further attempt.
+                    raise TimeoutError("the caller stopped waiting for this call")
                 return self.inner.complete(request)
         raise AssertionError("unreachable")  # pragma: no cover
 

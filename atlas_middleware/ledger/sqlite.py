@@ -6,6 +6,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,21 @@ class SQLiteLedger:
             f"INSERT OR IGNORE INTO atlas_calls ({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
         )
+        # The write timeout bounds the whole write, this process's own queue included:
+        # writers of one process wait for each other on ``self._lock``, and each must not
+        # then wait a full timeout more for SQLite's lock.
+        deadline = time.monotonic() + self._write_ms / 1000
+        if not self._lock.acquire(timeout=self._write_ms / 1000):
+            raise LedgerError(f"ledger write failed: waited {self._write_ms} ms behind other writes of this process")
         try:
-            with self._lock:
+            remaining = deadline - time.monotonic()
+            waited = remaining < self._write_ms / 1000 - 0.01
+            with self._waiting(max(remaining, 0.001)) if waited else contextlib.nullcontext():
                 self._conn().execute(sql, [row[c] for c in _COLUMNS])
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger write failed: {exc}") from exc
+        finally:
+            self._lock.release()
 
     def records(self, query: LedgerQuery | None = None) -> list[LedgerRecord]:
         q = query or LedgerQuery()

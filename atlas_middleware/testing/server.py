@@ -37,11 +37,13 @@ class HTTPFault(Exception):
 class RawBody(Exception):
     """Make the test server write these bytes as the body (status 200 unless given)."""
 
-    def __init__(self, body: bytes, status: int = 200, content_type: str = "application/json") -> None:
+    def __init__(self, body: bytes, status: int = 200, content_type: str = "application/json",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__("raw body")
         self.body = body
         self.status = status
         self.content_type = content_type
+        self.headers = headers or {}  # e.g. Content-Encoding for a body sent compressed
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -108,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
                        headers=fault.headers)
             return
         except RawBody as rawbody:
-            self._send(rawbody.status, rawbody.body, rawbody.content_type)
+            self._send(rawbody.status, rawbody.body, rawbody.content_type, rawbody.headers)
             return
         except Exception as exc:  # a scripted exception is the server's own failure: a 500
             self._json(500, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error"}})
