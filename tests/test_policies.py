@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import QUESTION
 
-from atlas_middleware import Reason
+from atlas_middleware import ChatRequest, Reason
 from atlas_middleware.testing import Reply, teacher_reply
 from atlas_middleware.testing.scripted import words
 
@@ -78,17 +78,24 @@ def test_strict_answer_judge_prefers_complete_guided_over_truncated_baseline(mak
 
 
 @pytest.mark.parametrize(
-    ("first", "second", "decision", "reason"),
+    ("prefers", "decision", "reason"),
     [
-        ("A", "B", "guided", Reason.JUDGE_GUIDED),  # guided wins in both orders
-        ("B", "A", "baseline", Reason.JUDGE_BASELINE),
-        ("A", "A", "guided", Reason.JUDGE_TIE),  # position bias: tie, cheaper (guided is shorter)
+        ("guided", "guided", Reason.JUDGE_GUIDED),  # guided wins in both orders
+        ("baseline", "baseline", Reason.JUDGE_BASELINE),
+        ("A", "guided", Reason.JUDGE_TIE),  # position bias: tie, cheaper (guided is shorter)
     ],
 )
-def test_strict_teacher_judge_is_position_debiased(make_atlas, call, first, second, decision, reason) -> None:
-    verdicts = iter([f"<verdict>{first}</verdict>", f"<verdict>{second}</verdict>"])
+def test_strict_teacher_judge_is_position_debiased(make_atlas, call, prefers, decision, reason) -> None:
+    # The two orders are judged at once, so the scripted judge reads which answer sits in
+    # position A (its call order is the thread pool's) and names the one it prefers.
+    def judge(req: ChatRequest) -> str:
+        a_is_guided = "<answer_A>\nThe answer is 42" in req.messages[-1]["content"]
+        if prefers == "A":
+            return "<verdict>A</verdict>"
+        return "<verdict>A</verdict>" if a_is_guided == (prefers == "guided") else "<verdict>B</verdict>"
+
     atlas, student, teacher = make_atlas(
-        student={"guided": "The answer is 42"}, teacher={"judge_pair": lambda req: next(verdicts)}, judge="teacher"
+        student={"guided": "The answer is 42"}, teacher={"judge_pair": judge}, judge="teacher"
     )
     r = call(atlas).atlas
     assert (r.decision, r.reason) == (decision, reason)
