@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,12 @@ for _name in list(os.environ):
     if _name.startswith("ATLAS_"):
         del os.environ[_name]
 
-from atlas_middleware.testing import block_network  # noqa: E402
+from atlas_middleware.testing import (  # noqa: E402
+    OpenAITestServer,
+    ScriptedBackend,
+    block_network,
+    teacher_reply,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -60,3 +66,34 @@ def make_atlas():  # type: ignore[no-untyped-def]
     yield factory
     for atlas in made:
         atlas.close()
+
+
+# -- one OpenAI-compatible server as student and teacher, for the LiteLLM adapters ---------
+# (test_provider.py and test_proxy.py: ``openai/gpt-4o-mini`` student, ``openai/gpt-4o``
+# teacher, both priced by LiteLLM.)
+
+ADDITION_QUESTION = [{"role": "user", "content": "What is 2+2?"}]
+ADDITION_GUIDED = "The answer is 4"
+ADDITION_BASELINE = "I think the answer is 4 because two and two make four"
+
+
+def addition_script() -> dict[str, Any]:
+    return {"probe": "It is an addition.", "teacher": teacher_reply("Add the two numbers."),
+            "guided": ADDITION_GUIDED, "baseline": ADDITION_BASELINE}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OpenAITestServer]:
+    with OpenAITestServer(ScriptedBackend(addition_script()), models=["gpt-4o-mini", "gpt-4o"]) as server:
+        yield server
+
+
+@pytest.fixture
+def backend(upstream: OpenAITestServer) -> Iterator[ScriptedBackend]:
+    """The upstream's scripted backend, with its script restored and its calls cleared."""
+    b = upstream.backend
+    b.script = addition_script()
+    with b._lock:
+        b.calls.clear()
+    yield b
+    b.script = addition_script()

@@ -15,18 +15,17 @@ from typing import Any
 import pytest
 
 litellm = pytest.importorskip("litellm")
+from conftest import ADDITION_BASELINE, ADDITION_GUIDED, ADDITION_QUESTION  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 from atlas_middleware import CallReport, Reason  # noqa: E402
 from atlas_middleware.ledger import open_ledger  # noqa: E402
 from atlas_middleware.provider import AtlasLLM, RequestOptions, register, report_of  # noqa: E402
-from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend, teacher_reply  # noqa: E402
+from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend  # noqa: E402
 
 STUDENT = "atlas/openai/gpt-4o-mini"
 TEACHER_KEY = "sk-teacher-provider-secret-0042"
-QUESTION = [{"role": "user", "content": "What is 2+2?"}]
-GUIDED = "The answer is 4"
-BASELINE = "I think the answer is 4 because two and two make four"
+QUESTION, GUIDED, BASELINE = ADDITION_QUESTION, ADDITION_GUIDED, ADDITION_BASELINE
 
 
 class SuccessCounter(CustomLogger):
@@ -55,17 +54,6 @@ class SuccessCounter(CustomLogger):
             time.sleep(0.05)
         time.sleep(0.5)
         return list(self.events)
-
-
-def _script() -> dict[str, Any]:
-    return {"probe": "It is an addition.", "teacher": teacher_reply("Add the two numbers."),
-            "guided": GUIDED, "baseline": BASELINE}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAITestServer]:
-    with OpenAITestServer(ScriptedBackend(_script()), models=["gpt-4o-mini", "gpt-4o"]) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +88,6 @@ def counter(_counter: SuccessCounter) -> SuccessCounter:
     time.sleep(0.3)  # let late background events of the previous test land first
     _counter.events.clear()
     return _counter
-
-
-@pytest.fixture
-def backend(upstream: OpenAITestServer) -> Iterator[ScriptedBackend]:
-    b = upstream.backend
-    b.script = _script()
-    with b._lock:
-        b.calls.clear()
-    yield b
-    b.script = _script()
 
 
 def call(**kwargs: Any) -> Any:

@@ -21,28 +21,17 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("litellm.proxy.proxy_server")
 pytest.importorskip("prometheus_client")
 
-from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend, teacher_reply  # noqa: E402
+from conftest import ADDITION_BASELINE, ADDITION_GUIDED, ADDITION_QUESTION  # noqa: E402
+
+from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend  # noqa: E402
 from atlas_middleware.testing.proxy import GENERAL_SETTINGS, LITELLM_SETTINGS, ProxyProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 TEACHER_KEY = "sk-teacher-proxy-secret-7731"
 MODEL = "gpt-4o-mini"
-QUESTION = [{"role": "user", "content": "What is 2+2?"}]
-GUIDED = "The answer is 4"
-BASELINE = "I think the answer is 4 because two and two make four"
+QUESTION, GUIDED, BASELINE = ADDITION_QUESTION, ADDITION_GUIDED, ADDITION_BASELINE
 ATLAS_HEADERS = ("x-atlas-call-id", "x-atlas-decision", "x-atlas-tokens-saved", "x-atlas-net-tokens")
-
-
-def _script() -> dict[str, Any]:
-    return {"probe": "It is an addition.", "teacher": teacher_reply("Add the two numbers."),
-            "guided": GUIDED, "baseline": BASELINE}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAITestServer]:
-    with OpenAITestServer(ScriptedBackend(_script()), models=["gpt-4o-mini", "gpt-4o"]) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +46,6 @@ def proxy(upstream: OpenAITestServer, ledger_path: Path) -> Iterator[ProxyProces
     # The teacher's key comes from the environment, as the docs recommend.
     with ProxyProcess(student_url=upstream.url, atlas=atlas, env={"ATLAS_TEACHER_API_KEY": TEACHER_KEY}) as p:
         yield p
-
-
-@pytest.fixture
-def backend(upstream: OpenAITestServer) -> Iterator[ScriptedBackend]:
-    b = upstream.backend
-    b.script = _script()
-    with b._lock:
-        b.calls.clear()
-    yield b
-    b.script = _script()
 
 
 @pytest.fixture
