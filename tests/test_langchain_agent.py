@@ -21,7 +21,7 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from atlas_middleware import Reason  # noqa: E402
 from atlas_middleware.langchain import AtlasAgentMiddleware, atlas_report  # noqa: E402
 from atlas_middleware.messages import ChatRequest, ToolCall  # noqa: E402
-from atlas_middleware.testing import Reply, ScriptedBackend, classify, teacher_reply  # noqa: E402
+from atlas_middleware.testing import Reply, ScriptedBackend, classify, hold_role, teacher_reply  # noqa: E402
 from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
 
 FINAL = "It is sunny in Paris, and 2 + 3 = 5."
@@ -129,15 +129,7 @@ async def test_audit_baselines_run_after_each_step(tmp_path: Path, mode: str) ->
     # In sync, hold each baseline until the agent is done, so the test does not depend on
     # thread timing (the baseline's thread may otherwise run before the step returns).
     done = threading.Event()
-    backend = middleware.atlas.backends["student"]
-    complete = backend.complete
-
-    def held(request: ChatRequest) -> Any:
-        if classify(request) == "baseline":
-            assert done.wait(5), "the agent never finished"
-        return complete(request)
-
-    backend.complete = held  # type: ignore[method-assign]
+    hold_role(middleware.atlas.backends["student"], "baseline", done)
     if mode == "sync":
         out = agent.invoke(QUESTION)
         done.set()

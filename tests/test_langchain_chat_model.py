@@ -23,8 +23,8 @@ from pydantic import BaseModel, ValidationError  # noqa: E402
 from atlas_middleware import Reason  # noqa: E402
 from atlas_middleware.langchain import AtlasChatModel, atlas_report  # noqa: E402
 from atlas_middleware.langchain._convert import restore_messages, to_openai_messages  # noqa: E402
-from atlas_middleware.messages import ChatRequest, ToolCall  # noqa: E402
-from atlas_middleware.testing import Reply, ScriptedBackend, classify, teacher_reply  # noqa: E402
+from atlas_middleware.messages import ToolCall  # noqa: E402
+from atlas_middleware.testing import Reply, ScriptedBackend, hold_role, teacher_reply  # noqa: E402
 from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
 
 SCRIPT = {"probe": "Add the numbers.", "guided": "20 + 22 = 42. The answer is 42",
@@ -258,15 +258,7 @@ async def test_audit_baseline_runs_after_delivery(tmp_path: Path, mode: str) -> 
     # In sync, the baseline's thread may reach the backend before the call returns; hold it
     # until after, as a busy machine would, so the test does not depend on thread timing.
     returned = threading.Event()
-    backend = llm.atlas.backends["student"]
-    complete = backend.complete
-
-    def held(request: ChatRequest) -> Any:
-        if classify(request) == "baseline":
-            assert returned.wait(5), "the user's call never returned"
-        return complete(request)
-
-    backend.complete = held  # type: ignore[method-assign]
+    hold_role(llm.atlas.backends["student"], "baseline", returned)
     if mode == "sync":
         msg = llm.invoke("What is 20 + 22?")
         returned.set()

@@ -41,7 +41,9 @@ def _params() -> dict[str, Any]:
     }
 
 
-class TestAtlasChatModelUnit(ChatModelUnitTests):
+class _AtlasChatModelUnderTest:
+    """What both standard suites build: an AtlasChatModel over scripted backends."""
+
     @property
     def chat_model_class(self) -> type[AtlasChatModel]:
         return AtlasChatModel
@@ -51,15 +53,11 @@ class TestAtlasChatModelUnit(ChatModelUnitTests):
         return _params()
 
 
-class TestAtlasChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[AtlasChatModel]:
-        return AtlasChatModel
+class TestAtlasChatModelUnit(_AtlasChatModelUnderTest, ChatModelUnitTests):
+    pass
 
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return _params()
 
+class TestAtlasChatModelIntegration(_AtlasChatModelUnderTest, ChatModelIntegrationTests):
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
         return {}

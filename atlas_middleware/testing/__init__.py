@@ -2,7 +2,7 @@
 server, and a network guard. Nothing here touches the network."""
 
 from .network import NetworkBlockedError, block_network
-from .scripted import FunctionBackend, Reply, ScriptedBackend, classify, guidance_of, teacher_reply
+from .scripted import FunctionBackend, Reply, ScriptedBackend, classify, guidance_of, hold_role, teacher_reply
 from .server import HTTPFault, OpenAITestServer, RawBody
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "block_network",
     "classify",
     "guidance_of",
+    "hold_role",
     "teacher_reply",
 ]

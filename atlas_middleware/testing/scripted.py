@@ -66,6 +66,23 @@ def classify(request: ChatRequest) -> str:
     return "baseline"
 
 
+def hold_role(backend: Any, role: str, release: threading.Event, timeout: float = 5.0) -> None:
+    """Make ``backend.complete`` hold every ``role`` call until ``release`` is set.
+
+    For tests of work that runs after the user's call returns (an audit's baseline): a
+    sync baseline's thread may otherwise reach the backend before the call returns, so
+    holding it, as a busy machine would, keeps the test independent of thread timing.
+    """
+    complete = backend.complete
+
+    def held(request: ChatRequest) -> Any:
+        if classify(request) == role:
+            assert release.wait(timeout), f"the {role} call was never released"
+        return complete(request)
+
+    backend.complete = held
+
+
 def guidance_of(request: ChatRequest) -> str | None:
     for m in request.messages:
         text = prompts.content_text(m.get("content"))
