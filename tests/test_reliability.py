@@ -183,15 +183,21 @@ def test_classify_roles_of_the_loop() -> None:
     assert classify(ChatRequest(model="m", messages=QUESTION)) == "baseline"
 
 
+class SlowDown(Exception):
+    """A provider's 429 with its Retry-After, as the retry wrapper reads them."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def test_retry_never_waits_past_its_budget() -> None:
     from atlas_middleware import ChatRequest
     from atlas_middleware.backends import RetryingBackend
 
-    class SlowDown(Exception):
-        status_code = 429
-        retry_after = 3.0
-
-    inner = ScriptedBackend({"*": SlowDown("rate limited")})
+    inner = ScriptedBackend({"*": SlowDown("rate limited", retry_after=3.0)})
     backend = RetryingBackend(inner, attempts=5, budget=0.5)
     t0 = time.perf_counter()
     with pytest.raises(SlowDown):
@@ -249,11 +255,7 @@ def test_retries_stop_when_the_sync_driver_gives_up() -> None:
     from atlas_middleware.backends import RetryingBackend
     from atlas_middleware.backends.base import CancelToken, cancellation
 
-    class SlowDown(Exception):
-        status_code = 429
-        retry_after = 2.0
-
-    inner = ScriptedBackend({"*": SlowDown("rate limited")})
+    inner = ScriptedBackend({"*": SlowDown("rate limited", retry_after=2.0)})
     backend = RetryingBackend(inner, attempts=5, budget=30.0)
     token = CancelToken()
     threading.Timer(0.3, token.cancel).start()  # the driver's deadline passes mid-back-off
