@@ -150,15 +150,14 @@ class LeanHTTPBackend:
     def _proxy(self, url: str) -> str | None:
         """The proxy the environment names for ``url`` (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY),
         as httpx and LiteLLM honour it; read once per URL, as httpx reads it once per client."""
-        proxy = self._proxies.get(url, "")
-        if proxy == "":
+        if url not in self._proxies:
             parts = urllib.parse.urlsplit(url)
             found = urllib.request.getproxies()
             proxy = found.get(parts.scheme) or found.get("all")
             if proxy and parts.hostname and urllib.request.proxy_bypass(parts.hostname):
                 proxy = None
-            self._proxies[url] = proxy = proxy or None
-        return proxy
+            self._proxies[url] = proxy or None
+        return self._proxies[url]
 
     def _error(self, exc: Exception | None, reply: _Reply | None, provider: str, model: str) -> Exception:
         lm = self._litellm
@@ -212,10 +211,7 @@ class LeanHTTPBackend:
                 allow_redirects=False,
             ) as response:
                 reply = _Reply(url, response.status, response.headers, await response.read())
-        # TimeoutError first: aiohttp's own timeout errors are also ClientErrors.
-        except TimeoutError as exc:
-            raise self._error(exc, None, provider, request.model) from exc
-        except aiohttp.ClientError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:  # _error tells timeouts apart
             raise self._error(exc, None, provider, request.model) from exc
         return self._parse(request, reply, provider)
 
