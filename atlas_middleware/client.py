@@ -35,8 +35,9 @@ from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
 log = logging.getLogger("atlas_middleware")
 
-# When a reused guidance loses a comparison, the session is taught afresh next time.
-_GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL})
+# When a reused guidance loses a comparison (or nothing shows it helped), the session is
+# taught afresh next time.
+_GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
 _GUIDANCE_FAILED = _GUIDANCE_LOST | {Reason.GUIDED_ERROR}
 _TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
 
@@ -84,7 +85,8 @@ class Atlas:
         self.judge: Judge = resolve_judge(
             judge_spec if judge_spec is not None else config.judge,
             teacher_model=self.settings.teacher_model,
-            timeout=config.teacher_timeout,
+            timeout=self.settings.teacher_timeout,
+            max_tokens=self.settings.teacher_max_tokens,
         )
         self.ledger: Ledger = ledger if ledger is not None and not isinstance(ledger, str) else open_ledger(config.ledger_url())
         # Failed ledger writes wait in a local spool and are written when the ledger is back.
@@ -94,7 +96,8 @@ class Atlas:
         )
         self.backends: dict[str, ChatBackend] = {
             "student": student_backend or ModelRouter(lean=config.lean_http),
-            "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries, budget=config.teacher_timeout),
+            "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries,
+                                       budget=self.settings.teacher_timeout),
         }
         self.breaker = CircuitBreaker(config.circuit_failures, config.circuit_cooldown)
         self.sessions = SessionCache(ttl=config.session_ttl)

@@ -12,10 +12,13 @@ variable                       field                                            
 ``ATLAS_TEACHER_API_BASE``     ``teacher_api_base``
 ``ATLAS_TEACHER_API_KEY``      ``teacher_api_key`` (never logged or stored)
 ``ATLAS_POLICY``               ``policy``: strict | verify | audit | off          strict
-``ATLAS_JUDGE``                ``judge``: answer | teacher | package.module:fn    answer
-``ATLAS_TEACHER_TIMEOUT``      ``teacher_timeout`` seconds per guidance call      10
+``ATLAS_JUDGE``                ``judge``: auto | teacher | answer | pkg.mod:fn    auto
+``ATLAS_TEACHER_PROTOCOL``     ``teacher_protocol``: auto | atlas | structured    auto
+``ATLAS_TEACHER_TIMEOUT``      ``teacher_timeout`` seconds per guidance call      per protocol
 ``ATLAS_PROBE_MAX_TOKENS``     ``probe_max_tokens``                               50
-``ATLAS_TEACHER_MAX_TOKENS``   ``teacher_max_tokens``                             512
+``ATLAS_TEACHER_MAX_TOKENS``   ``teacher_max_tokens``                             per protocol
+``ATLAS_GUIDANCE_PLACEMENT``   ``guidance_placement``: auto | user | system       auto
+``ATLAS_LEAK_ACTION``          ``leak_action``: strip | fallback | allow          strip
 ``ATLAS_SKIP_LEVEL``           ``skip_level``: no guidance at or above (1-5)      5
 ``ATLAS_AUDIT_RATE``           ``audit_rate``: share of audit calls compared      0.1
 ``ATLAS_LEDGER``               ``ledger``: sqlite:///path, postgresql://..., none  user data dir
@@ -24,6 +27,10 @@ variable                       field                                            
 ``ATLAS_TEACHER_RETRIES``      ``teacher_retries``: attempts per teacher call     3
 ``ATLAS_LEAN_HTTP``            ``lean_http``: direct httpx for OpenAI-compatible  true
 =============================  ================================================  =========
+
+Per protocol (``teaching/protocols/``): ``atlas`` 2048 teacher tokens and 60 s, room for
+ATLAS-8B-Thinking's reasoning; ``structured`` 1024 tokens and 30 s. ``judge: auto`` is the
+teacher as a pairwise judge (``judges.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
-from .teaching.flow import POLICIES, LoopSettings, Policy
+from .teaching.flow import POLICIES, LeakAction, LoopSettings, Policy
+from .teaching.protocols import Placement, ProtocolName, protocol_for
 
 ENV_PREFIX = "ATLAS_"
 
@@ -54,10 +62,15 @@ class AtlasConfig(BaseModel):
     teacher_api_key: SecretStr | None = None
     teacher_params: dict[str, Any] = Field(default_factory=dict)
     policy: Policy = "strict"
-    judge: str = "answer"
-    teacher_timeout: float = Field(default=10.0, gt=0)
+    judge: str = "auto"
+    teacher_protocol: ProtocolName = "auto"
+    teacher_timeout: float | None = Field(default=None, gt=0)
+    """Seconds per guidance-path call (probe, teacher, judge); None: the protocol's default."""
     probe_max_tokens: int = Field(default=50, ge=1)
-    teacher_max_tokens: int = Field(default=512, ge=1)
+    teacher_max_tokens: int | None = Field(default=None, ge=1)
+    """None: the protocol's default."""
+    guidance_placement: Placement = "auto"
+    leak_action: LeakAction = "strip"
     skip_level: int = Field(default=5, ge=1, le=6)
     audit_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     ledger: str | None = None
@@ -76,6 +89,11 @@ class AtlasConfig(BaseModel):
     def _policy(cls, v: Any) -> Any:
         if isinstance(v, str) and v.lower() not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("teacher_protocol", "guidance_placement", "leak_action", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
     @classmethod
@@ -110,16 +128,21 @@ class AtlasConfig(BaseModel):
             raise ConfigError(f"invalid atlas-middleware configuration: {problems}") from None
 
     def loop_settings(self) -> LoopSettings:
+        """The flow's settings, with the protocol resolved and its defaults filled in."""
+        protocol = protocol_for(self.teacher_protocol, self.teacher)
         return LoopSettings(
             policy=self.policy,
             teacher_model=self.teacher,
             teacher_params=dict(self.teacher_params),
-            teacher_timeout=self.teacher_timeout,
+            protocol=protocol,
+            teacher_timeout=self.teacher_timeout or protocol.teacher_timeout,
             probe_max_tokens=self.probe_max_tokens,
-            teacher_max_tokens=self.teacher_max_tokens,
+            teacher_max_tokens=self.teacher_max_tokens or protocol.teacher_max_tokens,
             skip_level=self.skip_level,
             audit_rate=self.audit_rate,
             context_chars=self.context_chars,
+            placement=self.guidance_placement,
+            leak_action=self.leak_action,
         )
 
     def ledger_url(self) -> str:

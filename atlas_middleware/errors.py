@@ -12,6 +12,8 @@
     │   │                           it is recorded in ``CallReport.errors`` instead
     │   ├── TeacherTimeout (TimeoutError)
     │   └── TeacherOutputError      the teacher answered, but not in a usable form
+    │       └── TeacherTruncatedError
+    │                               its reply was cut at the token cap before any guidance
     ├── JudgeError                  a judge raised or returned garbage; the baseline wins
     ├── LedgerError                 the ledger could not be opened or written
     └── QueueFullError              a local backend is overloaded (back-pressure)
@@ -60,7 +62,14 @@ class TeacherTimeout(TeacherError, TimeoutError):
 
 
 class TeacherOutputError(TeacherError):
-    """The teacher answered but its output could not be used (unparseable, leaked answer)."""
+    """The teacher answered but its output could not be used (no guidance in it)."""
+
+
+class TeacherTruncatedError(TeacherOutputError):
+    """The teacher's reply hit its token cap before a complete piece of guidance.
+
+    Raise ``teacher_max_tokens``: a thinking teacher can spend its whole cap reasoning.
+    """
 
 
 class JudgeError(AtlasError):

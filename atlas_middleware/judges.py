@@ -9,9 +9,13 @@ judge that needs none (the answer judge) returns at once::
 
 Built in:
 
-* ``answer``: extracted final answers and tool calls only, no model call. Cheap and strict.
-* ``teacher``: the teacher model as a pairwise judge, asked in both orders concurrently so a
-  position bias cannot pick the winner; a split verdict counts as a tie.
+* ``teacher`` (what ``auto``, the default, means): the teacher model as a pairwise judge,
+  asked in both orders concurrently so a position bias cannot pick the winner. Verdicts
+  that change with the order say nothing (``undecided``: the baseline). An answer cut at
+  its token cap loses to a complete one without a model call.
+* ``answer``: extracted final answers and tool calls only, no model call. It can tell a
+  complete answer from a broken one, never a right one from a wrong one: two different
+  complete answers are ``undecided`` and the baseline is delivered.
 * ``package.module:callable``: any ``(messages: list[dict], answer: str) -> float`` scoring
   one answer, higher is better.
 
@@ -33,8 +37,9 @@ from .errors import ConfigError, JudgeError
 from .messages import ChatRequest, ChatResponse
 from .teaching import prompts
 from .teaching.commands import BlockingResult, CallResult, Command, ModelCall, RunBlocking, Start, Wait
+from .teaching.parse import split_reasoning
 
-Winner = Literal["guided", "baseline", "tie"]
+Winner = Literal["guided", "baseline", "tie", "undecided"]
 JudgeGen = Generator[Command, Any, Any]
 
 
@@ -106,7 +111,7 @@ class AnswerJudge:
         if b and not g:
             return Verdict("baseline", scores, "only the baseline answer is complete")
         # Both complete but different (or both broken): nothing here says which is right.
-        return Verdict("baseline", scores, "answers differ; no evidence for the guided one")
+        return Verdict("undecided", scores, "the answers differ; extraction cannot tell which is right")
         yield  # pragma: no cover - makes this a generator
 
     def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
@@ -120,7 +125,12 @@ _VERDICT = re.compile(r"<verdict>\s*([^<]+?)\s*</verdict>", re.IGNORECASE)
 def _verdict_text(result: CallResult) -> str:
     if not result.ok or result.response is None:
         raise JudgeError(f"judge call failed: {result.error!r}")
-    text = result.response.text
+    # A thinking teacher drafts verdicts in its reasoning: only what follows it counts.
+    _, text, unclosed = split_reasoning(result.response.text)
+    if result.response.truncated and not _VERDICT.search(text):
+        raise JudgeError("the judge's reply hit its token cap before a verdict")
+    if unclosed:
+        raise JudgeError("the judge's reply ended inside its reasoning")
     m = _VERDICT.findall(text)
     if not m:
         raise JudgeError("the judge's answer has no <verdict>")
@@ -128,7 +138,11 @@ def _verdict_text(result: CallResult) -> str:
 
 
 class TeacherJudge:
-    """The teacher as judge: pairwise in both orders, or a 0-10 grade of one answer."""
+    """The teacher as judge: pairwise in both orders, or a 0-10 grade of one answer.
+
+    ``max_tokens`` must leave a thinking teacher room to reason before its verdict; the
+    ``Atlas`` client gives it the teacher's own cap.
+    """
 
     name = "teacher"
 
@@ -136,7 +150,7 @@ class TeacherJudge:
         self,
         model: str,
         timeout: float | None = None,
-        max_tokens: int = 256,
+        max_tokens: int = 1024,
         threshold: float = 0.7,
         context_chars: int = 12000,
     ) -> None:
@@ -154,6 +168,9 @@ class TeacherJudge:
         return ModelCall(role="judge", target="teacher", request=req, timeout=self.timeout)
 
     def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
+        if guided.truncated != baseline.truncated:  # a cut-off answer loses to a complete one
+            winner: Winner = "baseline" if guided.truncated else "guided"
+            return Verdict(winner, {}, f"only the {winner} answer is complete")
         text = task.text(self.context_chars)
         h1 = yield Start(self._call(prompts.pairwise_messages(text, guided, baseline)))
         h2 = yield Start(self._call(prompts.pairwise_messages(text, baseline, guided)))
@@ -167,7 +184,7 @@ class TeacherJudge:
         detail = f"order guided-first: {v1}; order baseline-first: {v2}"
         if v1 == v2:
             return Verdict(v1, {}, detail)  # type: ignore[arg-type]
-        return Verdict("tie", {}, detail + " (position-dependent: tie)")
+        return Verdict("undecided", {}, detail + " (the verdict follows the order: no evidence)")
 
     def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
         h = yield Start(self._call(prompts.score_messages(task.text(self.context_chars), answer)))
@@ -223,15 +240,21 @@ class CallableJudge:
 
 
 def resolve_judge(
-    spec: str | Judge | ScoreFn | None, *, teacher_model: str | None, timeout: float | None
+    spec: str | Judge | ScoreFn | None, *, teacher_model: str | None, timeout: float | None,
+    max_tokens: int = 1024,
 ) -> Judge:
-    """Turn a judge setting into a judge; raise ``ConfigError`` for anything unusable."""
-    if spec is None or spec == "answer":
+    """Turn a judge setting into a judge; raise ``ConfigError`` for anything unusable.
+
+    ``auto`` (and None) is the teacher judge when there is a teacher, else the answer judge.
+    """
+    if spec in (None, "auto"):
+        spec = "teacher" if teacher_model else "answer"
+    if spec == "answer":
         return AnswerJudge()
     if spec == "teacher":
         if not teacher_model:
             raise ConfigError("judge 'teacher' needs a teacher model")
-        return TeacherJudge(teacher_model, timeout=timeout)
+        return TeacherJudge(teacher_model, timeout=timeout, max_tokens=max_tokens)
     if isinstance(spec, Judge):
         return spec
     if callable(spec):
@@ -240,7 +263,7 @@ def resolve_judge(
         module_name, sep, attr = spec.partition(":")
         if not sep or not module_name or not attr:
             raise ConfigError(
-                f"unknown judge {spec!r}: use 'answer', 'teacher' or 'package.module:callable'"
+                f"unknown judge {spec!r}: use 'auto', 'teacher', 'answer' or 'package.module:callable'"
             )
         try:
             module = importlib.import_module(module_name)

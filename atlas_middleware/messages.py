@@ -87,6 +87,9 @@ class ChatResponse(BaseModel):
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
+    reasoning: str | None = None
+    """The provider's separate reasoning text (``reasoning_content`` of vLLM's reasoning
+    parsers, LiteLLM and DeepSeek; ``reasoning`` of newer vLLM and OpenRouter), if any."""
     usage: Usage = ZERO_USAGE
     model: str | None = None
     raw: Any = Field(default=None, exclude=True, repr=False)
@@ -102,6 +105,8 @@ class ChatResponse(BaseModel):
     def to_openai(self) -> CompletionResponse:
         """An OpenAI-shaped response, for backends that have no provider object of their own."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.reasoning is not None:  # where LiteLLM and vLLM put it
+            message["reasoning_content"] = self.reasoning
         if self.tool_calls:
             message["tool_calls"] = [
                 {

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     JUDGE_GUIDED = "judge_preferred_guided"
     JUDGE_BASELINE = "judge_preferred_baseline"
     JUDGE_TIE = "judge_tie"  # equal quality: the cheaper one
+    NO_EVIDENCE = "no_evidence"  # the answers differ and nothing says which is right: the baseline
     JUDGE_ERROR = "judge_error"  # the judge failed: the baseline wins
     INVALID_TOOL_CALL = "guided_invalid_tool_call"
     VERIFIED = "verified"  # verify: the guided answer passed the judge
@@ -44,12 +45,22 @@ class Reason(StrEnum):
     TEACHER_TIMEOUT = "teacher_timeout"
     TEACHER_ERROR = "teacher_error"
     TEACHER_UNPARSEABLE = "teacher_unparseable"
+    TEACHER_TRUNCATED = "teacher_truncated"  # cut at teacher_max_tokens before any guidance
+    GUIDANCE_LEAKS_ANSWER = "guidance_leaks_answer"  # withheld under leak_action (see leaks.py)
     PROBE_ERROR = "probe_error"
+    PROBE_EMPTY = "probe_empty"  # the student's probe held no plan; the teacher was not asked
     GUIDED_ERROR = "guided_error"  # the guided call failed: the baseline
     BASELINE_ERROR = "baseline_error"  # the baseline failed: the guided answer
     STUDENT_ERROR = "student_error"  # nothing could be delivered; the student's error raised
     OPTED_OUT = "opted_out"  # the request asked for no teaching
     CIRCUIT_OPEN = "circuit_open"  # the teacher kept failing; skipped without calling it
+
+
+TEACHER_PATH_FAILURES = frozenset({
+    Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR, Reason.TEACHER_UNPARSEABLE, Reason.TEACHER_TRUNCATED,
+    Reason.GUIDANCE_LEAKS_ANSWER, Reason.PROBE_ERROR, Reason.PROBE_EMPTY,
+})
+"""Reasons that mean the guidance path was tried and failed, so the call fell back."""
 
 
 class ErrorInfo(BaseModel):
@@ -71,7 +82,9 @@ class JudgeInfo(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     name: str
-    winner: Literal["guided", "baseline", "tie"] | None = None
+    winner: Literal["guided", "baseline", "tie", "undecided"] | None = None
+    """``undecided``: the judge could not tell (the answer judge on two different
+    answers, the teacher judge changing its verdict with the order); the baseline wins."""
     scores: dict[str, float] = Field(default_factory=dict)
     detail: str = ""
 
@@ -102,12 +115,16 @@ class CallReport(BaseModel):
     student_model: str
     teacher_model: str | None = None
     policy: str
+    protocol: str | None = None
+    """The teacher protocol the call used (``atlas`` or ``structured``)."""
     session_id: str | None = None
     decision: Decision = "student_only"
     reason: Reason = Reason.STUDENT_ERROR
     diagnosis: DiagnosisInfo | None = None
     guidance: str | None = None
     guidance_reused: bool = False
+    guidance_leak: Literal["stripped", "withheld", "allowed"] | None = None
+    """What was done with guidance that stated an answer (``leak_action``); None: no leak."""
     judge: JudgeInfo | None = None
     audit: AuditInfo | None = None
     usage: UsageByRole = Field(default_factory=UsageByRole)

@@ -80,6 +80,7 @@ def scripted_atlas(**kwargs: Any) -> tuple[Atlas, ScriptedBackend]:
     })
     teacher = ScriptedBackend({"teacher": Reply(teacher_reply("Check the arithmetic."), prompt_tokens=100,
                                                 completion_tokens=30)})
+    kwargs.setdefault("judge", "answer")  # the hand-computed figures below count no judge calls
     return Atlas(student_backend=student, teacher_backend=teacher, ledger="none", **kwargs), student
 
 
@@ -123,7 +124,7 @@ async def test_strict_run_gives_the_hand_computed_figures(tmp_path: Path) -> Non
     assert m.teaching_tokens == 35
     assert m.tes == pytest.approx(25 / 7)
     assert m.taught_rate == 1.0
-    assert m.reasons == {"agreement": 3, "judge_preferred_baseline": 4, "judge_preferred_guided": 1}
+    assert m.reasons == {"agreement": 3, "no_evidence": 4, "judge_preferred_guided": 1}
 
     by = {g.label: g for g in out.metrics.by_difficulty}
     assert out.metrics.difficulty_source == "tertiles"

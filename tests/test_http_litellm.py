@@ -56,7 +56,7 @@ def test_sync_and_async_over_http(servers, path) -> None:
         resp = atlas.completion(messages=QUESTION, **_student(student))
         assert isinstance(resp, litellm.ModelResponse)
         r = resp.atlas
-        assert (r.decision, r.reason) == ("baseline", Reason.JUDGE_BASELINE)
+        assert (r.decision, r.reason) == ("baseline", Reason.NO_EVIDENCE)
         assert resp.choices[0].message.content.endswith("41")
         assert resp.usage.completion_tokens == r.usage.baseline.completion_tokens  # the delivered answer's
         assert r.usage.total().exact and r.usage.teacher.calls == 1
@@ -64,7 +64,7 @@ def test_sync_and_async_over_http(servers, path) -> None:
         async def go():  # type: ignore[no-untyped-def]
             return await atlas.acompletion(messages=QUESTION, **_student(student))
 
-        assert asyncio.run(go()).atlas.reason == Reason.JUDGE_BASELINE
+        assert asyncio.run(go()).atlas.reason == Reason.NO_EVIDENCE
     assert sorted(student.backend.roles()) == ["baseline"] * 2 + ["guided"] * 2 + ["probe"] * 2
     # The teacher's key went only to the teacher, the student's only to the student.
     assert {r["headers"]["authorization"] for r in teacher.requests} == {"Bearer sk-teacher-key-abcdef"}

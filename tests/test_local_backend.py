@@ -279,7 +279,7 @@ def test_embedded_model_survivors_of_an_abandoned_row_answer_as_if_alone(smollm2
 
 def test_prefilled_teacher_starts_the_reply_and_keeps_one_paragraph() -> None:
     from atlas_middleware.embedded import PrefilledTeacher
-    from atlas_middleware.teaching.parse import parse_teacher_output
+    from atlas_middleware.teaching.protocols import ATLAS, STRUCTURED
     from atlas_middleware.testing import FunctionBackend
 
     seen: list[ChatRequest] = []
@@ -293,7 +293,7 @@ def test_prefilled_teacher_starts_the_reply_and_keeps_one_paragraph() -> None:
                                        params={"max_tokens": 32}))
     assert seen[0].messages[-1] == {"role": "assistant", "content": "<teaching>"}
     assert seen[0].params["continue_final_message"] is True and "</teaching>" in seen[0].params["stop"]
-    assert parse_teacher_output(out.text).guidance == "Check the units first."
+    assert STRUCTURED.parse(out).guidance == ATLAS.parse(out).guidance == "Check the units first."
 
 
 def test_continue_final_message_continues_the_assistant_turn(tiny: LocalBackend, tokenizer: Any) -> None:

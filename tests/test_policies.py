@@ -10,7 +10,7 @@ import pytest
 from conftest import QUESTION
 
 from atlas_middleware import ChatRequest, Reason
-from atlas_middleware.testing import Reply, teacher_reply
+from atlas_middleware.testing import PairwiseJudge, Reply, teacher_reply
 from atlas_middleware.testing.scripted import words
 
 
@@ -64,17 +64,38 @@ def test_strict_agreement_prefers_baseline_when_not_cheaper(make_atlas, call) ->
     assert r.tokens_saved == 0
 
 
-def test_strict_answer_judge_keeps_baseline_when_answers_differ(make_atlas, call) -> None:
+def test_strict_answer_judge_keeps_baseline_when_answers_differ_and_says_no_evidence(make_atlas, call) -> None:
     atlas, *_ = make_atlas(judge="answer")
     resp = call(atlas)
-    assert (resp.atlas.decision, resp.atlas.reason) == ("baseline", Reason.JUDGE_BASELINE)
+    # no judgment was made: not "judge_preferred_baseline"
+    assert (resp.atlas.decision, resp.atlas.reason) == ("baseline", Reason.NO_EVIDENCE)
+    assert resp.atlas.judge is not None and resp.atlas.judge.winner == "undecided"
     assert content(resp).endswith("41")
 
 
-def test_strict_answer_judge_prefers_complete_guided_over_truncated_baseline(make_atlas, call) -> None:
-    atlas, *_ = make_atlas(student={"baseline": Reply("20 plus 22 is", finish_reason="length")})
+@pytest.mark.parametrize("judge", ["answer", "auto"])
+def test_strict_prefers_complete_guided_over_truncated_baseline(make_atlas, call, judge) -> None:
+    atlas, _, teacher = make_atlas(student={"baseline": Reply("20 plus 22 is", finish_reason="length")}, judge=judge)
     resp = call(atlas)
     assert (resp.atlas.decision, resp.atlas.reason) == ("guided", Reason.JUDGE_GUIDED)
+    assert "judge_pair" not in teacher.roles()  # no model call needed to see a cut-off answer
+
+
+def test_default_judge_is_the_teacher_and_lets_a_better_guided_answer_through(make_atlas, call) -> None:
+    right = PairwiseJudge(is_right=lambda answer: answer.rstrip().endswith("42"))
+    atlas, _, teacher = make_atlas(teacher={"judge_pair": right})
+    resp = call(atlas)
+    assert (resp.atlas.decision, resp.atlas.reason) == ("guided", Reason.JUDGE_GUIDED)
+    assert content(resp).endswith("42") and teacher.roles().count("judge_pair") == 2
+    assert resp.atlas.judge is not None and resp.atlas.judge.name == "teacher"
+
+
+def test_default_judge_keeps_the_baseline_when_guidance_made_it_worse(make_atlas, call) -> None:
+    right = PairwiseJudge(is_right=lambda answer: answer.rstrip().endswith("41"))  # here 41 is right
+    atlas, *_ = make_atlas(teacher={"judge_pair": right})
+    resp = call(atlas)
+    assert (resp.atlas.decision, resp.atlas.reason) == ("baseline", Reason.JUDGE_BASELINE)
+    assert content(resp).endswith("41")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +103,8 @@ def test_strict_answer_judge_prefers_complete_guided_over_truncated_baseline(mak
     [
         ("guided", "guided", Reason.JUDGE_GUIDED),  # guided wins in both orders
         ("baseline", "baseline", Reason.JUDGE_BASELINE),
-        ("A", "guided", Reason.JUDGE_TIE),  # position bias: tie, cheaper (guided is shorter)
+        ("TIE", "guided", Reason.JUDGE_TIE),  # a tie in both orders: the cheaper (guided is shorter)
+        ("A", "baseline", Reason.NO_EVIDENCE),  # position bias: no evidence, the baseline
     ],
 )
 def test_strict_teacher_judge_is_position_debiased(make_atlas, call, prefers, decision, reason) -> None:
@@ -90,8 +112,8 @@ def test_strict_teacher_judge_is_position_debiased(make_atlas, call, prefers, de
     # position A (its call order is the thread pool's) and names the one it prefers.
     def judge(req: ChatRequest) -> str:
         a_is_guided = "<answer_A>\nThe answer is 42" in req.messages[-1]["content"]
-        if prefers == "A":
-            return "<verdict>A</verdict>"
+        if prefers in ("A", "TIE"):
+            return f"<verdict>{prefers}</verdict>"
         return "<verdict>A</verdict>" if a_is_guided == (prefers == "guided") else "<verdict>B</verdict>"
 
     atlas, student, teacher = make_atlas(
@@ -159,15 +181,21 @@ def test_verify_failing_answer_runs_baseline_and_picks_better(make_atlas, call) 
     assert student.roles().count("baseline") == 1
 
 
-def test_audit_samples_in_background(make_atlas, call) -> None:
-    atlas, student, _ = make_atlas(policy="audit", audit_rate=1.0, judge="answer", ledger="sqlite:///:memory:")
+@pytest.mark.parametrize(
+    ("judge", "winner", "degraded"),
+    [("teacher", "baseline", True), ("answer", None, None)],  # the answer judge cannot tell: unknown
+)
+def test_audit_samples_in_background(make_atlas, call, judge, winner, degraded) -> None:
+    baseline_right = PairwiseJudge(is_right=lambda answer: answer.rstrip().endswith("41"))
+    atlas, student, _ = make_atlas(policy="audit", audit_rate=1.0, judge=judge, ledger="sqlite:///:memory:",
+                                   teacher={"judge_pair": baseline_right})
     resp = call(atlas)
     assert (resp.atlas.decision, resp.atlas.reason) == ("guided", Reason.AUDIT_SAMPLED)
     assert content(resp).endswith("42")
     assert student.roles().count("baseline") == 1  # run after delivery
     (row,) = atlas.ledger.records()
     audit = row.report().audit
-    assert audit is not None and audit.sampled and audit.winner == "baseline" and audit.degraded is True
+    assert audit is not None and audit.sampled and (audit.winner, audit.degraded) == (winner, degraded)
 
 
 def test_audit_unsampled_makes_no_baseline(make_atlas, call) -> None:
@@ -218,7 +246,9 @@ def test_teacher_timeout_delivers_student_answer(make_atlas, call, policy) -> No
         (type("APITimeoutError", (Exception,), {})("read timed out"), Reason.TEACHER_TIMEOUT),
         ("I refuse to use your format.", Reason.TEACHER_UNPARSEABLE),
         ("", Reason.TEACHER_UNPARSEABLE),
-        (teacher_reply("The answer is 42."), Reason.TEACHER_UNPARSEABLE),  # leaks the answer
+        (teacher_reply("The answer is 42."), Reason.GUIDANCE_LEAKS_ANSWER),  # nothing left once stripped
+        ("<think>still thinking when the cap", Reason.TEACHER_UNPARSEABLE),
+        (Reply("<think>still thinking when the cap", finish_reason="length"), Reason.TEACHER_TRUNCATED),
         (teacher_reply("Looks right.", level=5), Reason.STRONG_STUDENT),
         (teacher_reply("", level=3), Reason.NO_GUIDANCE),
     ],

@@ -16,7 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas_middleware import Atlas, InvalidRequestError, Reason
-from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend, classify, teacher_reply
+from atlas_middleware.testing import (
+    HTTPFault,
+    OpenAITestServer,
+    ScriptedBackend,
+    classify,
+    guidance_of,
+    teacher_reply,
+)
 
 # -- hostile and malformed input ------------------------------------------------------------
 
@@ -119,7 +126,7 @@ def test_teacher_killed_mid_run_every_call_still_answered() -> None:
             atlas.flush()
             assert len(results) == 40
             reasons = [r.reason for r in results]
-            assert Reason.JUDGE_BASELINE in reasons  # taught before the kill
+            assert any(r.guidance for r in results)  # taught before the kill
             assert {Reason.TEACHER_ERROR, Reason.CIRCUIT_OPEN} & set(reasons)  # fell back after it
             assert all(r.decision in ("guided", "baseline", "student_only") and not r.failed for r in results)
             rows = atlas.ledger.records()
@@ -171,16 +178,20 @@ def test_texts_are_stored_only_on_opt_in(make_atlas, tmp_path) -> None:
     assert b"7391" not in data
 
 
-def test_classify_roles_of_the_loop() -> None:
+@pytest.mark.parametrize("protocol", ["atlas", "structured"])
+@pytest.mark.parametrize("placement", ["user", "system"])
+def test_classify_roles_of_the_loop(protocol: str, placement: str) -> None:
     # guards the scripted backends every other test relies on
     from atlas_middleware.messages import ChatRequest
-    from atlas_middleware.teaching import prompts
+    from atlas_middleware.teaching.protocols import PROTOCOLS
 
-    probe = ChatRequest(model="m", messages=prompts.probe_messages(QUESTION))
-    guided = ChatRequest(model="m", messages=prompts.with_guidance(QUESTION, "x"))
-    teacher = ChatRequest(model="m", messages=prompts.teacher_messages(QUESTION, {}, "plan", 1000))
+    p = PROTOCOLS[protocol]
+    probe = ChatRequest(model="m", messages=p.probe_messages(QUESTION))
+    guided = ChatRequest(model="m", messages=p.with_guidance(QUESTION, "x", {}, placement))  # type: ignore[arg-type]
+    teacher = ChatRequest(model="m", messages=p.teacher_messages(QUESTION, {}, "plan", 1000))
     assert [classify(r) for r in (probe, guided, teacher)] == ["probe", "guided", "teacher"]
     assert classify(ChatRequest(model="m", messages=QUESTION)) == "baseline"
+    assert guidance_of(guided) == "x"
 
 
 class SlowDown(Exception):

@@ -12,7 +12,7 @@ from typing import Any
 
 from atlas_middleware import Atlas
 from atlas_middleware.ledger import Ledger, LedgerRecord
-from atlas_middleware.testing import ScriptedBackend, teacher_reply
+from atlas_middleware.testing import PairwiseJudge, ScriptedBackend, teacher_reply
 
 ROLES = ("probe", "teacher", "guided", "baseline", "judge")
 QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
@@ -23,16 +23,16 @@ SCENARIOS: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]]
     # guided and baseline agree: the cheaper (guided) answer is delivered, tokens saved
     ("gpt-small", {"probe": "add them", "baseline": LONG_BASELINE, "guided": "The answer is 42"},
      {"teacher": teacher_reply("Add tens then units.")}, "strict", {"session_id": "alpha"}),
-    # they disagree and the judge prefers the baseline
+    # they disagree and the judge (the teacher, by default) prefers the baseline
     ("gpt-small", {"probe": "add", "baseline": "The answer is 42",
                    "guided": "Carrying wrongly the answer is 41"},
-     {"teacher": teacher_reply("Carry.")}, "strict", {}),
+     {"teacher": teacher_reply("Carry."), "judge_pair": PairwiseJudge(lambda a: a.endswith("42"))}, "strict", {}),
     # the teacher is down: fail open to the student alone
     ("llama-local", {"probe": "add", "baseline": "The answer is 42"}, {"teacher": RuntimeError("down")},
      "strict", {"session_id": "beta"}),
-    # verify passes: no baseline, so no savings figure
+    # verify passes (the teacher grades the guided answer): no baseline, so no savings figure
     ("llama-local", {"probe": "add", "baseline": "The answer is 42", "guided": "The answer is 42"},
-     {"teacher": teacher_reply("x")}, "verify", {}),
+     {"teacher": teacher_reply("x"), "judge_score": "<verdict>9</verdict>"}, "verify", {}),
     # opted out
     ("gpt-small", {"baseline": "The answer is 42"}, {"teacher": teacher_reply("x")}, "strict", {"teach": False}),
 ]
@@ -83,7 +83,8 @@ def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
     saved = sum(r.tokens_saved or 0 for r in measured)
     net = sum(r.net_tokens or 0 for r in measured)
     priced = [r.cost_usd for r in rows if r.cost_usd is not None]
-    failures = {"teacher_timeout", "teacher_error", "teacher_unparseable", "probe_error"}
+    failures = {"teacher_timeout", "teacher_error", "teacher_unparseable", "teacher_truncated",
+                "guidance_leaks_answer", "probe_error", "probe_empty"}
     tried = [r for r in rows if r.reason in failures or r.tokens["teacher"]["calls"] > 0]
     teacher_lat = [r.teacher_latency_ms for r in rows if r.teacher_latency_ms is not None]
     return {

@@ -92,10 +92,12 @@ def from_model_response(response: Any, request: ChatRequest, litellm: Any = None
         )
     else:
         usage = Usage(calls=1, counted_by="unknown", cost_usd=None)
+    reasoning = _get(message, "reasoning_content") or _get(message, "reasoning")
     return ChatResponse(
         content=content,
         tool_calls=tool_calls,
         finish_reason=_get(choice, "finish_reason"),
+        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
         usage=usage,
         model=_get(response, "model"),
         raw=response,

@@ -74,6 +74,8 @@ class GroupMetrics(BaseModel):
     teaching_tokens: float
     tes: float | None
     taught_rate: float
+    guidance_leaks: int = 0
+    """Samples whose guidance stated an answer (stripped, withheld or allowed)."""
     reasons: dict[str, int]
     errors: int
 
@@ -154,6 +156,7 @@ def group_metrics(label: str, records: list[SampleRecord]) -> GroupMetrics:
         net_reduction=_ratio_reduction(spent, alone),
         teaching_tokens=teaching, tes=tes,
         taught_rate=_mean(float(r.taught) for r in records),
+        guidance_leaks=sum(1 for r in records if r.guidance_leak),
         reasons=dict(Counter(r.reason for r in records)),
         errors=sum(1 for r in records if r.errors),
     )

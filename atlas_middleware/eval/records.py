@@ -54,6 +54,9 @@ class SampleRecord(BaseModel):
     """What the middleware returned after its policy's fallback."""
     taught: bool = False
     """True when a guided call was made (False: teacher skipped, failed or saw a strong student)."""
+    guidance_leak: str | None = None
+    """The teacher's guidance stated an answer: ``stripped``, ``withheld`` or ``allowed``
+    (``leak_action``). A gain from ``allowed`` guidance is copying, not teaching."""
     decision: str = "student_only"
     reason: str = ""
     usage: dict[str, dict[str, int]] = Field(default_factory=dict)

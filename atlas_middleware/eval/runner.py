@@ -142,7 +142,8 @@ async def evaluate_sample(atlas: Any, problem: Problem, sample: int, settings: E
 
     return SampleRecord(
         **base, alone=alone_arm, guided=guided_arm, delivered=delivered_arm,
-        taught="guided" in kept, decision=report.decision, reason=report.reason.value,
+        taught="guided" in kept, guidance_leak=report.guidance_leak, decision=report.decision,
+        reason=report.reason.value,
         usage={role: _usage(getattr(report.usage, role)) for role in ROLES},
         alone_separate=alone_separate,
         spent_tokens=report.usage.total().total_tokens,

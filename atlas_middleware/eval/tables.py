@@ -76,6 +76,8 @@ def headline(m: EvalMetrics, samples: int) -> str:
          f"{o.improved_raw} raw / {o.improved_delivered} delivered improved"),
         ("Teaching effectiveness score", "n/a" if o.tes is None else f"{o.tes:.3f}", "", "",
          f"{tokens(o.teaching_tokens)} teaching tokens"),
+        ("Guidance that stated an answer", f"{o.guidance_leaks} of {_samples(o.samples)}", "", "",
+         "a gain from leaked answers is copying, not teaching"),
     ]
     lines = [
         "| Metric | Teacher+Student | Student alone | Delivered | Difference |",

@@ -118,10 +118,14 @@ def to_chat_response(message: AIMessage, raw: Any) -> ChatResponse:
         for tc in message.invalid_tool_calls
     ]
     meta = message.response_metadata or {}
+    # Reasoning models behind LangChain (ChatOpenAI on vLLM, ChatDeepSeek) put their
+    # reasoning here; it is private to the teacher path and never its guidance.
+    reasoning = (message.additional_kwargs or {}).get("reasoning_content")
     return ChatResponse(
         content=message.text,
         tool_calls=calls,
         finish_reason=_finish_reason(message),
+        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
         usage=usage_of(message),
         model=meta.get("model_name") or meta.get("model"),
         raw=raw,

@@ -37,7 +37,7 @@ from langsmith.run_helpers import tracing_context
 
 from ..errors import ConfigError
 from ..messages import ChatRequest, ChatResponse
-from ..teaching import prompts
+from ..teaching import protocols
 from ._convert import restore_messages, to_chat_response
 
 BINDING_KEY = "atlas_langchain_call"
@@ -173,8 +173,7 @@ def prepare_model(model: BaseChatModel, params: dict[str, Any]) -> tuple[Any, di
 
 
 def is_probe(request: ChatRequest) -> bool:
-    last = request.messages[-1] if request.messages else {}
-    return prompts.content_text(last.get("content")) == prompts.PROBE_INSTRUCTION
+    return protocols.is_probe(request.messages)
 
 
 class LangChainBackend:

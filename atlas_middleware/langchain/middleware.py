@@ -31,7 +31,7 @@ from langgraph.constants import TAG_NOSTREAM
 
 from ..client import Atlas
 from ..config import AtlasConfig
-from ..teaching import prompts
+from ..teaching import protocols
 from ._convert import model_name, openai_tools, to_openai_messages
 from .backend import CallBinding, Delivery, LangChainBackend, bound_params
 
@@ -67,12 +67,19 @@ def _structured_tools(response_format: Any) -> list[Any]:
     return []
 
 
+def _plain(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """Role and text of each message: what the protocols' detectors read."""
+    roles = {HumanMessage: "user", SystemMessage: "system", AIMessage: "assistant"}
+    return [{"role": next((r for t, r in roles.items() if isinstance(m, t)), "tool"), "content": m.text}
+            for m in messages]
+
+
 def _is_probe(messages: Sequence[BaseMessage]) -> bool:
-    return bool(messages) and isinstance(messages[-1], HumanMessage) and messages[-1].text == prompts.PROBE_INSTRUCTION
+    return protocols.is_probe(_plain(messages))
 
 
 def _is_guided(messages: Sequence[BaseMessage]) -> bool:
-    return any(isinstance(m, SystemMessage) and prompts.GUIDANCE_PREFIX in m.text for m in messages)
+    return protocols.guidance_of(_plain(messages)) is not None
 
 
 @contextmanager

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import MissingExtraError
-from ..report import CallReport, Reason
+from ..report import TEACHER_PATH_FAILURES, CallReport, Reason
 from ..usage import ROLES
 
-TEACHER_FAILURES = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR, Reason.TEACHER_UNPARSEABLE})
+# The guidance path's failures that are the teacher's (a probe's are the student's).
+TEACHER_FAILURES = TEACHER_PATH_FAILURES - {Reason.PROBE_ERROR, Reason.PROBE_EMPTY}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -28,13 +28,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..ledger.record import LedgerRecord
+from ..report import TEACHER_PATH_FAILURES
 from ..usage import ROLES
 
 GroupBy = Literal["day", "model", "session", "decision"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "session", "decision")
 DECISIONS: tuple[str, ...] = ("guided", "baseline", "student_only")
 # Reasons that mean "the teacher path was tried and failed" (the call then fell back).
-TEACHER_FAILURES = frozenset({"teacher_timeout", "teacher_error", "teacher_unparseable", "probe_error"})
+TEACHER_FAILURES = frozenset(r.value for r in TEACHER_PATH_FAILURES)
 NO_SESSION = "(none)"
 
 

@@ -23,17 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..answers import same_final_answer
-from ..errors import JudgeError, TeacherOutputError, is_timeout
+from ..errors import JudgeError, TeacherOutputError, TeacherTruncatedError, is_timeout
 from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact
 from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, KeptAnswer, Reason
 from . import prompts
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Wait
-from .parse import parse_teacher_output
+from .leaks import strip_leaks
+from .parse import Diagnosis, split_reasoning
+from .protocols import STRUCTURED, Placement, TeacherProtocol
 
 Policy = Literal["strict", "verify", "audit", "off"]
 POLICIES: tuple[Policy, ...] = ("strict", "verify", "audit", "off")
+LeakAction = Literal["strip", "fallback", "allow"]
+LEAK_ACTIONS: tuple[LeakAction, ...] = ("strip", "fallback", "allow")
 
 # Parameters that make no sense for the probe (it must answer in short plain text).
 _PROBE_DROP = frozenset(
@@ -54,12 +58,15 @@ class LoopSettings:
     policy: Policy = "strict"
     teacher_model: str | None = None
     teacher_params: dict[str, Any] = field(default_factory=dict)
-    teacher_timeout: float | None = 10.0
+    protocol: TeacherProtocol = STRUCTURED
+    teacher_timeout: float | None = STRUCTURED.teacher_timeout
     probe_max_tokens: int = 50
-    teacher_max_tokens: int = 512
+    teacher_max_tokens: int = STRUCTURED.teacher_max_tokens
     skip_level: int = 5
     audit_rate: float = 0.1
     context_chars: int = 12000
+    placement: Placement = "auto"
+    leak_action: LeakAction = "strip"
 
 
 @dataclass
@@ -89,6 +96,7 @@ def teach(
         student_model=request.model,
         teacher_model=settings.teacher_model,
         policy=settings.policy,
+        protocol=settings.protocol.name,
         session_id=options.session_id,
     )
     if options.keep_answers and report.answers is None:
@@ -142,19 +150,24 @@ def _guidance(
     request: ChatRequest, s: LoopSettings, report: CallReport
 ) -> Generator[Command, Any, str | None]:
     """Probe the student, ask the teacher; the guidance, or None with ``report.reason`` set."""
+    protocol = s.protocol
     probe_req = request.replace(
-        messages=prompts.probe_messages(request.messages)
+        messages=protocol.probe_messages(request.messages)
     ).with_params(_PROBE_DROP, max_tokens=s.probe_max_tokens, **_transport_timeout(s.teacher_timeout))
     probe = yield from _await_one(_start("probe", "student", probe_req, s.teacher_timeout))
     if probe.response is None:
         report.reason = Reason.PROBE_ERROR
         return None
+    # A thinking student's reasoning is not its plan, and the teacher never diagnoses nothing.
+    _, plan, _ = split_reasoning(probe.response.text)
+    if not plan.strip():
+        report.reason = Reason.PROBE_EMPTY
+        report.errors.append(ErrorInfo(role="probe", type="EmptyProbe", message=_empty_probe(probe, s)))
+        return None
 
     teacher_req = ChatRequest(
         model=s.teacher_model or "",
-        messages=prompts.teacher_messages(
-            request.messages, request.params, probe.response.text, s.context_chars
-        ),
+        messages=protocol.teacher_messages(request.messages, request.params, plan, s.context_chars),
         params={**s.teacher_params, "max_tokens": s.teacher_max_tokens, **_transport_timeout(s.teacher_timeout)},
     )
     teacher = yield from _await_one(_start("teacher", "teacher", teacher_req, s.teacher_timeout))
@@ -164,19 +177,54 @@ def _guidance(
         report.reason = Reason.TEACHER_TIMEOUT if is_timeout(teacher.error) else Reason.TEACHER_ERROR
         return None
     try:
-        diagnosis = parse_teacher_output(teacher.response.text)
+        diagnosis = protocol.parse(teacher.response)
     except TeacherOutputError as exc:
         report.errors.append(_error_info("teacher", exc))
-        report.reason = Reason.TEACHER_UNPARSEABLE
+        truncated = isinstance(exc, TeacherTruncatedError)
+        report.reason = Reason.TEACHER_TRUNCATED if truncated else Reason.TEACHER_UNPARSEABLE
         return None
     report.diagnosis = DiagnosisInfo(level=diagnosis.level, text=diagnosis.thinking)
     if diagnosis.level is not None and diagnosis.level >= s.skip_level:
         report.reason = Reason.STRONG_STUDENT
         return None
-    if not diagnosis.guidance:
+    guidance = _leak_checked(diagnosis, s.leak_action, report)
+    if guidance is None:
+        return None
+    if not guidance:
         report.reason = Reason.NO_GUIDANCE
         return None
-    return diagnosis.guidance
+    return guidance
+
+
+def _empty_probe(probe: CallResult, s: LoopSettings) -> str:
+    assert probe.response is not None
+    r = probe.response
+    why = f"the student's probe had no plan in it (finish reason {r.finish_reason!r}"
+    if r.truncated:
+        why += f"; a reasoning student can spend all of probe_max_tokens={s.probe_max_tokens} thinking"
+    return why + "); the teacher was not asked"
+
+
+def _leak_checked(diagnosis: Diagnosis, action: LeakAction, report: CallReport) -> str | None:
+    """The guidance to send under ``leak_action``; None (reason set) when it is withheld."""
+    if not diagnosis.leaks:
+        return diagnosis.guidance
+    if action == "allow":
+        report.guidance_leak = "allowed"
+        return diagnosis.guidance
+    if action == "strip":
+        kept = strip_leaks(diagnosis.guidance)
+        if kept:
+            report.guidance_leak = "stripped"
+            return kept
+    report.guidance_leak = "withheld"
+    report.reason = Reason.GUIDANCE_LEAKS_ANSWER
+    # The message names no text: the leaked sentences state the answer to the user's task.
+    report.errors.append(ErrorInfo(
+        role="teacher", type="GuidanceLeaksAnswer",
+        message=f"{len(diagnosis.leaks)} sentence(s) of the guidance state an answer; not sent (leak_action={action})",
+    ))
+    return None
 
 
 def _transport_timeout(seconds: float | None) -> dict[str, float]:
@@ -218,7 +266,7 @@ def _judge(
         return _cheaper(guided, baseline), Reason.AGREEMENT
     try:
         verdict: Verdict = yield from judge.compare(task, g, b)
-        if not isinstance(verdict, Verdict) or verdict.winner not in ("guided", "baseline", "tie"):
+        if not isinstance(verdict, Verdict) or verdict.winner not in ("guided", "baseline", "tie", "undecided"):
             raise JudgeError(f"the judge returned {verdict!r}, not a Verdict")
     except Exception as exc:  # any judge failure, user code included: the baseline wins
         _judge_failed(report, judge, exc)
@@ -228,6 +276,8 @@ def _judge(
         return "guided", Reason.JUDGE_GUIDED
     if verdict.winner == "baseline":
         return "baseline", Reason.JUDGE_BASELINE
+    if verdict.winner == "undecided":  # nothing says the guided answer is right: the baseline
+        return "baseline", Reason.NO_EVIDENCE
     return _cheaper(guided, baseline), Reason.JUDGE_TIE
 
 
@@ -318,7 +368,9 @@ def _teach(
         return (yield from _student_alone(request, report, report.reason, h_base))
     report.guidance = guidance
 
-    guided_req = answer_req.replace(messages=prompts.with_guidance(request.messages, guidance))
+    guided_req = answer_req.replace(
+        messages=s.protocol.with_guidance(request.messages, guidance, request.params, s.placement)
+    )
     h_guided = yield _start("guided", "student", guided_req)
 
     if s.policy == "strict":
@@ -406,6 +458,6 @@ def _audit_info(why: Reason) -> AuditInfo:
         return AuditInfo(sampled=True, winner="baseline", degraded=True)
     if why == Reason.JUDGE_GUIDED:
         return AuditInfo(sampled=True, winner="guided", degraded=False)
-    if why == Reason.JUDGE_ERROR:
+    if why in (Reason.JUDGE_ERROR, Reason.NO_EVIDENCE):  # compared, but nothing was learnt
         return AuditInfo(sampled=True)
     return AuditInfo(sampled=True, winner="tie", degraded=False)

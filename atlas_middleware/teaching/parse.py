@@ -1,39 +1,61 @@
-"""Parse the teacher's output into a diagnosis and the guidance the student may see.
+"""Read what a teacher wrote: its private reasoning, the guidance the student may see, a level.
 
-Teachers are messy: thinking models wrap everything in ``<think>``, some forget a closing
-tag, some repeat the format inside their reasoning. The rules, in order:
+Real teachers are messy. Thinking models reason in ``<think>`` first, and a chat template
+may open that block for them, so the reply holds only its closing tag (Qwen3's thinking
+templates, DeepSeek-R1); vLLM's reasoning parsers move the reasoning to a separate field;
+drafts of the guidance appear inside the reasoning; replies run into the token cap. The
+rules, the same for every protocol (``protocols/``):
 
-1. A reasoning prelude (``<think>...</think>`` or an unclosed ``<think>``) is private.
-2. Guidance is the *last* complete ``<teaching>`` block outside the prelude; an unclosed
-   final ``<teaching>`` runs to the end of the text.
-3. The level is ``<level>N</level>``, else "level: N" / "capability: N/5".
-4. No guidance and no level means the teacher did not follow the protocol: that is a
-   ``TeacherOutputError`` and the call falls back to the student alone.
-5. Guidance that states a final answer (``\\boxed{}``, "the answer is ...") is refused.
+1. **Reasoning is private.** ``<think>``/``<thinking>`` blocks, closed or not; a closing tag
+   with no opening one makes everything before it private (the template opened the block);
+   a provider's separate reasoning field too. None of it ever reaches the student.
+2. **Guidance** is the last complete ``<teaching>`` block outside the reasoning; an unclosed
+   final ``<teaching>`` runs to the end of the reply. With no ``<teaching>`` at all, the
+   protocol decides: the whole visible reply is the guidance (``atlas``: the published
+   training code reads it that way) or the reply is not usable (``structured``).
+3. **A reply cut at the token cap** (finish reason ``length``) is used only when a closed
+   ``<teaching>`` block came before the cut; otherwise ``TeacherTruncatedError``, so a
+   half-written hint never reaches the student.
+4. **The level** comes from a ``<level>`` tag outside the guidance, else from the private
+   text ("Capability level: 4/5"), never from the guidance: "the lift starts at level 5"
+   in a hint says nothing about the student.
+5. **Answer leaks** are found here (``leaks.py``) and handled by the flow, per setting.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import TeacherOutputError
+from ..errors import TeacherOutputError, TeacherTruncatedError
+from .leaks import find_leaks
 
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
-_THINK_OPEN = re.compile(r"<think>(.*)$", re.IGNORECASE | re.DOTALL)
-_THINKING = re.compile(r"<thinking>(.*?)</thinking>", re.IGNORECASE | re.DOTALL)
-_TEACHING = re.compile(r"<teaching>(.*?)</teaching>", re.IGNORECASE | re.DOTALL)
-_TEACHING_OPEN = re.compile(r"<teaching>((?:(?!</?teaching>).)*)$", re.IGNORECASE | re.DOTALL)
-_LEVEL_TAG = re.compile(r"<level>\s*([1-5])(?:\s*/\s*5)?\s*</level>", re.IGNORECASE)
-_LEVEL_TEXT = re.compile(r"\b(?:level|capability)\s*[:=]?\s*([1-5])\b(?:\s*/\s*5)?", re.IGNORECASE)
-_LEAKS = (
-    re.compile(r"\\boxed\s*\{", re.IGNORECASE),
-    re.compile(r"\b(?:the\s+)?(?:final\s+)?answer\s+(?:is|=|should\s+be)\s*[:\-]?\s*\S", re.IGNORECASE),
-    re.compile(r"^\s*(?:final\s+)?answer\s*:", re.IGNORECASE | re.MULTILINE),
-    re.compile(r"####\s*\S"),
-)
+Untagged = Literal["guidance", "private"]
+"""What a reply without ``<teaching>`` is: all guidance (atlas) or nothing usable (structured)."""
+
 MAX_GUIDANCE_CHARS = 4000
+
+_REASONING_TAG = re.compile(r"<(/?)\s*(?:think|thinking)\s*>", re.IGNORECASE)
+_TEACHING_BLOCK = re.compile(r"<teaching\s*>(.*?)</teaching\s*>", re.IGNORECASE | re.DOTALL)
+_TEACHING_OPEN = re.compile(r"<teaching\s*>", re.IGNORECASE)
+_TEACHING_CLOSE = re.compile(r"</teaching\s*>", re.IGNORECASE)
+_LEVEL_TAG = re.compile(r"<level>\s*([1-5])(?:\s*/\s*5)?\s*</level>", re.IGNORECASE)
+_ANY_LEVEL_TAG = re.compile(r"</?level\s*>", re.IGNORECASE)
+# A level stated in prose must look like a rating ("Capability level: 4/5", "level = 2",
+# "rating: 3 out of 5", "level 5/5"); "starts at level 5" is not one.
+_LEVEL_TEXT = re.compile(
+    r"\b(?:capability|level|rating)(?:\s+(?:level|score|rating))?\s*(?::|=|\bis\b|\bof\b)\s*\**\s*([1-5])\b"
+    r"(?:\s*(?:/|out\s+of)\s*5)?"
+    r"|\b(?:capability|level|rating)\s+([1-5])\s*(?:/|out\s+of)\s*5\b",
+    re.IGNORECASE,
+)
+# A label the teacher may put before plain guidance, echoing the prompt's closing cue.
+_LABEL = re.compile(
+    r"^\s*(?:#+\s*)?\**\s*(?:your\s+)?(?:adaptive\s+teaching|teaching|guidance)\s*\**\s*:\s*\**\s*",
+    re.IGNORECASE,
+)
 
 
 class Diagnosis(BaseModel):
@@ -44,37 +66,125 @@ class Diagnosis(BaseModel):
     level: int | None = None
     thinking: str = ""
     guidance: str = ""
+    leaks: list[str] = Field(default_factory=list)
+    """Sentences of ``guidance`` that state an answer (see ``leaks.py``)."""
 
 
-def parse_teacher_output(text: str) -> Diagnosis:
-    if not text or not text.strip():
-        raise TeacherOutputError("the teacher returned an empty answer")
-    private: list[str] = [m.group(1).strip() for m in _THINK_BLOCK.finditer(text)]
-    body = _THINK_BLOCK.sub(" ", text)
-    open_think = _THINK_OPEN.search(body)
-    if open_think and "<teaching>" not in open_think.group(1).lower():
-        # An unclosed reasoning block with nothing after it: the teacher ran out of tokens.
-        private.append(open_think.group(1).strip())
-        body = body[: open_think.start()]
-    private += [m.group(1).strip() for m in _THINKING.finditer(body)]
-    body_wo_thinking = _THINKING.sub(" ", body)
+def split_reasoning(text: str) -> tuple[list[str], str, bool]:
+    """``(private parts, visible text, ended inside reasoning)`` of a reply.
 
-    blocks = _TEACHING.findall(body_wo_thinking)
-    if blocks:
-        guidance: str | None = blocks[-1]
+    One left-to-right walk over the reasoning tags, counting depth, so nested or
+    repeated blocks, an unclosed block and a lone closing tag all come out right.
+    """
+    private: list[str] = []
+    visible: list[str] = []
+    depth, pos, start = 0, 0, 0
+    for m in _REASONING_TAG.finditer(text):
+        if m.group(1) != "/":
+            if depth == 0:
+                visible.append(text[pos : m.start()])
+                start = m.end()
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if depth == 0:
+                private.append(text[start : m.start()])
+                pos = m.end()
+        else:
+            # A closing tag with nothing open: the chat template opened the block, so all
+            # the reply has said so far was reasoning.
+            private.append("".join(visible) + text[pos : m.start()])
+            visible = []
+            pos = m.end()
+    unclosed = depth > 0
+    if unclosed:
+        private.append(text[start:])
     else:
-        tail = _TEACHING_OPEN.search(body_wo_thinking)
-        guidance = tail.group(1) if tail else None
+        visible.append(text[pos:])
+    return [p.strip() for p in private if p.strip()], "".join(visible), unclosed
 
-    level_match = _LEVEL_TAG.search(body_wo_thinking) or _LEVEL_TEXT.search(body_wo_thinking)
-    level = int(level_match.group(1)) if level_match else None
 
-    if guidance is None and level is None:
-        raise TeacherOutputError("the teacher's output has neither <teaching> nor <level>")
-    guidance = (guidance or "").strip()
-    for leak in _LEAKS:
-        if leak.search(guidance):
-            raise TeacherOutputError("the guidance states a final answer; it was withheld")
-    if len(guidance) > MAX_GUIDANCE_CHARS:
-        guidance = guidance[:MAX_GUIDANCE_CHARS].rstrip() + " ..."
-    return Diagnosis(level=level, thinking="\n".join(p for p in private if p), guidance=guidance)
+def _guidance_span(visible: str, truncated: bool) -> tuple[int, int] | None:
+    """Where the guidance lies in the visible text: the last closed ``<teaching>`` block,
+    else an unclosed final one (not when the reply was cut: that is half a hint)."""
+    blocks = list(_TEACHING_BLOCK.finditer(visible))
+    if blocks:
+        last = blocks[-1]
+        tail_open = [m for m in _TEACHING_OPEN.finditer(visible, last.end())]
+        if not tail_open or truncated:
+            return last.start(1), last.end(1)
+        return tail_open[-1].end(), len(visible)
+    if truncated:
+        return None
+    opens = list(_TEACHING_OPEN.finditer(visible))
+    return (opens[-1].end(), len(visible)) if opens else None
+
+
+def _level(outside: str, private: list[str]) -> int | None:
+    tag = _LEVEL_TAG.search(outside)
+    if tag:
+        return int(tag.group(1))
+    for part in reversed(private):  # the latest statement in the diagnosis wins
+        found = list(_LEVEL_TAG.finditer(part)) or list(_LEVEL_TEXT.finditer(part))
+        if found:
+            m = found[-1]
+            return int(m.group(1) or m.group(2))
+    return None
+
+
+def _clean_guidance(text: str) -> str:
+    text = _LEVEL_TAG.sub("", text)
+    text = _ANY_LEVEL_TAG.sub("", _TEACHING_CLOSE.sub("", _TEACHING_OPEN.sub("", text)))
+    text = _LABEL.sub("", text, count=1).strip()
+    if len(text) > MAX_GUIDANCE_CHARS:
+        text = text[:MAX_GUIDANCE_CHARS].rstrip() + " ..."
+    return text
+
+
+def read_teacher_reply(
+    text: str | None,
+    *,
+    reasoning: str | None = None,
+    finish_reason: str | None = None,
+    untagged: Untagged = "private",
+) -> Diagnosis:
+    """Split a teacher's reply into private diagnosis, guidance and level (rules above).
+
+    Raises ``TeacherTruncatedError`` for a reply cut before any complete guidance and
+    ``TeacherOutputError`` for one that holds no guidance in the protocol's terms.
+    """
+    text = text or ""
+    truncated = finish_reason == "length"
+    if not text.strip() and not (reasoning or "").strip():
+        if truncated:
+            raise TeacherTruncatedError("the teacher's reply hit its token cap before any text")
+        raise TeacherOutputError("the teacher returned an empty answer")
+    private, visible, unclosed = split_reasoning(text)
+    if reasoning and reasoning.strip():
+        private.insert(0, reasoning.strip())
+
+    span = _guidance_span(visible, truncated)
+    if span is None and truncated:
+        where = "inside its reasoning" if unclosed or not visible.strip() else "before a closed <teaching> block"
+        raise TeacherTruncatedError(f"the teacher's reply hit its token cap {where}")
+    if span is not None:
+        guidance_raw = visible[span[0] : span[1]]
+        outside = visible[: span[0]] + visible[span[1] :]
+    elif untagged == "guidance":
+        guidance_raw, outside = visible, ""
+    else:
+        guidance_raw, outside = "", visible
+    # Text outside the guidance is private (drafts, stray lines); a <level> tag is markup,
+    # read wherever it is outside a <teaching> block.
+    stray = _ANY_LEVEL_TAG.sub(" ", _TEACHING_BLOCK.sub(" ", outside)).strip()
+    level = _level(outside if span is not None or untagged == "private" else visible,
+                   [*private, stray] if stray else private)
+    guidance = _clean_guidance(guidance_raw)
+
+    if span is None:
+        if untagged == "private" and level is None:
+            raise TeacherOutputError("the teacher's output has neither <teaching> nor <level>")
+        if untagged == "guidance" and not guidance and unclosed:
+            raise TeacherOutputError("the teacher's reply ended inside its reasoning, with no guidance")
+    thinking = "\n".join([*private, stray] if stray else private)
+    return Diagnosis(level=level, thinking=thinking, guidance=guidance, leaks=find_leaks(guidance))

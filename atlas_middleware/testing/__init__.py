@@ -1,18 +1,24 @@
-"""Test doubles that ship with the package: scripted backends, an OpenAI-compatible test
-server, and a network guard. Nothing here touches the network."""
+"""Test doubles that ship with the package: scripted backends, doubles of real teachers
+and judges (``teachers.py``), an OpenAI-compatible test server, and a network guard.
+Nothing here touches the network."""
 
 from .network import NetworkBlockedError, block_network
 from .scripted import FunctionBackend, Reply, ScriptedBackend, classify, guidance_of, hold_role, teacher_reply
 from .server import HTTPFault, OpenAITestServer, RawBody
+from .teachers import AtlasStyleTeacher, GradingJudge, PairwiseJudge, atlas_prompt_parts
 
 __all__ = [
+    "AtlasStyleTeacher",
     "FunctionBackend",
+    "GradingJudge",
     "HTTPFault",
     "NetworkBlockedError",
     "OpenAITestServer",
+    "PairwiseJudge",
     "RawBody",
     "Reply",
     "ScriptedBackend",
+    "atlas_prompt_parts",
     "block_network",
     "classify",
     "guidance_of",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..messages import ChatRequest, ChatResponse, ToolCall
-from ..teaching import prompts
+from ..teaching import prompts, protocols
 from ..usage import Usage
 
 ScriptItem = Any  # str | Reply | BaseException | Callable[[ChatRequest], ...]
@@ -34,6 +34,8 @@ class Reply:
     completion_tokens: int | None = None
     delay: float = 0.0
     finish_reason: str | None = None
+    reasoning: str | None = None
+    """A separate reasoning field, as vLLM's reasoning parsers return it."""
 
 
 def words(text: str | None) -> int:
@@ -45,23 +47,19 @@ def prompt_words(request: ChatRequest) -> int:
 
 
 def classify(request: ChatRequest) -> str:
-    """Which role of the teaching loop produced this request."""
+    """Which role of the teaching loop produced this request (under any teacher protocol)."""
     msgs = request.messages
-    first = prompts.content_text(msgs[0].get("content")) if msgs else ""
-    if first == prompts.TEACHER_SYSTEM:
+    if protocols.teacher_request_protocol(msgs) is not None:
         return "teacher"
+    first = prompts.content_text(msgs[0].get("content")) if msgs else ""
     if first == prompts.PAIRWISE_SYSTEM:
         return "judge_pair"
     if first == prompts.SCORE_SYSTEM:
         return "judge_score"
-    last = prompts.content_text(msgs[-1].get("content")) if msgs else ""
-    if last == prompts.PROBE_INSTRUCTION:
+    if protocols.is_probe(msgs):
         return "probe"
-    # ``in``, not ``startswith``: an adapter may fold the note into the caller's system prompt.
-    if any(
-        m.get("role") == "system" and prompts.GUIDANCE_PREFIX in prompts.content_text(m.get("content"))
-        for m in msgs
-    ):
+    # Either form of the guidance; an adapter may fold a system note into the caller's prompt.
+    if protocols.guidance_of(msgs) is not None:
         return "guided"
     return "baseline"
 
@@ -84,11 +82,8 @@ def hold_role(backend: Any, role: str, release: threading.Event, timeout: float 
 
 
 def guidance_of(request: ChatRequest) -> str | None:
-    for m in request.messages:
-        text = prompts.content_text(m.get("content"))
-        if m.get("role") == "system" and prompts.GUIDANCE_PREFIX in text:
-            return text.split(prompts.GUIDANCE_PREFIX, 1)[1]
-    return None
+    """The guidance the loop put into a student request, in either placement."""
+    return protocols.guidance_of(request.messages)
 
 
 def teacher_reply(guidance: str = "Check each step.", level: int = 2, thinking: str = "diagnosis") -> str:
@@ -133,7 +128,8 @@ class ScriptedBackend:
             raise item
         if isinstance(item, ChatResponse):
             return role, Reply(item.content, item.tool_calls, item.usage.prompt_tokens,
-                               item.usage.completion_tokens, finish_reason=item.finish_reason)
+                               item.usage.completion_tokens, finish_reason=item.finish_reason,
+                               reasoning=item.reasoning)
         if isinstance(item, Reply):
             return role, item
         return role, Reply(content=str(item))
@@ -141,12 +137,18 @@ class ScriptedBackend:
     def _response(self, request: ChatRequest, reply: Reply) -> ChatResponse:
         completion = reply.completion_tokens
         if completion is None:
-            completion = words(reply.content) + sum(words(t.arguments) + 1 for t in reply.tool_calls)
+            completion = (words(reply.reasoning) + words(reply.content)
+                          + sum(words(t.arguments) + 1 for t in reply.tool_calls))
         max_tokens = request.params.get("max_tokens")
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
-        content = reply.content
-        if isinstance(max_tokens, int) and completion > max_tokens and content:
-            content = " ".join(content.split()[:max_tokens])
+        content, reasoning = reply.content, reply.reasoning
+        if isinstance(max_tokens, int) and completion > max_tokens and (content or reasoning):
+            # Like a real model at its cap: reasoning comes first and counts against it.
+            thought = (reasoning or "").split()
+            if reasoning is not None:
+                reasoning = " ".join(thought[:max_tokens])
+            room = max(0, max_tokens - len(thought))
+            content = " ".join((content or "").split()[:room]) if content is not None else None
             completion, finish = max_tokens, "length"
         usage = Usage(
             prompt_tokens=reply.prompt_tokens if reply.prompt_tokens is not None else prompt_words(request),
@@ -155,7 +157,7 @@ class ScriptedBackend:
             cost_usd=None,
         )
         return ChatResponse(content=content, tool_calls=reply.tool_calls, finish_reason=finish,
-                            usage=usage, model=request.model or self.model)
+                            reasoning=reasoning, usage=usage, model=request.model or self.model)
 
     def _delay(self, role: str, reply: Reply) -> float:
         return reply.delay or self.delays.get(role, 0.0)

@@ -1,0 +1,72 @@
+"""Teacher protocols: how the loop talks to one style of teacher.
+
+=============  ================================================  ===========================
+protocol       for                                               reply read as
+=============  ================================================  ===========================
+``atlas``      the ATLAS teachers (``Arc-Intelligence/ATLAS-*``)  ``<teaching>`` if present,
+               and models trained like them                      else the whole reply
+``structured`` general-purpose LLMs as teachers                  ``<thinking>``, ``<level>``,
+                                                                 ``<teaching>`` tags
+=============  ================================================  ===========================
+
+``teacher_protocol="auto"`` (the default) picks ``atlas`` when the teacher's model string
+names an ATLAS teacher and ``structured`` otherwise; a teacher served under another name
+(a Router group, ``--served-model-name``) needs ``teacher_protocol="atlas"`` set.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from ...errors import ConfigError
+from .atlas import AtlasProtocol
+from .base import PLACEMENTS, Placement, TeacherProtocol, guidance_of
+from .structured import StructuredProtocol
+
+ProtocolName = Literal["auto", "atlas", "structured"]
+PROTOCOL_NAMES: tuple[ProtocolName, ...] = ("auto", "atlas", "structured")
+
+ATLAS = AtlasProtocol()
+STRUCTURED = StructuredProtocol()
+PROTOCOLS: dict[str, TeacherProtocol] = {p.name: p for p in (ATLAS, STRUCTURED)}
+
+_ATLAS_MODEL = re.compile(r"(?:^|/)arc-intelligence/atlas-", re.IGNORECASE)
+
+
+def protocol_for(setting: str, teacher_model: str | None) -> TeacherProtocol:
+    """The protocol a setting names; ``auto`` reads the teacher's model string."""
+    if setting == "auto":
+        return ATLAS if teacher_model and _ATLAS_MODEL.search(teacher_model) else STRUCTURED
+    try:
+        return PROTOCOLS[setting]
+    except KeyError:
+        raise ConfigError(f"unknown teacher protocol {setting!r}; choose one of {', '.join(PROTOCOL_NAMES)}") from None
+
+
+def is_probe(messages: list[dict[str, Any]]) -> bool:
+    """Whether a student request is the loop's probe, under any protocol."""
+    return any(p.is_probe(messages) for p in PROTOCOLS.values())
+
+
+def teacher_request_protocol(messages: list[dict[str, Any]]) -> TeacherProtocol | None:
+    """The protocol that built this teacher prompt, or None when it is not one."""
+    return next((p for p in PROTOCOLS.values() if p.is_teacher_request(messages)), None)
+
+
+__all__ = [
+    "ATLAS",
+    "PLACEMENTS",
+    "PROTOCOLS",
+    "PROTOCOL_NAMES",
+    "STRUCTURED",
+    "AtlasProtocol",
+    "Placement",
+    "ProtocolName",
+    "StructuredProtocol",
+    "TeacherProtocol",
+    "guidance_of",
+    "is_probe",
+    "protocol_for",
+    "teacher_request_protocol",
+]

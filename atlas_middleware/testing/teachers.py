@@ -1,0 +1,142 @@
+"""Doubles of real teachers and judges, with the habits real ones have.
+
+``AtlasStyleTeacher`` writes the way ATLAS-8B-Thinking does when it reads the ``atlas``
+protocol's prompt, not the way our prompts hope:
+
+* it reasons first, in a Qwen3 ``<think>`` block long enough (``think_words``) that a small
+  ``teacher_max_tokens`` cuts it off mid-thought (``ScriptedBackend`` enforces the cap);
+* it may draft a ``<teaching>`` inside that reasoning (``draft_in_think``);
+* its teaching is plain text; ``tags=True`` wraps it in ``<teaching>`` as the optimiser's
+  seed prompt asks;
+* ``template_opens_think``: the chat template opened the block, so the reply holds only
+  ``</think>``; ``reasoning_field``: vLLM's reasoning parser moved the reasoning to a
+  separate field and the content is the teaching alone;
+* ``label``: it echoes the prompt's cue ("Adaptive teaching:") before the teaching;
+* ``leak``: a sentence stating the answer, which RL on the published reward can teach.
+
+``guidance`` is a string or a function of ``(question, approach)``.
+
+``PairwiseJudge`` and ``GradingJudge`` stand for a teacher asked to judge: they read the
+answers out of the judge prompt, decide with ``is_right(answer_text)`` and are right with
+probability ``accuracy`` per call (a seeded coin, so a run can be reproduced). A thinking
+judge (``think=True``) reasons before its verdict, as the ATLAS teachers would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..messages import ChatRequest
+from ..teaching import prompts
+from ..teaching.protocols.atlas import TEACHER_INTRO
+from .scripted import Reply
+
+_FIELD = re.compile(r"Question: (?P<q>.*?)\n\nThe student's initial approach:\n(?P<a>.*?)\n\nBased on", re.DOTALL)
+_FILLER = ("Let me re-check the arithmetic the student plans to do.",
+           "I should not give away the answer, only the method.",
+           "The question asks for one number at the end.")
+
+
+def atlas_prompt_parts(request: ChatRequest) -> tuple[str, str]:
+    """The question and the student's approach from an ``atlas`` teacher prompt."""
+    text = prompts.content_text(request.messages[0].get("content")) if request.messages else ""
+    if not text.startswith(TEACHER_INTRO):
+        raise ValueError("not an atlas-protocol teacher prompt")
+    m = _FIELD.search(text)
+    return (m.group("q"), m.group("a")) if m else ("", "")
+
+
+@dataclass
+class AtlasStyleTeacher:
+    """A script item (``ScriptedBackend({"teacher": AtlasStyleTeacher(...)})``); see above."""
+
+    guidance: str | Callable[[str, str], str] = "Check each step of your plan against the question."
+    think_words: int = 80
+    tags: bool = False
+    template_opens_think: bool = False
+    reasoning_field: bool = False
+    draft_in_think: bool = True
+    label: bool = False
+    leak: str | None = None
+
+    def reasoning(self, question: str, approach: str) -> str:
+        words = (f"Okay, the student has to answer: {question[:120]} Their plan says: {approach[:120]}").split()
+        if self.draft_in_think:
+            words += "Maybe: <teaching>just tell them the answer</teaching> no, that gives it away.".split()
+        i = 0
+        while len(words) < self.think_words:
+            words += _FILLER[i % len(_FILLER)].split()
+            i += 1
+        return " ".join(words[: max(self.think_words, 1)])
+
+    def __call__(self, request: ChatRequest) -> Reply:
+        question, approach = atlas_prompt_parts(request)
+        teaching = self.guidance(question, approach) if callable(self.guidance) else self.guidance
+        if self.leak:
+            teaching = f"{teaching} {self.leak}"
+        if self.label:
+            teaching = f"Adaptive teaching: {teaching}"
+        if self.tags:
+            teaching = f"<teaching>\n{teaching}\n</teaching>"
+        thought = self.reasoning(question, approach)
+        if self.reasoning_field:
+            return Reply(teaching, reasoning=thought)
+        opening = "" if self.template_opens_think else "<think>\n"
+        return Reply(f"{opening}{thought}\n</think>\n\n{teaching}")
+
+
+def _coin(*key: object) -> float:
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+_BLOCK = {name: re.compile(rf"<answer_{name}>\n(.*?)\n</answer_{name}>", re.DOTALL) for name in "AB"}
+_ANSWER = re.compile(r"<answer>\n(.*?)\n</answer>", re.DOTALL)
+
+
+def _judge_text(request: ChatRequest) -> str:
+    return prompts.content_text(request.messages[-1].get("content"))
+
+
+def _thinking(think: bool, verdict: str) -> str:
+    return f"<think>\nI compare the final answers with my own solution.\n</think>\n{verdict}" if think else verdict
+
+
+@dataclass
+class PairwiseJudge:
+    """A teacher judging two answers (script item for the ``judge_pair`` role)."""
+
+    is_right: Callable[[str], bool]
+    accuracy: float = 1.0
+    think: bool = False
+    seed: int = 0
+
+    def __call__(self, request: ChatRequest) -> Reply:
+        text = _judge_text(request)
+        a, b = (m.group(1) if (m := _BLOCK[k].search(text)) else "" for k in "AB")
+        right_a, right_b = self.is_right(a), self.is_right(b)
+        truth = "A" if right_a and not right_b else "B" if right_b and not right_a else "TIE"
+        if _coin(self.seed, text) >= self.accuracy:  # a wrong call: the other answer, or a tie
+            truth = {"A": "B", "B": "A", "TIE": "A"}[truth]
+        return Reply(_thinking(self.think, f"<verdict>{truth}</verdict>"))
+
+
+@dataclass
+class GradingJudge:
+    """A teacher grading one answer 0-10 (script item for the ``judge_score`` role)."""
+
+    is_right: Callable[[str], bool]
+    accuracy: float = 1.0
+    think: bool = False
+    seed: int = 0
+
+    def __call__(self, request: ChatRequest) -> Reply:
+        text = _judge_text(request)
+        m = _ANSWER.search(text)
+        right = self.is_right(m.group(1) if m else "")
+        if _coin(self.seed, text) >= self.accuracy:
+            right = not right
+        return Reply(_thinking(self.think, f"<verdict>{10 if right else 0}</verdict>"))
