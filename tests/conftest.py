@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,28 @@ TEACHER_SCRIPT = {"teacher": "<thinking>forgets the carry</thinking><level>2</le
 QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
 
 
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """One call through ``Atlas`` on either driver (threads or asyncio), background work joined."""
+
+    def run(atlas: Any, /, **kwargs: Any) -> Any:
+        kwargs.setdefault("model", "student-model")
+        kwargs.setdefault("messages", QUESTION)
+        if request.param == "sync":
+            out = atlas.completion(**kwargs)
+            atlas.flush()
+            return out
+
+        async def go() -> Any:
+            out = await atlas.acompletion(**kwargs)
+            await atlas.aflush()
+            return out
+
+        return asyncio.run(go())
+
+    return run
+
+
 @pytest.fixture
 def make_atlas():  # type: ignore[no-untyped-def]
     """Build an ``Atlas`` over scripted student and teacher backends; closes them after."""
@@ -54,11 +77,12 @@ def make_atlas():  # type: ignore[no-untyped-def]
 
     made = []
 
-    def factory(student=None, teacher=None, *, student_delays=None, teacher_delays=None, **kwargs):  # type: ignore[no-untyped-def]
+    def factory(student=None, teacher=None, *, student_delays=None, teacher_delays=None,  # type: ignore[no-untyped-def]
+                teacher_model="scripted-teacher", **kwargs):
         s = ScriptedBackend({**STUDENT_SCRIPT, **(student or {})}, delays=student_delays)
         t = ScriptedBackend({**TEACHER_SCRIPT, **(teacher or {})}, delays=teacher_delays)
         kwargs.setdefault("ledger", "none")
-        kwargs.setdefault("teacher", "scripted-teacher")
+        kwargs.setdefault("teacher", teacher_model)  # the name picks the protocol (``auto``)
         atlas = Atlas(student_backend=s, teacher_backend=t, **kwargs)
         made.append(atlas)
         return atlas, s, t

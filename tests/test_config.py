@@ -18,6 +18,15 @@ def test_precedence_file_env_flags(tmp_path) -> None:
     assert cfg.policy == "audit" and cfg.teacher == "file-teacher"
 
 
+def test_the_proxys_atlas_section_sets_the_teacher_protocol(tmp_path) -> None:
+    # the proxy's config.yaml carries an ``atlas:`` section beside LiteLLM's own settings
+    path = tmp_path / "config.yaml"
+    path.write_text("model_list: []\natlas:\n  teacher: openai/served-atlas\n  teacher_protocol: atlas\n"
+                    "  leak_action: allow\n  guidance_placement: system\n")
+    s = AtlasConfig.load(path, env={}).loop_settings()
+    assert (s.protocol.name, s.leak_action, s.placement, s.teacher_max_tokens) == ("atlas", "allow", "system", 2048)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -29,6 +38,9 @@ def test_precedence_file_env_flags(tmp_path) -> None:
         ({"teacher_timeout": -1}, "teacher_timeout"),
         ({"audit_rate": 2}, "audit_rate"),
         ({"skip_level": 0}, "skip_level"),
+        ({"teacher_protocol": "socratic"}, "teacher_protocol"),
+        ({"leak_action": "shrug"}, "leak_action"),
+        ({"teacher_max_tokens": 0}, "teacher_max_tokens"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs, message) -> None:

@@ -36,5 +36,6 @@ def test_demo_runs_the_loop_offline_and_prints_the_savings(tmp_path: object) -> 
     out = " ".join(result.output.split())  # rich wraps long lines at the terminal width
     assert "#1 gsm8k-test-" in out
     assert "decision" in out and "tokens (prompt+completion): probe" in out
+    assert "protocol structured" in out and "'answer' judge" in out  # what suits the embedded model, said
     assert "Tokens by role" in out and "net tokens" in out
     assert "shows the mechanism" in out and "not the teaching gain" in out

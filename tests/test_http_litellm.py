@@ -236,3 +236,41 @@ def test_lean_pools_of_finished_event_loops_are_released(servers) -> None:
             asyncio.run(atlas.acompletion(messages=QUESTION, **_student(student)))
         assert _open_fds() - before < 10
     assert all(r["headers"]["authorization"] == "Bearer sk-student-key-123456" for r in student.requests)
+
+
+# -- an ATLAS-style teacher on the wire, under default settings ----------------------------
+
+ATLAS_HINT = "Add the units first and carry the one into the tens."
+
+
+@pytest.mark.parametrize(("right", "decision", "reason"), [
+    ("42", "guided", Reason.JUDGE_GUIDED),  # the judge prefers the guided answer: delivered
+    ("41", "baseline", Reason.JUDGE_BASELINE),  # guidance made it worse: never delivered
+])
+def test_atlas_teacher_plain_guidance_over_http_under_defaults(path, call, right, decision, reason) -> None:
+    from atlas_middleware.testing import AtlasStyleTeacher, PairwiseJudge, guidance_of
+
+    teacher_backend = ScriptedBackend({
+        "teacher": AtlasStyleTeacher(ATLAS_HINT, think_words=300),  # plain text after a Qwen3 <think>
+        "judge_pair": PairwiseJudge(is_right=lambda a: a.rstrip().endswith(right), think=True),
+    })
+    with OpenAITestServer(ScriptedBackend(dict(STUDENT_SCRIPT))) as student, OpenAITestServer(teacher_backend) as teacher:
+        atlas = Atlas(teacher="hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking", teacher_api_base=teacher.url,
+                      ledger="none", lean_http=path)
+        try:
+            resp = call(atlas, model="openai/student", api_base=student.url, api_key="k", messages=QUESTION)
+        finally:
+            atlas.close()
+    r = resp.atlas
+    assert (r.protocol, r.decision, r.reason) == ("atlas", decision, reason)
+    assert resp.choices[0].message.content.endswith(right)
+    # what crossed the wire: the training template to the teacher, its plain teaching to the student
+    (teacher_body,) = [q["body"] for q in teacher.requests if "adaptive teaching assistant" in str(q["body"]["messages"])]
+    assert len(teacher_body["messages"]) == 1 and teacher_body["max_tokens"] == 2048
+    guided = [q["body"] for q in student.requests if "A teacher has provided" in str(q["body"]["messages"])]
+    assert len(guided) == 1 and guided[0]["messages"][-1]["role"] == "user"
+    from atlas_middleware.messages import ChatRequest
+
+    assert guidance_of(ChatRequest(model="m", messages=guided[0]["messages"])) == ATLAS_HINT
+    assert "Okay, the student" not in str(guided[0]["messages"])  # the teacher's reasoning stayed private
+    assert r.usage.judge.calls == 2 and r.usage.teacher.calls == 1

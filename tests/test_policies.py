@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -18,26 +17,6 @@ class StudentDown(Exception):
     """Stands in for a provider's own exception type (e.g. litellm.RateLimitError)."""
 
     status_code = 400  # not transient: never retried
-
-
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    def run(atlas: Any, /, **kwargs: Any) -> Any:
-        kwargs.setdefault("model", "student-model")
-        kwargs.setdefault("messages", QUESTION)
-        if request.param == "sync":
-            out = atlas.completion(**kwargs)
-            atlas.flush()
-            return out
-
-        async def go() -> Any:
-            out = await atlas.acompletion(**kwargs)
-            await atlas.aflush()
-            return out
-
-        return asyncio.run(go())
-
-    return run
 
 
 def content(resp: Any) -> str:

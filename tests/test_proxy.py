@@ -90,6 +90,7 @@ def test_sync_completion_headers_body_usage(client: Any, backend: ScriptedBacken
     assert report["call_id"] == headers["x-atlas-call-id"]
     assert str(report["tokens_saved"]) == headers["x-atlas-tokens-saved"]
     assert str(report["net_tokens"]) == headers["x-atlas-net-tokens"]
+    assert headers["x-atlas-protocol"] == report["protocol"] == "structured"
     assert completion.usage.completion_tokens == report["usage"]["guided"]["completion_tokens"]
     assert completion.usage.prompt_tokens == report["usage"]["guided"]["prompt_tokens"]
     assert sorted(backend.roles()) == ["baseline", "guided", "probe", "teacher"]

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -34,9 +35,14 @@ SYSTEM = "Solve the math problem. Reason step by step in a few short lines, then
 HONESTY = (
     "SmolLM2-135M is a tiny model (about 2% on GSM8K): this run shows the mechanism (real "
     "probe, teacher, guided and baseline calls, exact token counts, the non-degradation "
-    "policy), not the teaching gain of an 8B teacher such as ATLAS-8B. As teacher, its reply "
-    "is started with <teaching> for it, since it cannot follow the format alone."
+    "policy), not the teaching gain of an 8B teacher such as ATLAS-8B. As teacher it uses the "
+    "'structured' protocol with its reply started with <teaching> for it (it cannot follow a "
+    "format alone, and given the ATLAS teachers' prompt it echoes the prompt back); it often "
+    "just states an answer, which is withheld (guidance_leaks_answer). It cannot judge either, "
+    "so the demo uses the 'answer' judge, not the default teacher judge."
 )
+# What suits the embedded model (see HONESTY); a real teacher needs none of these.
+DEMO_TEACHING: dict[str, Any] = {"teacher_protocol": "structured", "judge": "answer"}
 
 
 @dataclass
@@ -104,7 +110,7 @@ def run_demo(
     # CPU generation is slow: give the guidance path minutes, not the 10 s default.
     with Atlas(teacher=model, policy=policy, ledger=ledger, probe_max_tokens=probe_tokens,
                teacher_max_tokens=teacher_tokens, teacher_timeout=900.0, teacher_retries=1,
-               student_backend=shared, teacher_backend=PrefilledTeacher(shared)) as atlas:
+               student_backend=shared, teacher_backend=PrefilledTeacher(shared), **DEMO_TEACHING) as atlas:
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console, transient=True)
         with progress:
@@ -143,7 +149,8 @@ def _call_panel(n: int, problem: Problem, report: CallReport, text: str) -> str:
     level = report.diagnosis.level if report.diagnosis else None
     return (
         f"[bold]#{n} {problem.id}[/bold]: {problem.question[:90]}{'...' if len(problem.question) > 90 else ''}\n"
-        f"  decision [cyan]{report.decision}[/cyan] ({report.reason.value}); teacher level {level}\n"
+        f"  decision [cyan]{report.decision}[/cyan] ({report.reason.value}); protocol {report.protocol}; "
+        f"teacher level {level}\n"
         f"  guidance: {guidance or '(none)'}\n"
         f"  tokens (prompt+completion): {roles}\n"
         f"  delivered answer {got!r} vs {problem.answer!r}: {mark}; "

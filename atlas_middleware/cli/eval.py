@@ -12,6 +12,7 @@ from .app import app
 from .options import (
     ConfigOpt,
     JudgeOpt,
+    LeakActionOpt,
     LedgerOpt,
     PolicyOpt,
     StudentApiBaseOpt,
@@ -19,6 +20,7 @@ from .options import (
     StudentOpt,
     TeacherApiBaseOpt,
     TeacherOpt,
+    TeacherProtocolOpt,
     TeacherTimeoutOpt,
     atlas_kwargs,
     resolve_student,
@@ -38,6 +40,8 @@ def eval_command(
     teacher_api_base: TeacherApiBaseOpt = None,
     policy: PolicyOpt = None,
     judge: JudgeOpt = None,
+    teacher_protocol: TeacherProtocolOpt = None,
+    leak_action: LeakActionOpt = None,
     teacher_timeout: TeacherTimeoutOpt = None,
     ledger: LedgerOpt = None,
     config: ConfigOpt = None,
@@ -61,6 +65,7 @@ def eval_command(
     try:
         atlas = Atlas(**atlas_kwargs(teacher=teacher, teacher_api_base=teacher_api_base, policy=policy,
                                      judge=judge, teacher_timeout=teacher_timeout, ledger=ledger,
+                                  teacher_protocol=teacher_protocol, leak_action=leak_action,
                                      config=config))
         settings = EvalSettings(
             dataset=dataset, student=student, teacher=atlas.config.teacher, policy=atlas.settings.policy,

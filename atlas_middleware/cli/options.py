@@ -18,7 +18,9 @@ StudentApiKeyOpt = Annotated[str | None, typer.Option("--student-api-key", envva
 TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher model (LiteLLM model string, or local/...). [env ATLAS_TEACHER]")]
 TeacherApiBaseOpt = Annotated[str | None, typer.Option("--teacher-api-base", help="API base of the teacher. [env ATLAS_TEACHER_API_BASE]")]
 PolicyOpt = Annotated[str | None, typer.Option("--policy", help="strict | verify | audit | off. [env ATLAS_POLICY]")]
-JudgeOpt = Annotated[str | None, typer.Option("--judge", help="answer | teacher | package.module:callable. [env ATLAS_JUDGE]")]
+JudgeOpt = Annotated[str | None, typer.Option("--judge", help="auto (the teacher, pairwise) | teacher | answer | package.module:callable. [env ATLAS_JUDGE]")]
+TeacherProtocolOpt = Annotated[str | None, typer.Option("--teacher-protocol", help="auto | atlas | structured: how the teacher is prompted and read (auto: atlas for Arc-Intelligence/ATLAS-* teachers). [env ATLAS_TEACHER_PROTOCOL]")]
+LeakActionOpt = Annotated[str | None, typer.Option("--leak-action", help="strip | fallback | allow: guidance that states an answer. [env ATLAS_LEAK_ACTION]")]
 TeacherTimeoutOpt = Annotated[float | None, typer.Option("--teacher-timeout", help="Seconds per guidance-path call. [env ATLAS_TEACHER_TIMEOUT]")]
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="sqlite:///path.db, postgresql://... or none. [env ATLAS_LEDGER]")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of settings. [env ATLAS_CONFIG]")]
@@ -27,11 +29,13 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of s
 def atlas_kwargs(
     *, teacher: str | None, teacher_api_base: str | None, policy: str | None, judge: str | None,
     teacher_timeout: float | None, ledger: str | None, config: Path | None,
+    teacher_protocol: str | None = None, leak_action: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``Atlas(...)``: flags override the file and the environment."""
     return {
         "teacher": teacher, "teacher_api_base": teacher_api_base, "policy": policy, "judge": judge,
-        "teacher_timeout": teacher_timeout, "ledger": ledger,
+        "teacher_timeout": teacher_timeout, "ledger": ledger, "teacher_protocol": teacher_protocol,
+        "leak_action": leak_action,
         "config_file": str(config) if config else None,
     }
 

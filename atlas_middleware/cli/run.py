@@ -11,6 +11,7 @@ from .app import app
 from .options import (
     ConfigOpt,
     JudgeOpt,
+    LeakActionOpt,
     LedgerOpt,
     PolicyOpt,
     StudentApiBaseOpt,
@@ -18,6 +19,7 @@ from .options import (
     StudentOpt,
     TeacherApiBaseOpt,
     TeacherOpt,
+    TeacherProtocolOpt,
     TeacherTimeoutOpt,
     atlas_kwargs,
     resolve_student,
@@ -35,6 +37,8 @@ def run(
     teacher_api_base: TeacherApiBaseOpt = None,
     policy: PolicyOpt = None,
     judge: JudgeOpt = None,
+    teacher_protocol: TeacherProtocolOpt = None,
+    leak_action: LeakActionOpt = None,
     teacher_timeout: TeacherTimeoutOpt = None,
     ledger: LedgerOpt = None,
     config: ConfigOpt = None,
@@ -55,6 +59,7 @@ def run(
     try:
         with Atlas(**atlas_kwargs(teacher=teacher, teacher_api_base=teacher_api_base, policy=policy,
                                   judge=judge, teacher_timeout=teacher_timeout, ledger=ledger,
+                                  teacher_protocol=teacher_protocol, leak_action=leak_action,
                                   config=config)) as atlas:
             response = atlas.completion(model=student, messages=messages, **params)
             atlas.flush()

@@ -24,6 +24,7 @@ def report_headers(report: CallReport) -> dict[str, str]:
         "x-atlas-decision": report.decision,
         "x-atlas-reason": report.reason.value,
         "x-atlas-policy": report.policy,
+        "x-atlas-protocol": report.protocol or "",
         "x-atlas-tokens-saved": _figure(report.tokens_saved),
         "x-atlas-net-tokens": _figure(report.net_tokens),
     }

@@ -40,13 +40,17 @@ _FILLER = ("Let me re-check the arithmetic the student plans to do.",
            "The question asks for one number at the end.")
 
 
+_TAGGED = re.compile(r"<task_data>\n(?P<q>.*?)\n</task_data>.*?<student_plan>\n(?P<a>.*?)\n</student_plan>", re.DOTALL)
+
+
 def atlas_prompt_parts(request: ChatRequest) -> tuple[str, str]:
-    """The question and the student's approach from an ``atlas`` teacher prompt."""
-    text = prompts.content_text(request.messages[0].get("content")) if request.messages else ""
-    if not text.startswith(TEACHER_INTRO):
-        raise ValueError("not an atlas-protocol teacher prompt")
-    m = _FIELD.search(text)
-    return (m.group("q"), m.group("a")) if m else ("", "")
+    """The question and the student's approach from a teacher prompt of either protocol
+    (an ATLAS teacher given the ``structured`` prompt still answers in its own style)."""
+    text = "\n".join(prompts.content_text(m.get("content")) for m in request.messages)
+    m = _FIELD.search(text) if TEACHER_INTRO in text else _TAGGED.search(text)
+    if m is None:
+        raise ValueError("not a teacher prompt of the teaching loop")
+    return m.group("q"), m.group("a")
 
 
 @dataclass
