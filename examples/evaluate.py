@@ -5,8 +5,9 @@ Scripted models stand in for real ones (swap in ``Atlas(teacher="openai/gpt-4o",
 the odd-numbered problems wrong; with guidance it gets them right but fumbles problem 2,
 which the strict policy's fallback catches: its judge here is a verifier that knows the
 reference answers (any ``(messages, answer) -> score`` callable can judge, e.g. unit tests
-for code). With the default ``answer`` judge, a disagreement goes to the baseline. Outputs: results.jsonl, tables.md,
-metrics.json and two PNG plots in a temporary folder.
+for code). With the ``answer`` judge a disagreement would go to the baseline (``no_evidence``);
+the default judge is the teacher, pairwise. Outputs: results.jsonl, tables.md, metrics.json
+and two PNG plots in a temporary folder.
 
     python examples/evaluate.py
 """

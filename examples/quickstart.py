@@ -13,28 +13,27 @@ from __future__ import annotations
 import tempfile
 
 from atlas_middleware import Atlas
-from atlas_middleware.testing import OpenAITestServer, ScriptedBackend, teacher_reply
+from atlas_middleware.testing import AtlasStyleTeacher, OpenAITestServer, PairwiseJudge, ScriptedBackend
 
 student = ScriptedBackend({
     "probe": "Multiply price by quantity, then subtract the discount.",
     "baseline": "3 notebooks at $4 is $12, minus $2 is $10. Wait, the discount is per notebook. The answer is 10",
     "guided": "Discount per notebook: 4 - 2 = 2; 3 x 2 = 6. The answer is 6",
 })
+# It writes like ATLAS-8B-Thinking: a <think> block, then plain-text teaching. As judge it
+# prefers whichever answer says 6, asked in both orders.
 teacher = ScriptedBackend({
-    "teacher": teacher_reply("Check whether the discount applies to each notebook or to the order.", level=2),
-    # The scripted teacher, as judge, prefers whichever answer says 6 (asked in both orders).
-    "judge_pair": lambda req: "<verdict>A</verdict>"
-    if "answer is 6" in req.messages[-1]["content"].split("<answer_B>")[0] else "<verdict>B</verdict>",
+    "teacher": AtlasStyleTeacher("Check whether the discount applies to each notebook or to the order."),
+    "judge_pair": PairwiseJudge(is_right=lambda answer: answer.rstrip().endswith("answer is 6"), think=True),
 })
 
 with OpenAITestServer(student) as student_server, OpenAITestServer(teacher) as teacher_server, \
         tempfile.TemporaryDirectory() as tmp:
     atlas = Atlas(
-        teacher="openai/teacher",                  # any LiteLLM model string
-        teacher_api_base=teacher_server.url,
+        teacher="hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking",  # any LiteLLM model string
+        teacher_api_base=teacher_server.url,       # the name picks the `atlas` protocol
         teacher_api_key="not-needed-here",
-        policy="strict",
-        judge="teacher",                           # pairwise, position-debiased
+        policy="strict",                           # judge: the teacher, pairwise (the default)
         ledger=f"sqlite:///{tmp}/ledger.db",
     )
     question = "Notebooks cost $4 each with a $2 discount per notebook. What do 3 notebooks cost?"
@@ -44,7 +43,7 @@ with OpenAITestServer(student) as student_server, OpenAITestServer(teacher) as t
     )
     report = response.atlas
     print("answer:   ", response.choices[0].message.content)
-    print("decision: ", report.decision, f"({report.reason.value})")
+    print("decision: ", report.decision, f"({report.reason.value}); protocol {report.protocol}")
     print("guidance: ", report.guidance)
     for role in ("probe", "teacher", "guided", "baseline", "judge"):
         u = getattr(report.usage, role)

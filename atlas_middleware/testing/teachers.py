@@ -101,46 +101,44 @@ _BLOCK = {name: re.compile(rf"<answer_{name}>\n(.*?)\n</answer_{name}>", re.DOTA
 _ANSWER = re.compile(r"<answer>\n(.*?)\n</answer>", re.DOTALL)
 
 
-def _judge_text(request: ChatRequest) -> str:
-    return prompts.content_text(request.messages[-1].get("content"))
-
-
-def _thinking(think: bool, verdict: str) -> str:
-    return f"<think>\nI compare the final answers with my own solution.\n</think>\n{verdict}" if think else verdict
-
-
 @dataclass
-class PairwiseJudge:
-    """A teacher judging two answers (script item for the ``judge_pair`` role)."""
-
+class _JudgeDouble:
     is_right: Callable[[str], bool]
     accuracy: float = 1.0
     think: bool = False
     seed: int = 0
 
+    def _read(self, request: ChatRequest) -> tuple[str, bool]:
+        """The judge prompt's text, and whether this call is one of the judge's mistakes."""
+        text = prompts.content_text(request.messages[-1].get("content"))
+        return text, _coin(self.seed, text) >= self.accuracy
+
+    def _reply(self, verdict: object) -> Reply:
+        body = f"<verdict>{verdict}</verdict>"
+        return Reply(f"<think>\nI compare the final answers with my own solution.\n</think>\n{body}"
+                     if self.think else body)
+
+
+@dataclass
+class PairwiseJudge(_JudgeDouble):
+    """A teacher judging two answers (script item for the ``judge_pair`` role)."""
+
     def __call__(self, request: ChatRequest) -> Reply:
-        text = _judge_text(request)
+        text, mistaken = self._read(request)
         a, b = (m.group(1) if (m := _BLOCK[k].search(text)) else "" for k in "AB")
         right_a, right_b = self.is_right(a), self.is_right(b)
         truth = "A" if right_a and not right_b else "B" if right_b and not right_a else "TIE"
-        if _coin(self.seed, text) >= self.accuracy:  # a wrong call: the other answer, or a tie
+        if mistaken:  # a wrong call: the other answer, or a tie
             truth = {"A": "B", "B": "A", "TIE": "A"}[truth]
-        return Reply(_thinking(self.think, f"<verdict>{truth}</verdict>"))
+        return self._reply(truth)
 
 
 @dataclass
-class GradingJudge:
+class GradingJudge(_JudgeDouble):
     """A teacher grading one answer 0-10 (script item for the ``judge_score`` role)."""
 
-    is_right: Callable[[str], bool]
-    accuracy: float = 1.0
-    think: bool = False
-    seed: int = 0
-
     def __call__(self, request: ChatRequest) -> Reply:
-        text = _judge_text(request)
+        text, mistaken = self._read(request)
         m = _ANSWER.search(text)
-        right = self.is_right(m.group(1) if m else "")
-        if _coin(self.seed, text) >= self.accuracy:
-            right = not right
-        return Reply(_thinking(self.think, f"<verdict>{10 if right else 0}</verdict>"))
+        right = self.is_right(m.group(1) if m else "") != mistaken
+        return self._reply(10 if right else 0)
