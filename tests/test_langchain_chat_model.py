@@ -74,6 +74,21 @@ def test_invoke_runs_the_core_loop_and_reports() -> None:
     assert msg.response_metadata["model_name"] == "scripted-student"
 
 
+def test_an_atlas_teacher_guides_through_the_users_message() -> None:
+    from atlas_middleware.testing import AtlasStyleTeacher, classify, guidance_of
+
+    teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": AtlasStyleTeacher("Carry the one.")}),
+                                model_name="Arc-Intelligence/ATLAS-8B-Instruct")
+    llm, student, _ = _model(teacher=teacher, judge="answer")
+    msg = llm.invoke([SystemMessage("Be brief."), HumanMessage("What is 20 + 22?")])
+    report = atlas_report(msg)
+    assert report is not None and report.protocol == "atlas" and report.guidance == "Carry the one."
+    (req,) = [c for c in student.calls if classify(c) == "guided"]
+    # the caller's system message untouched, the guidance inside the (last) user message
+    assert req.messages[0] == {"role": "system", "content": "Be brief."} and len(req.messages) == 2
+    assert req.messages[-1]["role"] == "user" and guidance_of(req) == "Carry the one."
+
+
 @pytest.mark.parametrize("mode", ["sync", "async", "stream", "astream"])
 async def test_usage_is_counted_once(mode: str) -> None:
     llm, student, teacher = _model()
