@@ -12,6 +12,13 @@ p50/p99 latency per row:
   atlas strict     policy strict: probe, teacher, guided + baseline in parallel (4 calls,
                    3 on the critical path; the answers agree, so no judge call)
 
+Answers are counted by their ``x-atlas-reason``: an atlas row counts only the answers its
+policy produced with the teacher (``policy_off``; for strict a comparison's reasons;
+``opted_out`` for opt-out). An answer the student gave alone because the teacher timed out
+or the circuit was open is a 200 too, but not a taught call: it counts as an error of the
+row (``untaught:<reason>``), the reasons are printed per row, and the script exits 1 when
+any row has one.
+
 "proxy CPU ms/req" is the CPU time of the proxy process (and its workers) during the
 measured window over the answers completed in it: on a shared machine it is steadier than
 requests/s, and it is what bounds throughput once the proxy's core is saturated.
@@ -61,6 +68,8 @@ class Row:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    """``x-atlas-reason`` of every answer in the window (``-`` for the plain proxy)."""
     proxy_cpu: float = 0.0
     """CPU seconds the proxy process (and its workers) used in the measured window."""
 
@@ -79,6 +88,8 @@ class Row:
         self.errors += other.errors
         for kind, n in other.error_kinds.items():
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
         self.proxy_cpu += other.proxy_cpu
 
     def pct(self, q: float) -> float:
@@ -97,6 +108,8 @@ class Target:
     model: str
     pid: int
     headers: dict[str, str] = field(default_factory=dict)
+    expect: frozenset[str] | None = None
+    """The ``x-atlas-reason`` values of a taught answer of this row (None: not an atlas row)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -143,15 +156,22 @@ async def load(target: Target, clients: int, seconds: float, warmup: float) -> R
                 t0 = time.perf_counter()
                 if t0 >= stop:
                     return
+                reason = None  # of a 200 answer
                 try:
                     async with client.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
                         kind = str(response.status)
+                        if ok:
+                            reason = response.headers.get("x-atlas-reason", "-")
+                            if target.expect is not None and reason not in target.expect:
+                                ok, kind = False, f"untaught:{reason}"  # a 200, but the student alone
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     ok, kind = False, type(exc).__name__
                 t1 = time.perf_counter()
                 if measure_from <= t1 <= stop:  # completions inside the window count
+                    if reason is not None:
+                        row.reasons[reason] = row.reasons.get(reason, 0) + 1
                     if ok:
                         row.latencies.append(t1 - t0)
                     else:
@@ -173,14 +193,22 @@ def _kinds(row: Row) -> str:
     return f" ({', '.join(f'{k}: {v}' for k, v in sorted(row.error_kinds.items()))})" if row.errors else ""
 
 
+# A strict answer that went through probe, teacher and a comparison.
+STRICT_TAUGHT = frozenset({"agreement", "judge_preferred_guided", "judge_preferred_baseline", "judge_tie",
+                           "no_evidence", "judge_error", "guided_invalid_tool_call"})
+
+
 def targets(atlas: ProxyProcess, plain: ProxyProcess | None) -> list[Target]:
     a, p = atlas.pid or 0, (plain or atlas).pid or 0
     base = [
         Target("plain LiteLLM", "-", (plain or atlas).url, (plain or atlas).master_key,
                "student" if plain else "plain-student", p),
-        Target("atlas opt-out", "teach=false", atlas.url, atlas.master_key, "student", a, {"x-atlas-teach": "false"}),
-        Target("atlas off", "off", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "off"}),
-        Target("atlas strict", "strict", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "strict"}),
+        Target("atlas opt-out", "teach=false", atlas.url, atlas.master_key, "student", a, {"x-atlas-teach": "false"},
+               frozenset({"opted_out"})),
+        Target("atlas off", "off", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "off"},
+               frozenset({"policy_off"})),
+        Target("atlas strict", "strict", atlas.url, atlas.master_key, "student", a, {"x-atlas-policy": "strict"},
+               STRICT_TAUGHT),
     ]
     return base
 
@@ -241,6 +269,10 @@ def main() -> None:
         for r in group:
             print(f"| {n} | {r.label} | {r.policy} | {r.rps:.1f} | {r.pct(0.5):.0f} | {r.pct(0.99):.0f} | "
                   f"{r.errors}{_kinds(r)} | {r.rps / plain_rps:.2f}x | {r.cpu_ms:.1f} |")
+    print("\nAnswers by x-atlas-reason:")
+    for r in rows:
+        print(f"- {r.clients} clients, {r.label}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items())))
+    untaught = [f"{r.clients} clients {r.label}" for r in rows if any(k.startswith("untaught") for k in r.error_kinds)]
     by = {(r.label, r.clients): r for r in rows}
     top = max(clients)
     strict, plain_row = by[("atlas strict", top)], by[("plain LiteLLM", top)]
@@ -249,6 +281,9 @@ def main() -> None:
     if 64 in clients:
         p99 = by[("atlas strict", 64)].pct(0.99)
         print(f"strict p99 at 64 clients: {p99:.0f} ms (target < 1000 ms): {'met' if p99 < 1000 else 'NOT met'}")
+    if untaught:
+        print(f"FAILED: answers the teacher had no part in, in rows: {'; '.join(untaught)}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The benchmarks run in quick mode in CI so they never rot (their figures are not asserted:
-speed targets live in docs/benchmarks.md, measured by hand)."""
+"""The benchmarks run in quick mode in CI so they never rot. Their speed figures are not
+asserted against targets (those live in docs/benchmarks.md, measured by hand), but every
+row the page quotes must be printed, with figures that are numbers in a plausible range."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +14,122 @@ import pytest
 BENCH = Path(__file__).parent.parent / "bench"
 QUICK = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.name != "teacher_throughput.py")
 
+Table = list[dict[str, str]]
+_NUM = re.compile(r"^[+-]?[\d,]*\.?\d+(?:x|%| MiB| ms| s)?$")
+
+
+def tables(out: str) -> list[Table]:
+    """Every markdown table in ``out``, as rows keyed by header."""
+    found: list[Table] = []
+    lines = out.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and re.match(r"^\|[\s:|-]+\|$", lines[i + 1]) and "---" in lines[i + 1]:
+            head = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(head, (c.strip() for c in row.strip("|").split("|")), strict=False)))
+            found.append(rows)
+    return found
+
+
+def number(cell: str) -> float:
+    cell = cell.replace("**", "").strip()
+    assert _NUM.match(cell), f"not a figure: {cell!r}"
+    return float(re.sub(r"[^\d.+-]", "", cell))
+
+
+def in_range(cell: str, low: float, high: float) -> float:
+    value = number(cell)
+    assert low <= value <= high, f"{cell} outside [{low}, {high}]"
+    return value
+
+
+def check_import_time(out: str) -> None:
+    (rows, _) = tables(out)[:2]
+    by = {r["what is imported"]: r for r in rows}
+    assert {"bare interpreter", "`from atlas_middleware import Atlas` (this tree)"} <= set(by)
+    for r in rows:
+        in_range(r["wall best ms"], 1, 30_000)
+        in_range(r["CPU best ms"], 1, 30_000)
+    assert number(by["`from atlas_middleware import Atlas` (this tree)"]["wall best ms"]) > number(
+        by["bare interpreter"]["wall best ms"])
+
+
+def check_latency(out: str) -> None:
+    (rows,) = tables(out)
+    assert {(r["policy"], r["driver"]) for r in rows} == {
+        (p, d) for p in ("strict", "verify", "audit", "off") for d in ("sync", "async")}
+    for r in rows:
+        critical = in_range(r["critical path s"], 0.05, 10)
+        assert in_range(r["wall s"], 0.05, 30) >= critical * 0.99  # nothing beats the critical path
+        in_range(r["over critical path"], -1, 1000)
+
+
+def check_memory(out: str) -> None:
+    sync, async_ = tables(out)
+    for rows in (sync, async_):
+        calls = [number(r["calls"]) for r in rows]
+        assert calls == sorted(calls) and len(calls) == 10
+        for r in rows:
+            in_range(r["RSS MiB"], 5, 4096)
+    assert "sync: ledger rows 1000" in out and "async: ledger rows 1000" in out
+
+
+def check_overhead(out: str) -> None:
+    (rows,) = tables(out)
+    by = {r["variant"]: r for r in rows}
+    assert {"raw httpx", "litellm.completion", "taught, lean path", "taught async, lean path",
+            "taught, LiteLLM path", "middleware only"} <= set(by)
+    for r in rows:
+        in_range(r["wall p50 ms"], 0.01, 10_000)
+        in_range(r["client CPU ms/call"], 0.01, 10_000)
+    assert number(by["litellm.completion"]["CPU vs one litellm.completion"]) == 1.0
+
+
+def check_proxy_load(out: str) -> None:
+    (rows,) = tables(out)
+    assert {(r["clients"], r["row"]) for r in rows} == {
+        (c, row) for c in ("1", "16") for row in ("plain LiteLLM", "atlas opt-out", "atlas off", "atlas strict")}
+    for r in rows:
+        in_range(r["req/s"], 0.5, 100_000)
+        in_range(r["p50 ms"], 1, 60_000)
+        assert r["errors"] == "0", r
+    # every answer counted by its reason: the teacher was used on the taught rows
+    assert "atlas strict: agreement" in out and "atlas off: policy_off" in out and "FAILED" not in out
+
+
+def check_policy_frontier(out: str) -> None:
+    main, sweep = tables(out)
+    assert [(r["policy"].replace(" **(default)**", ""), r["judge"]) for r in main] == [
+        ("strict", "teacher (auto)"), ("strict", "answer"), ("verify", "teacher (auto)"),
+        ("verify", "answer"), ("audit", "teacher (auto)"), ("off", "teacher (auto)")]
+    for r in main + sweep:
+        in_range(r["delivered accuracy"], 0, 100)
+        in_range(r["NDR"], 0, 100)
+        in_range(r["calls"], 1, 10)
+    assert len(sweep) == 10
+
+
+def check_transport_cpu(out: str) -> None:
+    (rows,) = tables(out)
+    assert [r["client"].split(",")[0] for r in rows] == ["httpx.AsyncClient", "aiohttp.ClientSession", "httpx.Client"]
+    for r in rows:
+        in_range(r["CPU ms / request"], 0.001, 1000)
+        in_range(r["wall ms / request"], 0.001, 1000)
+
+
+CHECKS = {name[len("check_"):]: fn for name, fn in dict(globals()).items() if name.startswith("check_")}
+
+
+def test_every_benchmark_has_a_check() -> None:
+    assert {p.stem for p in QUICK} == set(CHECKS)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", QUICK, ids=[p.name for p in QUICK])
-def test_benchmark_quick_mode_runs(script: Path) -> None:
+def test_benchmark_quick_mode_runs_and_prints_its_figures(script: Path) -> None:
     proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "|---" in proc.stdout  # printed its table
+    CHECKS[script.stem](proc.stdout)

@@ -24,7 +24,15 @@ from atlas_middleware import Reason  # noqa: E402
 from atlas_middleware.langchain import AtlasChatModel, atlas_report  # noqa: E402
 from atlas_middleware.langchain._convert import restore_messages, to_openai_messages  # noqa: E402
 from atlas_middleware.messages import ToolCall  # noqa: E402
-from atlas_middleware.testing import Reply, ScriptedBackend, hold_role, teacher_reply  # noqa: E402
+from atlas_middleware.testing import (  # noqa: E402
+    PairwiseJudge,
+    Reply,
+    ScriptedBackend,
+    classify,
+    guidance_of,
+    hold_role,
+    teacher_reply,
+)
 from atlas_middleware.testing.langchain import ScriptedChatModel  # noqa: E402
 
 SCRIPT = {"probe": "Add the numbers.", "guided": "20 + 22 = 42. The answer is 42",
@@ -68,14 +76,16 @@ def test_invoke_runs_the_core_loop_and_reports() -> None:
     assert report is not None and report.decision == "guided" and report.reason == Reason.AGREEMENT
     assert sorted(student.roles) == ["baseline", "guided", "probe"]
     assert teacher.roles == ["teacher"]
-    # The teacher saw the student's own probe answer.
+    # The teacher saw the student's own probe answer, and its guidance reached the guided call.
     assert SCRIPT["probe"] in teacher.calls[0].messages[-1]["content"]
-    assert report.guidance == "Carry the one."
+    (guided,) = [c for c in student.calls if classify(c) == "guided"]
+    assert guidance_of(guided) == report.guidance == "Carry the one."
+    assert all(guidance_of(c) is None for c in student.calls if c is not guided)
     assert msg.response_metadata["model_name"] == "scripted-student"
 
 
 def test_an_atlas_teacher_guides_through_the_users_message() -> None:
-    from atlas_middleware.testing import AtlasStyleTeacher, classify, guidance_of
+    from atlas_middleware.testing import AtlasStyleTeacher
 
     teacher = ScriptedChatModel(backend=ScriptedBackend({"teacher": AtlasStyleTeacher("Carry the one.")}),
                                 model_name="Arc-Intelligence/ATLAS-8B-Instruct")
@@ -150,13 +160,37 @@ def test_tools_pass_through_and_an_invalid_guided_call_loses() -> None:
         assert by_role[role].params["tool_choice"] == "add"
 
 
-def test_with_structured_output() -> None:
+@pytest.mark.parametrize(("judge", "value", "reason"), [
+    ("auto", 42, Reason.JUDGE_GUIDED),  # the teacher judge prefers the guided call's arguments
+    ("answer", 41, Reason.NO_EVIDENCE),  # the answer judge cannot tell: the baseline
+])
+def test_with_structured_output_the_policy_decides(judge: str, value: int, reason: Reason) -> None:
     class Answer(BaseModel):
         value: int
 
-    call = Reply(None, tool_calls=[ToolCall(id="c1", name="Answer", arguments='{"value": 42}')])
-    llm, _, _ = _model({"probe": "plan", "guided": call, "baseline": call})
-    assert llm.with_structured_output(Answer).invoke("20+22?") == Answer(value=42)
+    def call(v: int) -> Reply:
+        return Reply(None, tool_calls=[ToolCall(id="c1", name="Answer", arguments=json.dumps({"value": v}))])
+
+    teacher = _teacher(judge_pair=PairwiseJudge(is_right=lambda answer: '"value": 42' in answer))
+    llm, student, _ = _model({"probe": "plan", "guided": call(42), "baseline": call(41)}, teacher=teacher, judge=judge)
+    out = llm.with_structured_output(Answer, include_raw=True).invoke("20+22?")
+    assert out["parsed"] == Answer(value=value)
+    report = atlas_report(out["raw"])
+    assert report is not None and report.reason == reason
+    assert sorted(student.roles) == ["baseline", "guided", "probe"]
+
+
+def test_content_blocks_reach_the_student_whole_and_the_teacher_as_placeholders() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    question = HumanMessage(content=[{"type": "text", "text": "How many legs?"}, image])
+    llm, student, teacher = _model()
+    atlas_report(llm.invoke([question]))
+    for c in student.calls:
+        if classify(c) in ("guided", "baseline"):
+            (user,) = [m for m in c.messages if m["role"] == "user"]
+            assert image in user["content"] and {"type": "text", "text": "How many legs?"} in user["content"]
+    teacher_text = teacher.calls[0].messages[-1]["content"]
+    assert "How many legs?" in teacher_text and "[image_url]" in teacher_text and "base64" not in teacher_text
 
 
 def test_strict_stream_starts_after_the_decision() -> None:

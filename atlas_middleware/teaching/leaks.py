@@ -27,6 +27,7 @@ sentences that pair the answer with a value, and misses answers stated in other 
 from __future__ import annotations
 
 import re
+from functools import cache
 
 _NUM = r"[-−]?[$€£¥]?\s?\d[\d,]*(?:\.\d+)?(?:\s+\d+\s*/\s*\d+|\s*/\s*\d+)?\s*%?"
 _SIMPLE = r"\(?[-−]?\d[\d,]*(?:\.\d+)?\)?"
@@ -43,32 +44,37 @@ _COPULA = (
     r"comes?\s+(?:out\s+)?to|works\s+out\s+to)"
 )
 
-_PATTERNS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        # "the answer is 42", "Answer: 42", "the correct answer is (B)"
-        rf"\banswer\b\s*{_COPULA}\s*{_QUALIFIER}[:\-]?\s*(?:{_NUM}{_STRUCTURE}|{_CHOICE})",
-        r"####\s*[-−$]?\s*\d",
-        # "you should land on 40.8", "you'll end up with $18", "we get 18"
-        rf"\b(?:you|we|she|he|they)\s*(?:'ll|\s+will|\s+should|\s+would|\s+must|\s+ought\s+to)?"
-        rf"\s+(?:get|obtain|find|arrive\s+at|land\s+on|end\s+up\s+(?:with|at)|reach|come\s+to|come\s+up\s+with)"
-        rf"\s+(?:a\s+(?:total|result|value|answer)\s+of\s+)?{_QUALIFIER}{_NUM}{_STRUCTURE}",
-        # "which gives 42", "that leaves 9 eggs", "it equals 12"
-        rf"\b(?:which|this|that|it|so)\s+(?:gives|yields|results\s+in|comes\s+(?:out\s+)?to|works\s+out\s+to|"
-        rf"equals|leaves|makes)\s+(?:you\s+|us\s+)?(?:a\s+total\s+of\s+)?{_QUALIFIER}{_NUM}{_STRUCTURE}",
-        # "the total is $240", "the value of x is 4", "the result should be 3/4"
-        rf"\b(?:result|total|solution|sum|product|difference|quotient|value\s+of\s+\w+|"
-        rf"final\s+(?:value|amount|count|number|price|cost))\s+{_COPULA}\s*{_QUALIFIER}{_NUM}{_STRUCTURE}",
-        # "16 - 3 - 4 = 9", "3 × 4 = 12": a computation and its result
-        rf"(?<![\w.]){_SIMPLE}\s*(?:[+\-−×x*/÷·]\s*{_SIMPLE}\s*)+=\s*{_NUM}",
-        # "so x = 4." closing a sentence
-        rf"(?:^|\b(?:so|thus|therefore|hence|then|giving|gives|get|got|find|yielding)\s+)[a-z]\s*=\s*{_NUM}\s*[.!]?\s*$",
-        # "choose (C)", "option B is correct", "B is the right choice"
-        rf"\b(?:choose|pick|select|go\s+with|circle)\s+(?:option\s+|choice\s+)?{_CHOICE}",
-        r"\b(?:option|choice)\s+(?-i:\(?[A-E]\)?)\s+is\s+(?:the\s+)?(?:correct|right)\b",
-        r"(?<![\w(])(?-i:\(?[A-E]\)?)\s+is\s+the\s+(?:correct|right)\s+(?:answer|option|choice)\b",
-    )
-]
+# Compiled on first use (``_patterns``): a few milliseconds a process need not pay at import.
+_PATTERN_SOURCES = (
+    # "the answer is 42", "Answer: 42", "the correct answer is (B)"
+    rf"\banswer\b\s*{_COPULA}\s*{_QUALIFIER}[:\-]?\s*(?:{_NUM}{_STRUCTURE}|{_CHOICE})",
+    r"####\s*[-−$]?\s*\d",
+    # "you should land on 40.8", "you'll end up with $18", "we get 18"
+    rf"\b(?:you|we|she|he|they)\s*(?:'ll|\s+will|\s+should|\s+would|\s+must|\s+ought\s+to)?"
+    rf"\s+(?:get|obtain|find|arrive\s+at|land\s+on|end\s+up\s+(?:with|at)|reach|come\s+to|come\s+up\s+with)"
+    rf"\s+(?:a\s+(?:total|result|value|answer)\s+of\s+)?{_QUALIFIER}{_NUM}{_STRUCTURE}",
+    # "which gives 42", "that leaves 9 eggs", "it equals 12"
+    rf"\b(?:which|this|that|it|so)\s+(?:gives|yields|results\s+in|comes\s+(?:out\s+)?to|works\s+out\s+to|"
+    rf"equals|leaves|makes)\s+(?:you\s+|us\s+)?(?:a\s+total\s+of\s+)?{_QUALIFIER}{_NUM}{_STRUCTURE}",
+    # "the total is $240", "the value of x is 4", "the result should be 3/4"
+    rf"\b(?:result|total|solution|sum|product|difference|quotient|value\s+of\s+\w+|"
+    rf"final\s+(?:value|amount|count|number|price|cost))\s+{_COPULA}\s*{_QUALIFIER}{_NUM}{_STRUCTURE}",
+    # "16 - 3 - 4 = 9", "3 × 4 = 12": a computation and its result
+    rf"(?<![\w.]){_SIMPLE}\s*(?:[+\-−×x*/÷·]\s*{_SIMPLE}\s*)+=\s*{_NUM}",
+    # "so x = 4." closing a sentence
+    rf"(?:^|\b(?:so|thus|therefore|hence|then|giving|gives|get|got|find|yielding)\s+)[a-z]\s*=\s*{_NUM}\s*[.!]?\s*$",
+    # "choose (C)", "option B is correct", "B is the right choice"
+    rf"\b(?:choose|pick|select|go\s+with|circle)\s+(?:option\s+|choice\s+)?{_CHOICE}",
+    r"\b(?:option|choice)\s+(?-i:\(?[A-E]\)?)\s+is\s+(?:the\s+)?(?:correct|right)\b",
+    r"(?<![\w(])(?-i:\(?[A-E]\)?)\s+is\s+the\s+(?:correct|right)\s+(?:answer|option|choice)\b",
+)
+
+
+@cache
+def _patterns() -> list[re.Pattern[str]]:
+    return [re.compile(p, re.IGNORECASE) for p in _PATTERN_SOURCES]
+
+
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
 _LATEX = (
     (re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"(\1)/(\2)"),
@@ -105,7 +111,7 @@ def leaks(sentence: str) -> bool:
     if _boxed_leak(sentence):
         return True
     s = _normalised(sentence)
-    return any(p.search(s) for p in _PATTERNS)
+    return any(p.search(s) for p in _patterns())
 
 
 def find_leaks(guidance: str) -> list[str]:
