@@ -28,14 +28,42 @@ def test_bundled_gsm8k_sample_is_complete_and_attributed() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_offline_and_prints_the_savings(tmp_path: object) -> None:
+def test_demo_prints_the_figures_its_ledger_holds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from atlas_middleware.ledger import SQLiteLedger
+
+    db = tmp_path / "demo.db"
     result = CliRunner().invoke(app, [
-        "demo", "--limit", "1", "--answer-tokens", "40", "--probe-tokens", "16", "--teacher-tokens", "32",
+        "demo", "--limit", "2", "--answer-tokens", "40", "--probe-tokens", "16", "--teacher-tokens", "32",
+        "--ledger", f"sqlite:///{db}",
     ])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())  # rich wraps long lines at the terminal width
-    assert "#1 gsm8k-test-" in out
-    assert "decision" in out and "tokens (prompt+completion): probe" in out
-    assert "protocol structured" in out and "'answer' judge" in out  # what suits the embedded model, said
-    assert "Tokens by role" in out and "net tokens" in out
+    rows = sorted(SQLiteLedger(db).records(), key=lambda r: r.created_at)
+    assert len(rows) == 2
+
+    calls = re.findall(r"#\d (gsm8k-test-\d+): .*? decision (\w+) \((\w+)\); protocol (\w+); .*? "
+                       r"tokens \(prompt\+completion\): (.*?) delivered answer .*? "
+                       r"completion tokens saved (\S+), net (\S+?) ", out)
+    assert len(calls) == 2, out
+    for (_, decision, reason, protocol, tokens, saved, net), row in zip(calls, rows, strict=True):
+        assert (decision, reason, protocol) == (row.decision, row.reason, "structured")
+        printed = {role: (int(p), int(c)) for role, p, c in re.findall(r"(\w+) (\d+)\+(\d+)", tokens)}
+        assert printed == {role: (t["prompt"], t["completion"]) for role, t in row.tokens.items() if t["calls"]}
+        assert saved == ("n/a" if row.tokens_saved is None else f"{row.tokens_saved:+d}")
+        assert net == ("n/a" if row.net_tokens is None else f"{row.net_tokens:+d}")
+
+    # the savings table and the summary lines are the ledger's sums
+    for role in ("probe", "teacher", "guided", "baseline", "judge"):
+        p = sum(r.tokens[role]["prompt"] for r in rows)
+        c = sum(r.tokens[role]["completion"] for r in rows)
+        n = sum(r.tokens[role]["calls"] for r in rows)
+        assert f"│ {role} │ {n} │ {p} │ {c} │ {p + c} │" in out
+    measured = [r for r in rows if r.tokens_saved is not None]
+    assert f"calls with a baseline, {len(measured)}): {sum(r.tokens_saved or 0 for r in measured):+d}" in out
+    assert f"the student-alone call): {sum(r.net_tokens or 0 for r in measured):+d}" in out
+    decisions = ", ".join(f"{d} {sum(r.decision == d for r in rows)}" for d in sorted({r.decision for r in rows}))
+    assert f"calls: 2; decisions: {decisions}" in out
     assert "shows the mechanism" in out and "not the teaching gain" in out
+    assert "'answer' judge" in out  # what suits the embedded model, said
