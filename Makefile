@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.atlas-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean mutation
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -27,5 +27,12 @@ test: $(STAMP)
 	# PostgreSQL and headless Chromium on loopback, for the ledger and report tests.
 	eval "$$(scripts/ci-services.sh)" && $(PY) -m pytest -q
 
+# Mutation testing of the decision core (docs/testing.md); about an hour on 2 cores, not in CI.
+mutation: $(STAMP)
+	$(PIP) install -q mutmut==3.8.1
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results --all true > mutation-results.txt || true
+	$(PY) scripts/mutation_score.py mutation-results.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache mutants mutation-results.txt

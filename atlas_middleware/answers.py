@@ -203,7 +203,7 @@ def _number(s: str) -> tuple[Fraction, bool] | None:
             value = abs(whole) + num / den
             value = -value if mixed.group(1).startswith("-") else value
         elif "/" in s:
-            num_s, den_s = s.split("/", 1)
+            num_s, den_s = s.rsplit("/", 1)  # "3/4/5" is (3/4)/5
             value = Fraction(num_s.strip()) / Fraction(den_s.strip())
         else:
             value = Fraction(s)

@@ -78,6 +78,21 @@ EQUIVALENT = [
     ("C: photosynthesis", "C"),
     # plain words
     ("Paris", "paris."),
+    ("New  York", "new york"),  # runs of spaces
+    # each cleaning step on its own (rows added against mutants that survived)
+    ("\\fbox{42}", "42"),
+    ("\u2212\\frac{1}{2}", "-0.5"),  # a Unicode minus before LaTeX
+    ("1\\!000", "1000"),
+    ("\\left. 7 \\right.", "7"),
+    ("$7$", "7"),
+    ("7\\ m", "7"),
+    ("\\text{\\textbf{\\mathrm{C}}}", "C"),
+    ("¥500", "500"),
+    ("25 per cent", "25%"),
+    ("25 PERCENT", "0.25"),
+    ("-2 1/2", "-2.5"),
+    ("y = 2 1/2", "2.5"),
+    ("3/4/5", "0.15"),  # division is left-associative
 ]
 
 DIFFERENT = [
@@ -100,6 +115,8 @@ DIFFERENT = [
     ("", "0"),
     (None, "0"),
     (None, None),
+    ("five", "0.05"),  # a number word is not a percentage
+    ("-2 1/2", "2.5"),
 ]
 
 
@@ -155,6 +172,7 @@ CHOICES = [
     ("Answer: b", "B"),
     ("A cat sat on the mat.", None),  # an article is not a choice
     ("The answer is (E).", None),  # not one of the labels offered
+    ("E", None),
     (None, None),
 ]
 
