@@ -16,7 +16,14 @@ pytest.importorskip("langchain_core")
 
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback  # noqa: E402
 from langchain_core.language_models import FakeListLLM  # noqa: E402
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.messages import (  # noqa: E402
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    convert_to_openai_messages,
+)
 from langchain_core.outputs import ChatGenerationChunk, LLMResult  # noqa: E402
 from pydantic import BaseModel, ValidationError  # noqa: E402
 
@@ -180,17 +187,47 @@ def test_with_structured_output_the_policy_decides(judge: str, value: int, reaso
     assert sorted(student.roles) == ["baseline", "guided", "probe"]
 
 
-def test_content_blocks_reach_the_student_whole_and_the_teacher_as_placeholders() -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    question = HumanMessage(content=[{"type": "text", "text": "How many legs?"}, image])
+_B64 = "iVBORw0KGgoAAAANSUhEUg"
+_BLOCKS = {
+    "openai_image": {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_B64}"}},
+    "standard_image": {"type": "image", "base64": _B64, "mime_type": "image/png"},
+    "anthropic_image": {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _B64}},
+    "openai_pdf": {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{_B64}"}},
+    "standard_pdf": {"type": "file", "base64": _B64, "mime_type": "application/pdf", "filename": "a.pdf"},
+    "openai_audio": {"type": "input_audio", "input_audio": {"data": _B64, "format": "wav"}},
+}
+
+
+@pytest.mark.parametrize("block", list(_BLOCKS.values()), ids=list(_BLOCKS))
+def test_content_blocks_reach_the_student_whole_and_the_teacher_as_placeholders(block: dict[str, Any]) -> None:
+    question = HumanMessage(content=[{"type": "text", "text": "How many legs?"}, block])
+    expected = convert_to_openai_messages([question])[0]["content"]  # what LangChain itself makes of it
     llm, student, teacher = _model()
     atlas_report(llm.invoke([question]))
+    answered = [c for c in student.calls if classify(c) in ("guided", "baseline")]
+    assert len(answered) == 2
+    for c in answered:
+        (user,) = [m for m in c.messages if m["role"] == "user"]
+        assert user["content"] == expected
+    teacher_text = teacher.calls[0].messages[-1]["content"]
+    assert "How many legs?" in teacher_text and _B64 not in teacher_text
+    assert f"[{expected[1]['type']}]" in teacher_text
+
+
+def test_an_image_in_a_tool_message_reaches_the_student_whole() -> None:
+    image = _BLOCKS["openai_image"]
+    conversation = [
+        HumanMessage("Describe the chart the tool returns."),
+        AIMessage("", tool_calls=[{"name": "chart", "args": {}, "id": "c1", "type": "tool_call"}]),
+        ToolMessage(content=[{"type": "text", "text": "chart:"}, image], tool_call_id="c1"),
+    ]
+    expected = convert_to_openai_messages(conversation)
+    llm, student, teacher = _model()
+    atlas_report(llm.invoke(conversation))
     for c in student.calls:
         if classify(c) in ("guided", "baseline"):
-            (user,) = [m for m in c.messages if m["role"] == "user"]
-            assert image in user["content"] and {"type": "text", "text": "How many legs?"} in user["content"]
-    teacher_text = teacher.calls[0].messages[-1]["content"]
-    assert "How many legs?" in teacher_text and "[image_url]" in teacher_text and "base64" not in teacher_text
+            assert [m for m in c.messages if m["role"] == "tool"] == [expected[2]]
+    assert _B64 not in json.dumps(teacher.calls[0].messages)
 
 
 def test_strict_stream_starts_after_the_decision() -> None:

@@ -11,8 +11,12 @@ Tests the suites skip here, and why (none is declared xfail):
 * ``test_serdes``: ``AtlasChatModel`` is not LangChain-serializable (it holds a student model
   object and a live ``Atlas``), as LangChain's default ``is_lc_serializable() == False`` says.
 * ``test_json_mode``, image/PDF/audio inputs, image/PDF tool messages, Anthropic-format
-  inputs: capabilities of the *student*; the scripted student declares none, and the
-  wrapper passes such content through unchanged (covered in test_langchain_chat_model.py).
+  inputs: capabilities of the *student*; the scripted student declares none. What the
+  wrapper owes them is pass-through: ``test_langchain_chat_model.py`` sends OpenAI,
+  LangChain-standard and Anthropic-format images, OpenAI and standard PDF files, OpenAI
+  audio and an image in a tool message, and checks that the student gets each exactly as
+  LangChain converts it and the teacher only a placeholder. PDF tool messages are not
+  covered.
 * ``test_stream_time``: needs VCR cassettes of a real provider.
 """
 
