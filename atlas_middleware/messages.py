@@ -89,7 +89,9 @@ class ChatResponse(BaseModel):
     finish_reason: str | None = None
     reasoning: str | None = None
     """The provider's separate reasoning text (``reasoning_content`` of vLLM's reasoning
-    parsers, LiteLLM and DeepSeek; ``reasoning`` of newer vLLM and OpenRouter), if any."""
+    parsers, LiteLLM and DeepSeek; ``reasoning`` of newer vLLM and OpenRouter), if any.
+    Never the answer: ``content`` alone is what the loop compares and judges, and the
+    delivered response keeps this field beside it, as the provider returned it."""
     usage: Usage = ZERO_USAGE
     model: str | None = None
     raw: Any = Field(default=None, exclude=True, repr=False)
@@ -123,11 +125,7 @@ class ChatResponse(BaseModel):
             choices=[
                 Choice(index=0, message=_Message(**message), finish_reason=self.finish_reason or "stop")
             ],
-            usage={
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-                "total_tokens": self.usage.total_tokens,
-            },
+            usage=self.usage.openai_usage(),
         )
 
 
@@ -157,5 +155,5 @@ class CompletionResponse(BaseModel):
     created: int
     model: str
     choices: list[Choice]
-    usage: dict[str, int]
+    usage: dict[str, Any]
     atlas: Any = None

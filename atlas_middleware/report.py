@@ -10,6 +10,9 @@ Sign conventions, so that nobody has to guess:
   Positive means the middleware cost tokens, negative means it saved them. ``None`` when no
   baseline was measured.
 * ``cost_usd`` = summed LiteLLM prices of every call; ``None`` when any price is unknown.
+
+A reasoning model's thinking is part of its completion tokens (``Usage.reasoning_tokens``
+says how many), so both figures include it, once.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class CompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
 
 
 def chunks(response: ChatResponse, include_usage: bool) -> list[CompletionChunk]:
@@ -56,6 +56,8 @@ def chunks(response: ChatResponse, include_usage: bool) -> list[CompletionChunk]
                                choices=[ChunkChoice(delta=delta, finish_reason=finish)])
 
     out = [chunk(ChunkDelta(role="assistant", content=""))]
+    if response.reasoning:  # before the answer, as a reasoning model streams it; never in content
+        out.append(chunk(ChunkDelta(reasoning_content=response.reasoning)))  # type: ignore[call-arg]
     text = response.content or ""
     for i in range(0, len(text), CHUNK_CHARS):
         out.append(chunk(ChunkDelta(content=text[i : i + CHUNK_CHARS])))
@@ -68,10 +70,8 @@ def chunks(response: ChatResponse, include_usage: bool) -> list[CompletionChunk]
         out.append(chunk(ChunkDelta(tool_calls=calls)))
     out.append(chunk(ChunkDelta(), response.finish_reason or "stop"))
     if include_usage:
-        u = response.usage
-        out.append(CompletionChunk(id=cid, created=created, model=model, choices=[], usage={
-            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}))
+        out.append(CompletionChunk(id=cid, created=created, model=model, choices=[],
+                                   usage=response.usage.openai_usage()))
     return out
 
 

@@ -6,11 +6,18 @@ call it sums was counted by the provider itself (or by the model's own tokenizer
 models). When any part was estimated, ``counted_by`` says so and names the tokenizer.
 
 ``cost_usd`` is ``None`` when any part's price is unknown: an unknown cost is not zero.
+
+What includes what, as OpenAI defines its usage fields: ``completion_tokens`` *includes*
+``reasoning_tokens`` (a reasoning model's hidden thinking is billed as output), and
+``prompt_tokens`` *includes* ``cached_tokens`` (prompt tokens read from the provider's
+cache, billed at a lower rate). The two details are parts of those counts, never added to
+them, so every figure computed from ``total_tokens`` (savings, net tokens) counts a
+reasoning model's thinking exactly once.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +32,16 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = Field(
+        default=0,
+        description="of completion_tokens, those a reasoning model spent thinking "
+        "(completion_tokens_details.reasoning_tokens); 0 when the provider reported none",
+    )
+    cached_tokens: int = Field(
+        default=0,
+        description="of prompt_tokens, those read from the provider's prompt cache "
+        "(prompt_tokens_details.cached_tokens); 0 when the provider reported none",
+    )
     calls: int = Field(default=0, description="how many model calls these counts sum")
     counted_by: str = Field(
         default="provider",
@@ -38,6 +55,19 @@ class Usage(BaseModel):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def openai_usage(self) -> dict[str, Any]:
+        """The OpenAI ``usage`` object of these counts, with the details a provider reported."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
 
     @property
     def exact(self) -> bool:
@@ -59,6 +89,8 @@ class Usage(BaseModel):
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
             calls=self.calls + other.calls,
             counted_by=counted_by,
             cost_usd=cost,

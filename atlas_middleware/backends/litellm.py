@@ -35,32 +35,71 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-_prices: dict[str, tuple[float, float] | None] = {}
+_prices: dict[str, tuple[float, float, float] | None] = {}
 
 
-def _unit_prices(litellm: Any, model: str) -> tuple[float, float] | None:
-    """USD per prompt and per completion token, looked up once per model (None: unknown).
+def _unit_prices(litellm: Any, model: str) -> tuple[float, float, float] | None:
+    """USD per prompt, per completion and per cached prompt token, looked up once per model
+    (None: unknown).
 
     LiteLLM's own cost functions take about a millisecond a call; a taught call prices
-    several responses, so the per-token prices are cached.
+    several responses, so the per-token prices are cached. The cached price is LiteLLM's
+    ``cache_read_input_tokens`` rate (the prompt price where the model has none), so a
+    response priced here costs what ``litellm.completion`` reports for it.
     """
     if model not in _prices:
+        m = 1_000_000
         try:
-            p, _ = litellm.cost_per_token(model=model, prompt_tokens=1_000_000, completion_tokens=0)
-            _, c = litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1_000_000)
-            _prices[model] = (p / 1_000_000, c / 1_000_000)
+            p, _ = litellm.cost_per_token(model=model, prompt_tokens=m, completion_tokens=0)
+            _, c = litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=m)
+            cached, _ = litellm.cost_per_token(model=model, prompt_tokens=m, completion_tokens=0,
+                                               cache_read_input_tokens=m)
+            _prices[model] = (p / m, c / m, cached / m)
         except Exception:  # LiteLLM raises for models it has no price for: unknown, not 0
             _prices[model] = None
     return _prices[model]
 
 
-def _cost(litellm: Any, response: Any, model: str, prompt: int, completion: int) -> float | None:
+def _cost(litellm: Any, response: Any, model: str, usage: Usage) -> float | None:
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")
     if isinstance(cost, (int, float)):
         return float(cost)
     prices = _unit_prices(litellm, model)
-    return None if prices is None else prices[0] * prompt + prices[1] * completion
+    if prices is None:
+        return None
+    # Reasoning tokens are part of completion_tokens and billed as output; cached prompt
+    # tokens are part of prompt_tokens and billed at the cache rate.
+    uncached = usage.prompt_tokens - usage.cached_tokens
+    return prices[0] * uncached + prices[2] * usage.cached_tokens + prices[1] * usage.completion_tokens
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def provider_usage(usage_obj: Any) -> Usage | None:
+    """An OpenAI ``usage`` object (or dict) as ``Usage``; None when it has no token counts.
+
+    ``completion_tokens_details.reasoning_tokens`` and ``prompt_tokens_details.cached_tokens``
+    are kept as the parts of ``completion_tokens`` and ``prompt_tokens`` OpenAI defines them
+    to be. A provider that reports more reasoning (or cached) tokens than the count they are
+    part of evidently left them out of it; they are added in, since they are billed.
+    """
+    if usage_obj is None:
+        return None
+    prompt = _get(usage_obj, "prompt_tokens")
+    completion = _get(usage_obj, "completion_tokens")
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return None
+    reasoning = _count(_get(_get(usage_obj, "completion_tokens_details") or {}, "reasoning_tokens"))
+    cached = _count(_get(_get(usage_obj, "prompt_tokens_details") or {}, "cached_tokens"))
+    if reasoning > completion:
+        completion += reasoning
+    if cached > prompt:
+        prompt += cached
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning,
+                 cached_tokens=cached, calls=1)
 
 
 def from_model_response(response: Any, request: ChatRequest, litellm: Any = None) -> ChatResponse:
@@ -75,29 +114,31 @@ def from_model_response(response: Any, request: ChatRequest, litellm: Any = None
             ToolCall(id=_get(tc, "id"), name=_get(fn, "name") or "", arguments=_get(fn, "arguments") or "{}")
         )
     content = _get(message, "content")
-    usage_obj = _get(response, "usage")
-    prompt = _get(usage_obj, "prompt_tokens") if usage_obj is not None else None
-    completion = _get(usage_obj, "completion_tokens") if usage_obj is not None else None
-    if isinstance(prompt, int) and isinstance(completion, int):
-        cost = _cost(litellm, response, request.model, prompt, completion) if litellm is not None else None
-        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, calls=1, cost_usd=cost)
+    reasoning = _get(message, "reasoning_content") or _get(message, "reasoning")
+    reasoning = reasoning if isinstance(reasoning, str) and reasoning else None
+    usage = provider_usage(_get(response, "usage"))
+    if usage is not None:
+        cost = _cost(litellm, response, request.model, usage) if litellm is not None else None
+        usage = usage.model_copy(update={"cost_usd": cost})
     elif litellm is not None:
-        # The provider gave no usage: count with LiteLLM's tokenizer and say so.
+        # The provider gave no usage: count with LiteLLM's tokenizer and say so. A reasoning
+        # field was generated (and billed) like the answer.
+        thought = litellm.token_counter(model=request.model, text=reasoning) if reasoning else 0
         usage = Usage(
             prompt_tokens=litellm.token_counter(model=request.model, messages=request.messages),
-            completion_tokens=litellm.token_counter(model=request.model, text=content or ""),
+            completion_tokens=litellm.token_counter(model=request.model, text=content or "") + thought,
+            reasoning_tokens=thought,
             calls=1,
             counted_by=ESTIMATOR,
             cost_usd=None,
         )
     else:
         usage = Usage(calls=1, counted_by="unknown", cost_usd=None)
-    reasoning = _get(message, "reasoning_content") or _get(message, "reasoning")
     return ChatResponse(
         content=content,
         tool_calls=tool_calls,
         finish_reason=_get(choice, "finish_reason"),
-        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
+        reasoning=reasoning,
         usage=usage,
         model=_get(response, "model"),
         raw=response,

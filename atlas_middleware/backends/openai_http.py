@@ -189,6 +189,9 @@ class LeanHTTPBackend:
                 message=redact(f"{provider} returned a malformed body: {reply.text[:200]!r}"),
                 llm_provider=provider, model=request.model,
             ) from exc
+        for choice in data["choices"]:
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+                _reasoning_as_litellm(choice["message"])
         return from_model_response(data, request, self._litellm)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
@@ -231,6 +234,22 @@ class LeanHTTPBackend:
         if session is not None:
             await session.close()
         self.close()
+
+
+def _reasoning_as_litellm(message: dict[str, Any]) -> None:
+    """Put a reasoning field where LiteLLM's response conversion puts it, so the delivered
+    ``ModelResponse`` is the one ``litellm.completion`` would return: newer vLLM's and
+    OpenRouter's ``reasoning`` becomes ``reasoning_content``; beside a ``reasoning_content``
+    it moves to ``provider_specific_fields``. Never into ``content``: it is not the answer."""
+    if "reasoning" not in message:
+        return
+    if message.get("reasoning_content") is None:
+        message["reasoning_content"] = message.pop("reasoning")
+    else:
+        extra = message.get("provider_specific_fields")
+        extra = extra if isinstance(extra, dict) else {}
+        extra["reasoning"] = message.pop("reasoning")
+        message["provider_specific_fields"] = extra
 
 
 class _Reply:

@@ -87,9 +87,14 @@ def usage_of(message: BaseMessage) -> Usage:
     meta = getattr(message, "usage_metadata", None)
     if not meta:
         return Usage(calls=1, counted_by=UNREPORTED, cost_usd=None)
+    # LangChain's details are parts of its counts, as OpenAI's are of theirs.
+    out_details = meta.get("output_token_details") or {}
+    in_details = meta.get("input_token_details") or {}
     return Usage(
         prompt_tokens=int(meta.get("input_tokens", 0)),
         completion_tokens=int(meta.get("output_tokens", 0)),
+        reasoning_tokens=int(out_details.get("reasoning") or 0),
+        cached_tokens=int(in_details.get("cache_read") or 0),
         calls=1,
         cost_usd=None,  # LangChain reports no price; unknown is not zero
     )
@@ -133,11 +138,16 @@ def to_chat_response(message: AIMessage, raw: Any) -> ChatResponse:
 
 
 def usage_metadata(usage: Usage) -> UsageMetadata:
-    return UsageMetadata(
+    meta = UsageMetadata(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+    if usage.reasoning_tokens:
+        meta["output_token_details"] = {"reasoning": usage.reasoning_tokens}
+    if usage.cached_tokens:
+        meta["input_token_details"] = {"cache_read": usage.cached_tokens}
+    return meta
 
 
 def model_name(model: Any) -> str:

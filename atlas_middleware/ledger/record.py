@@ -35,7 +35,9 @@ class LedgerRecord(BaseModel):
     reason: str
     failed: bool
     tokens: dict[str, dict[str, int]]
-    """Per role: prompt, completion, calls."""
+    """Per role: prompt, completion, calls, and the parts of those counts a provider
+    reported: reasoning (of completion) and cached (of prompt). Records written before
+    those two existed lack them: read them as 0."""
     tokens_saved: int | None
     net_tokens: int | None
     cost_usd: float | None
@@ -59,14 +61,11 @@ class LedgerRecord(BaseModel):
             update={"guidance": None, "answers": None,
                     "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
         )
-        tokens: dict[str, dict[str, int]] = {
-            role: {
-                "prompt": getattr(report.usage, role).prompt_tokens,
-                "completion": getattr(report.usage, role).completion_tokens,
-                "calls": getattr(report.usage, role).calls,
-            }
-            for role in ROLES
-        }
+        tokens: dict[str, dict[str, int]] = {}
+        for role in ROLES:
+            u = getattr(report.usage, role)
+            tokens[role] = {"prompt": u.prompt_tokens, "completion": u.completion_tokens, "calls": u.calls,
+                            "reasoning": u.reasoning_tokens, "cached": u.cached_tokens}
         return cls(
             call_id=report.call_id,
             created_at=report.created_at,

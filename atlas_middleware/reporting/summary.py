@@ -43,6 +43,10 @@ class RoleTokens(BaseModel):
     prompt: int = 0
     completion: int = 0
     calls: int = 0
+    reasoning: int = 0
+    """Of ``completion``: a reasoning model's thinking (already counted in it)."""
+    cached: int = 0
+    """Of ``prompt``: read from the provider's prompt cache (already counted in it)."""
 
     @property
     def total(self) -> int:
@@ -153,6 +157,8 @@ def summarize_group(records: list[LedgerRecord], key: str = "all") -> GroupSumma
             acc.prompt += t.get("prompt", 0)
             acc.completion += t.get("completion", 0)
             acc.calls += t.get("calls", 0)
+            acc.reasoning += t.get("reasoning", 0)
+            acc.cached += t.get("cached", 0)
         if r.tokens_saved is not None and r.net_tokens is not None:
             base = r.tokens.get("baseline", {})
             g.measured_calls += 1

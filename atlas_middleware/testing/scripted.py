@@ -36,6 +36,11 @@ class Reply:
     finish_reason: str | None = None
     reasoning: str | None = None
     """A separate reasoning field, as vLLM's reasoning parsers return it."""
+    reasoning_tokens: int | None = None
+    """``completion_tokens_details.reasoning_tokens`` to report (part of the completion
+    tokens, as OpenAI counts them); None reports none, as vLLM does."""
+    cached_tokens: int | None = None
+    """``prompt_tokens_details.cached_tokens`` to report (part of the prompt tokens)."""
 
 
 def words(text: str | None) -> int:
@@ -129,7 +134,8 @@ class ScriptedBackend:
         if isinstance(item, ChatResponse):
             return role, Reply(item.content, item.tool_calls, item.usage.prompt_tokens,
                                item.usage.completion_tokens, finish_reason=item.finish_reason,
-                               reasoning=item.reasoning)
+                               reasoning=item.reasoning, reasoning_tokens=item.usage.reasoning_tokens,
+                               cached_tokens=item.usage.cached_tokens)
         if isinstance(item, Reply):
             return role, item
         return role, Reply(content=str(item))
@@ -153,6 +159,8 @@ class ScriptedBackend:
         usage = Usage(
             prompt_tokens=reply.prompt_tokens if reply.prompt_tokens is not None else prompt_words(request),
             completion_tokens=completion,
+            reasoning_tokens=min(reply.reasoning_tokens or 0, completion),
+            cached_tokens=reply.cached_tokens or 0,
             calls=1,
             cost_usd=None,
         )
