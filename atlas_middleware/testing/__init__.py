@@ -1,13 +1,16 @@
 """Test doubles that ship with the package: scripted backends, doubles of real teachers
-and judges (``teachers.py``), an OpenAI-compatible test server, and a network guard.
+and judges (``teachers.py``), an OpenAI-compatible test server, an Anthropic Messages API
+test server (``anthropic_server.py``), and a network guard.
 Nothing here touches the network."""
 
+from .anthropic_server import AnthropicTestServer
 from .network import NetworkBlockedError, block_network
 from .scripted import FunctionBackend, Reply, ScriptedBackend, classify, guidance_of, hold_role, teacher_reply
 from .server import HTTPFault, OpenAITestServer, RawBody
 from .teachers import AtlasStyleTeacher, GradingJudge, PairwiseJudge, atlas_prompt_parts
 
 __all__ = [
+    "AnthropicTestServer",
     "AtlasStyleTeacher",
     "FunctionBackend",
     "GradingJudge",
