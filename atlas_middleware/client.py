@@ -9,6 +9,12 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 * ``policy``: override the policy for this call;
 * ``session_id``: share one diagnosis across an agent's successive calls;
 * ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``.
+
+``stream=True`` returns a stream of OpenAI chunks with the report as ``.atlas``. When the
+delivered answer is one nothing is compared with first (``off``, ``audit``, the student's
+own answer when it is delivered alone), it is a live stream: its chunks come as the student
+writes them and the report is completed when it ends. Under ``strict`` and ``verify`` the
+stream starts once the decision is made and replays the delivered answer.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from .backends import ChatBackend, RetryingBackend, backend_for
 from .backends.routing import ModelRouter
 from .breaker import CircuitBreaker
 from .config import AtlasConfig
-from .drivers import AsyncDriver, Delivered, SyncDriver
+from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .errors import ConfigError, InvalidRequestError
 from .judges import Judge, resolve_judge
 from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
@@ -110,12 +116,14 @@ class Atlas:
 
     def completion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         request, settings, options, stream = self._prepare(model, messages, kwargs)
+        options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
         delivered = self._sync.run(flow, lambda report, out: self._record(report, request, out))
         return self._finish(delivered, stream)
 
     async def acompletion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         request, settings, options, stream = self._prepare(model, messages, kwargs)
+        options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
 
         async def done(report: CallReport, out: Delivered) -> None:
@@ -183,7 +191,15 @@ class Atlas:
         elif report.reason in (Reason.STRONG_STUDENT, Reason.NO_GUIDANCE):
             self.sessions.put(sid, "")
 
-    def _finish(self, delivered: Delivered, stream: dict[str, Any] | None) -> Any:
+    def _finish(self, delivered: Delivered | LiveStream | AsyncLiveStream, stream: dict[str, Any] | None) -> Any:
+        if isinstance(delivered, (LiveStream, AsyncLiveStream)):
+            from .streaming import LiveCompletionStream
+
+            assert stream is not None
+            # The breaker and the session learn what the teacher did now: a stream nobody
+            # reads to its end must not hold a half-open breaker's trial call.
+            self._observe(delivered.report)
+            return LiveCompletionStream(delivered, stream["include_usage"])
         report = delivered.report
         self._observe(report)
         if delivered.error is not None:
@@ -193,7 +209,7 @@ class Atlas:
         if stream is not None:
             from .streaming import CompletionStream, chunks
 
-            return CompletionStream(chunks(response, stream["include_usage"]), report)
+            return CompletionStream(chunks(response, stream["include_usage"]), report, response)
         if isinstance(response.raw, dict):  # the lean HTTP path: the provider's JSON
             from .backends.litellm import import_litellm
 

@@ -1,9 +1,18 @@
 """Thin drivers that run the teaching flow: one with threads, one with asyncio tasks.
 
-Both do the same four things and nothing else: start calls, wait for them (with the call's
-deadline), run blocking user code off the caller's path, and hand the delivered answer
-back the moment the flow says ``Deliver``. Work the flow does after delivery (an audit)
-finishes in the background and then reaches ``on_done`` (the ledger).
+Both do the same five things and nothing else: start calls, wait for them (with the call's
+deadline), run blocking user code off the caller's path, hand the delivered answer back
+the moment the flow says ``Deliver``, and hand the user a live stream when it says
+``Stream``. Work the flow does after delivery (an audit) finishes in the background and
+then reaches ``on_done`` (the ledger).
+
+A ``Stream`` is opened on the caller's path: the driver asks the backend for the stream and
+waits for its first chunk, so that a failure before it still reaches the flow (which may
+deliver another answer, or the student's error, from ``completion`` itself, as a provider
+raises it). The caller then gets a ``LiveStream`` (``AsyncLiveStream``): iterating it
+passes the chunks on as they come and, when the stream ends, hands the flow the whole
+answer, takes its ``Deliver`` (the completed report) and finishes the call as ``run``
+does: ``on_done`` at once, or after the audit, in the background.
 
 Giving up on a call tells its backend: the async driver cancels the call's task (the
 backend sees ``CancelledError``); the sync driver, whose worker thread cannot be
@@ -16,14 +25,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import CancelToken, ChatBackend, cancellation
-from .errors import TeacherTimeout
+from .backends.base import CancelToken, ChatBackend, astream_of, cancellation, stream_of
+from .chunks import Assembler, ChatChunk
+from .errors import AtlasError, TeacherTimeout
 from .report import CallReport
 from .teaching.commands import (
     BlockingResult,
@@ -34,6 +44,7 @@ from .teaching.commands import (
     ModelCall,
     RunBlocking,
     Start,
+    Stream,
     Wait,
 )
 from .teaching.flow import Flow
@@ -55,22 +66,62 @@ class Delivered:
     report: CallReport
 
 
+class StreamClosed(AtlasError):
+    """The caller stopped reading a live stream before its end (recorded on the report)."""
+
+
+@dataclass
+class _Opened:
+    """A stream whose first chunk has come: what the caller's live stream reads from."""
+
+    call: ModelCall
+    started: float
+    first: ChatChunk
+    rest: Any  # the backend's iterator (sync) or async iterator, after the first chunk
+    report: CallReport
+
+
+def _elapsed_ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def _first_token(report: CallReport, started: float) -> None:
+    """The user's first chunk is ready: how long the call took to get there."""
+    report.latency_ms["first_token"] = round(_elapsed_ms(started), 3)
+
+
+def _stream_result(opened: _Opened, assembler: Assembler, error: BaseException | None) -> CallResult:
+    latency = _elapsed_ms(opened.started)
+    if error is not None:
+        return CallResult(opened.call, error=error, latency_ms=latency, streamed=True)
+    return CallResult(opened.call, response=assembler.response(), latency_ms=latency, streamed=True)
+
+
+def _no_first_chunk(call: ModelCall, t0: float, error: BaseException | None) -> CallResult:
+    """A stream that failed before its first chunk (or ended without one: an empty answer)."""
+    if error is not None:
+        return CallResult(call, error=error, latency_ms=_elapsed_ms(t0))
+    return CallResult(call, response=Assembler().response(), latency_ms=_elapsed_ms(t0))
+
+
 def _timeout_error(call: ModelCall) -> TeacherTimeout:
     return TeacherTimeout(f"{call.role} call gave no answer within {call.timeout:g} s")
 
 
-def _snapshot(cmd: Deliver, started: float) -> Delivered:
-    report: CallReport = cmd.report
-    report.latency_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+def _delivered(cmd: Deliver, started: float) -> Delivered:
+    cmd.report.latency_ms["total"] = round(_elapsed_ms(started), 3)
+    return Delivered(cmd.response, cmd.error, _snapshot(cmd.report))
+
+
+def _snapshot(report: CallReport) -> CallReport:
     # The user's copy must not change while an audit goes on in the background. The flow
     # only reassigns fields (usage values are immutable), so copying the containers is
     # enough, and far cheaper than a deep copy on every call.
-    snapshot = report.model_copy(update={
+    return report.model_copy(update={
         "usage": report.usage.model_copy(),
         "latency_ms": dict(report.latency_ms),
         "errors": list(report.errors),
     })
-    return Delivered(cmd.response, cmd.error, snapshot)
 
 
 _Pending = tuple[ModelCall, float, Future[CallResult], CancelToken]
@@ -124,8 +175,23 @@ class SyncDriver:
                 results.append(CallResult(call, error=_timeout_error(call), latency_ms=call.timeout * 1000))
         return results
 
-    def _pump(self, flow: Flow, send: Any, pending: dict[int, Any], started: float) -> Delivered | CallReport:
-        """Advance the flow until it delivers (returns ``Delivered``) or ends (the report)."""
+    def _open(self, cmd: Stream, started: float) -> _Opened | CallResult:
+        """Open the stream and wait for its first chunk (the result, if none comes)."""
+        call, t0 = cmd.call, time.perf_counter()
+        try:
+            chunks = stream_of(self.backends[call.target], call.request)
+            first = next(chunks)
+        except StopIteration:
+            return _no_first_chunk(call, t0, None)
+        except Exception as exc:  # the flow decides what an error means
+            return _no_first_chunk(call, t0, exc)
+        _first_token(cmd.report, started)
+        return _Opened(call, t0, first, chunks, _snapshot(cmd.report))
+
+    def _pump(self, flow: Flow, send: Any, pending: dict[int, Any],
+              started: float) -> Delivered | _Opened | CallReport:
+        """Advance the flow until it delivers (returns ``Delivered``), streams (``_Opened``)
+        or ends (the report)."""
         while True:
             try:
                 cmd: Command = flow.send(send)
@@ -150,13 +216,24 @@ class SyncDriver:
                     send = BlockingResult(value=cmd.fn(*cmd.args))
                 except Exception as exc:
                     send = BlockingResult(error=exc)
+            elif isinstance(cmd, Stream):
+                opened = self._open(cmd, started)
+                if isinstance(opened, _Opened):
+                    return opened
+                send = opened
             elif isinstance(cmd, Deliver):
-                return _snapshot(cmd, started)
+                return _delivered(cmd, started)
 
-    def run(self, flow: Flow, on_done: OnDone) -> Delivered:
+    def run(self, flow: Flow, on_done: OnDone) -> Delivered | LiveStream:
+        """The delivered answer, or a live stream of it (when the flow says ``Stream``)."""
         pending: dict[int, Any] = {}
         started = time.perf_counter()
         out = self._pump(flow, None, pending, started)
+        if isinstance(out, _Opened):
+            return LiveStream(self, flow, out, pending, started, on_done)
+        return self._after_delivery(flow, out, pending, on_done)
+
+    def _after_delivery(self, flow: Flow, out: Any, pending: dict[int, Any], on_done: OnDone) -> Delivered:
         if not isinstance(out, Delivered):
             raise RuntimeError("the teaching flow ended without delivering an answer")
         # Most calls end right after delivery; only an audit keeps working, in a thread.
@@ -235,7 +312,24 @@ class AsyncDriver:
         except Exception as exc:
             return CallResult(call, error=exc, latency_ms=(time.perf_counter() - t0) * 1000)
 
-    async def _pump(self, flow: Flow, send: Any, tasks: dict[int, asyncio.Task[CallResult]], started: float) -> Delivered | CallReport:
+    async def _open(self, cmd: Stream, started: float) -> _Opened | CallResult:
+        """Open the stream and wait for its first chunk (the result, if none comes)."""
+        call, t0 = cmd.call, time.perf_counter()
+        chunks = astream_of(self.backends[call.target], call.request)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return _no_first_chunk(call, t0, None)
+        except Exception as exc:
+            return _no_first_chunk(call, t0, exc)
+        except BaseException:  # the user's call was cancelled: so is the stream
+            await _aclose(chunks)
+            raise
+        _first_token(cmd.report, started)
+        return _Opened(call, t0, first, chunks, _snapshot(cmd.report))
+
+    async def _pump(self, flow: Flow, send: Any, tasks: dict[int, asyncio.Task[CallResult]],
+                    started: float) -> Delivered | _Opened | CallReport:
         import asyncio
 
         while True:
@@ -260,12 +354,16 @@ class AsyncDriver:
                     send = BlockingResult(value=await asyncio.to_thread(cmd.fn, *cmd.args))
                 except Exception as exc:
                     send = BlockingResult(error=exc)
+            elif isinstance(cmd, Stream):
+                opened = await self._open(cmd, started)
+                if isinstance(opened, _Opened):
+                    return opened
+                send = opened
             elif isinstance(cmd, Deliver):
-                return _snapshot(cmd, started)
+                return _delivered(cmd, started)
 
-    async def run(self, flow: Flow, on_done: Callable[[CallReport, Delivered], Any]) -> Delivered:
-        import asyncio
-
+    async def run(self, flow: Flow, on_done: Callable[[CallReport, Delivered], Any]) -> Delivered | AsyncLiveStream:
+        """The delivered answer, or a live stream of it (when the flow says ``Stream``)."""
         tasks: dict[int, asyncio.Task[CallResult]] = {}
         started = time.perf_counter()
         try:
@@ -274,6 +372,14 @@ class AsyncDriver:
             for task in tasks.values():  # the user's call was cancelled: so are its calls
                 task.cancel()
             raise
+        if isinstance(out, _Opened):
+            return AsyncLiveStream(self, flow, out, tasks, started, on_done)
+        return await self._after_delivery(flow, out, tasks, on_done)
+
+    async def _after_delivery(self, flow: Flow, out: Any, tasks: dict[int, Any],
+                              on_done: Callable[[CallReport, Delivered], Any]) -> Delivered:
+        import asyncio
+
         if not isinstance(out, Delivered):
             raise RuntimeError("the teaching flow ended without delivering an answer")
         try:
@@ -308,3 +414,108 @@ class AsyncDriver:
 
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+class LiveStream:
+    """A delivered answer still being written (sync): iterate it once for its ``ChatChunk``
+    objects, as the student writes them.
+
+    ``report`` is the user's copy of the report: the decision at once, the completed report
+    when the stream ends (``delivered`` is then set). A failure in the middle of the stream
+    is raised by the iteration; a caller that stops early is recorded as ``StreamClosed``.
+    """
+
+    def __init__(self, driver: SyncDriver, flow: Flow, opened: _Opened, pending: dict[int, Any],
+                 started: float, on_done: OnDone) -> None:
+        self._driver, self._flow, self._opened = driver, flow, opened
+        self._pending, self._started, self._on_done = pending, started, on_done
+        self.report: CallReport = opened.report
+        self.delivered: Delivered | None = None
+        self._iterated = False
+
+    def __iter__(self) -> Iterator[ChatChunk]:
+        if self._iterated:
+            raise RuntimeError("a live stream can be read once")
+        self._iterated = True
+        opened, assembler = self._opened, Assembler()
+        error: BaseException | None = None
+        try:
+            try:
+                assembler.add(opened.first)
+                yield opened.first
+                for chunk in opened.rest:
+                    assembler.add(chunk)
+                    yield chunk
+            except Exception as exc:  # mid-stream: the flow reports it, then it is raised
+                error = exc
+        except GeneratorExit:  # the caller stopped reading: the call is still recorded
+            _close(opened.rest)
+            self._end(_stream_result(opened, assembler, StreamClosed("the caller closed the stream")))
+            raise
+        self._end(_stream_result(opened, assembler, error))
+        assert self.delivered is not None
+        if self.delivered.error is not None:
+            raise self.delivered.error
+
+    def _end(self, result: CallResult) -> None:
+        out = self._driver._pump(self._flow, result, self._pending, self._started)
+        if isinstance(out, _Opened):
+            raise RuntimeError("the teaching flow streamed again after a live stream")
+        delivered = self._driver._after_delivery(self._flow, out, self._pending, self._on_done)
+        self.delivered, self.report = delivered, delivered.report
+
+
+class AsyncLiveStream:
+    """``LiveStream`` for the async driver: iterate it once with ``async for``."""
+
+    def __init__(self, driver: AsyncDriver, flow: Flow, opened: _Opened, tasks: dict[int, Any],
+                 started: float, on_done: Callable[[CallReport, Delivered], Any]) -> None:
+        self._driver, self._flow, self._opened = driver, flow, opened
+        self._tasks, self._started, self._on_done = tasks, started, on_done
+        self.report: CallReport = opened.report
+        self.delivered: Delivered | None = None
+        self._iterated = False
+
+    async def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        if self._iterated:
+            raise RuntimeError("a live stream can be read once")
+        self._iterated = True
+        opened, assembler = self._opened, Assembler()
+        error: BaseException | None = None
+        try:
+            try:
+                assembler.add(opened.first)
+                yield opened.first
+                async for chunk in opened.rest:
+                    assembler.add(chunk)
+                    yield chunk
+            except Exception as exc:
+                error = exc
+        except (GeneratorExit, BaseException) as stop:  # closed early, or the task cancelled
+            await _aclose(opened.rest)
+            await self._end(_stream_result(opened, assembler, StreamClosed(
+                "the caller closed the stream" if isinstance(stop, GeneratorExit) else "the caller was cancelled")))
+            raise
+        await self._end(_stream_result(opened, assembler, error))
+        assert self.delivered is not None
+        if self.delivered.error is not None:
+            raise self.delivered.error
+
+    async def _end(self, result: CallResult) -> None:
+        out = await self._driver._pump(self._flow, result, self._tasks, self._started)
+        if isinstance(out, _Opened):
+            raise RuntimeError("the teaching flow streamed again after a live stream")
+        delivered = await self._driver._after_delivery(self._flow, out, self._tasks, self._on_done)
+        self.delivered, self.report = delivered, delivered.report
+
+
+def _close(chunks: Any) -> None:
+    close = getattr(chunks, "close", None)
+    if callable(close):
+        close()
+
+
+async def _aclose(chunks: Any) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if callable(aclose):
+        await aclose()

@@ -21,9 +21,11 @@ Accounting, so that LiteLLM's own callbacks count each user call exactly once:
   When some part has no known price (a self-hosted teacher), the known parts are summed
   and the report's ``cost_usd`` stays ``None``.
 
-Streams: the decision needs whole answers, so a stream starts once it is made and replays
-the delivered answer. The report of a stream is ``report_of(stream)`` once the first
-chunk has arrived.
+Streams are ``Atlas``'s streams: live where nothing is compared before delivery (``off``,
+``audit``, the student's own answer delivered alone), the student's tokens passed on as it
+writes them; replayed once the decision is made under ``strict`` and ``verify``. The report
+of a stream is ``report_of(stream)`` once the first chunk has arrived, and complete (the
+streamed call's usage, the price LiteLLM logs) once the stream has ended.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .config import AtlasConfig
 from .errors import InvalidRequestError
 from .redact import redact
 from .report import CallReport
-from .streaming import CompletionChunk, CompletionStream
+from .streaming import CompletionChunk
 
 log = logging.getLogger("atlas_middleware")
 
@@ -242,13 +244,21 @@ class AtlasLLM(CustomLLM):
                   litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                   headers: dict[str, Any] | None = None, timeout: Any = None,
                   client: Any = None) -> Iterator[GenericStreamingChunk]:
-        # The whole decision happens here, before LiteLLM wraps the iterator: a stream that
-        # starts is a stream whose answer is chosen.
+        # The decision happens here, before LiteLLM wraps the iterator: a stream that starts
+        # is a stream whose answer is chosen (and, live, whose first chunk has come).
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
         with _bad_request(model):
             stream = self.atlas.completion(model, messages, **kwargs)
+        self._remember(stream.atlas, litellm_params, logging_obj, stream=True, observe=False)
+        return self._generic(stream, litellm_params, logging_obj)
+
+    def _generic(self, stream: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> Iterator[GenericStreamingChunk]:
+        writer = GenericWriter()
+        for chunk in stream:
+            yield from writer.feed(chunk)
+        # The stream has ended: its report is complete (the streamed call's usage and price).
         self._remember(stream.atlas, litellm_params, logging_obj, stream=True)
-        return iter(_generic_chunks(stream))
+        yield writer.end()
 
     # A plain method returning an async iterator (not an async generator): the proxy's
     # header hook must be able to run the loop (``prime()``) before the body starts.
@@ -280,11 +290,13 @@ class AtlasLLM(CustomLLM):
         return kwargs
 
     def _remember(self, report: CallReport, litellm_params: dict[str, Any] | None, logging_obj: Any,
-                  *, stream: bool = False) -> None:
+                  *, stream: bool = False, observe: bool = True) -> None:
+        """Make the report findable (proxy hooks, ``report_of``); tell the observers once,
+        when it is complete (``observe``: at the end of a stream)."""
         call_id = (litellm_params or {}).get("litellm_call_id") or getattr(logging_obj, "litellm_call_id", None)
         self.reports.put(call_id, report)
         self.reports.put(report.call_id, report)
-        for observer in self.on_report:
+        for observer in self.on_report if observe else ():
             try:
                 observer(report)
             except Exception as exc:  # an observer (metrics) never fails the user's call
@@ -313,17 +325,18 @@ class AtlasLLM(CustomLLM):
 
 
 class PendingStream:
-    """The async stream LiteLLM wraps: runs the loop on first use, then replays chunks.
+    """The async stream LiteLLM wraps: runs the loop on first use, then passes chunks on.
 
-    ``prime()`` runs the loop without consuming a chunk, so that the proxy can send the
-    ``x-atlas-*`` headers of a stream before its body.
+    ``prime()`` runs the loop without consuming a chunk (until a live stream's first chunk
+    has come), so that the proxy can send the ``x-atlas-*`` headers of a stream before its
+    body. ``report`` is complete once the stream has ended.
     """
 
     def __init__(self, provider: AtlasLLM, model: str, messages: list[Any], kwargs: dict[str, Any],
                  litellm_params: dict[str, Any] | None, logging_obj: Any) -> None:
         self._provider, self._model, self._messages, self._kwargs = provider, model, messages, kwargs
         self._litellm_params, self._logging_obj = litellm_params, logging_obj
-        self._chunks: Iterator[GenericStreamingChunk] | None = None
+        self._chunks: AsyncIterator[GenericStreamingChunk] | None = None
         self._error: BaseException | None = None
         self._lock = asyncio.Lock()
         self.report: CallReport | None = None
@@ -339,9 +352,19 @@ class PendingStream:
                     self._error = exc
                     return None
                 self.report = stream.atlas
-                self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj, stream=True)
-                self._chunks = iter(_generic_chunks(stream))
+                self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj, stream=True,
+                                         observe=False)
+                self._chunks = self._generic(stream)
         return self.report
+
+    async def _generic(self, stream: Any) -> AsyncIterator[GenericStreamingChunk]:
+        writer = GenericWriter()
+        async for chunk in stream:
+            for item in writer.feed(chunk):
+                yield item
+        self.report = stream.atlas  # complete now: the streamed call's usage and price
+        self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj, stream=True)
+        yield writer.end()
 
     def __aiter__(self) -> PendingStream:
         return self
@@ -349,48 +372,61 @@ class PendingStream:
     async def __anext__(self) -> GenericStreamingChunk:
         await self.prime()
         if self._error is not None:
-            error, self._error, self._chunks = self._error, None, iter(())
+            error, self._error, self._chunks = self._error, None, _nothing()
             raise error
         assert self._chunks is not None
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
+        return await anext(self._chunks)
 
     async def aclose(self) -> None:
-        self._chunks = iter(())
+        chunks, self._chunks = self._chunks, _nothing()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
-def _generic_chunks(stream: CompletionStream) -> list[GenericStreamingChunk]:
-    """Our replayed OpenAI chunks as LiteLLM's provider-neutral streaming chunks."""
-    items: list[CompletionChunk] = list(stream)
-    usage_chunk = next((c for c in items if c.usage is not None), None)
-    usage = None
-    if usage_chunk is not None and usage_chunk.usage is not None:
-        usage = {k: usage_chunk.usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    out: list[GenericStreamingChunk] = []
-    content_chunks = [c for c in items if c.choices]
-    for i, chunk in enumerate(content_chunks):
+async def _nothing() -> AsyncIterator[GenericStreamingChunk]:
+    return
+    yield  # an async generator with no items
+
+
+class GenericWriter:
+    """Our OpenAI chunks as LiteLLM's provider-neutral streaming chunks, as they come.
+
+    Text and tool calls are passed on at once; the finish reason and the usage, which
+    LiteLLM reads from the chunk that ends the stream, go into one last chunk.
+    """
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: CompletionChunk) -> list[GenericStreamingChunk]:
+        if chunk.usage is not None:
+            self.usage = dict(chunk.usage)
+        if not chunk.choices:
+            return []
         choice = chunk.choices[0]
-        last = i == len(content_chunks) - 1
-        tool_use = None
-        if choice.delta.tool_calls:
-            tc = choice.delta.tool_calls[0]
-            tool_use = {"id": tc.get("id"), "type": "function", "index": tc.get("index", 0),
-                        "function": tc.get("function") or {}}
-        for extra in (choice.delta.tool_calls or [])[1:]:
-            out.append(GenericStreamingChunk(text="", tool_use={  # type: ignore[typeddict-item]
-                "id": extra.get("id"), "type": "function", "index": extra.get("index", 0),
-                "function": extra.get("function") or {}}, is_finished=False, finish_reason="", usage=None, index=0))
-        out.append(GenericStreamingChunk(
-            text=choice.delta.content or "",
-            tool_use=tool_use,  # type: ignore[typeddict-item]
-            is_finished=last,
-            finish_reason=(choice.finish_reason or "stop") if last else "",
-            usage=usage if last else None,  # type: ignore[typeddict-item]
-            index=0,
-        ))
-    return out
+        if choice.finish_reason:
+            self.finish_reason = choice.finish_reason
+        text, calls = choice.delta.content or "", choice.delta.tool_calls or []
+        out = [_generic(text if i == 0 else "", _tool_use(tc)) for i, tc in enumerate(calls)]
+        if text and not calls:
+            out.append(_generic(text, None))
+        return out
+
+    def end(self) -> GenericStreamingChunk:
+        return _generic("", None, finish_reason=self.finish_reason or "stop", usage=self.usage)
+
+
+def _tool_use(tc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": tc.get("id"), "type": "function", "index": tc.get("index", 0), "function": tc.get("function") or {}}
+
+
+def _generic(text: str, tool_use: dict[str, Any] | None, *, finish_reason: str | None = None,
+             usage: dict[str, Any] | None = None) -> GenericStreamingChunk:
+    return GenericStreamingChunk(text=text, tool_use=tool_use,  # type: ignore[typeddict-item]
+                                 is_finished=finish_reason is not None, finish_reason=finish_reason or "",
+                                 usage=usage, index=0)  # type: ignore[typeddict-item]
 
 
 def report_of(obj: Any) -> CallReport | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,34 @@ def test_bundled_config_carries_the_same_lines(proxy: ProxyProcess) -> None:
     assert settings["custom_provider_map"] == LITELLM_SETTINGS["custom_provider_map"]
     assert settings["callbacks"] == LITELLM_SETTINGS["callbacks"]
     assert config["general_settings"] == GENERAL_SETTINGS
+
+
+def test_live_stream_under_off_reaches_the_client_before_the_student_has_finished(
+    client: Any, proxy: ProxyProcess, backend: ScriptedBackend
+) -> None:
+    """A structural time-to-first-token check: the upstream student stops after the first
+    chunk of the guided stream until the client holds it (``hold_stream``)."""
+    from atlas_middleware.testing.scripted import hold_stream
+
+    release = threading.Event()
+    hold_stream(backend, "guided", release)
+    try:
+        with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True},
+            extra_headers={"x-atlas-policy": "off"},
+        ) as response:
+            headers = _atlas_headers(response.headers)
+            chunks: list[dict[str, Any]] = []
+            for line in response.iter_lines():
+                if not line or line == "data: [DONE]":
+                    continue
+                chunks.append(json.loads(line[len("data: "):]))
+                if any(c.get("choices") and c["choices"][0]["delta"].get("content") for c in chunks):
+                    release.set()  # the first word is here, and the student has not finished
+    finally:
+        backend.stream_holds.clear()
+    assert (headers["x-atlas-decision"], headers["x-atlas-reason"]) == ("guided", "policy_off")
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+    assert text == GUIDED
+    assert chunks[-1]["usage"]["completion_tokens"] == len(GUIDED.split())  # the guided call's, at the end
+    assert sorted(backend.roles()) == ["guided", "probe", "teacher"]  # nothing compared before delivery

@@ -1,33 +1,80 @@
-"""The one backend protocol: "a chat model I can call".
+"""The one backend protocol: "a chat model I can call", whole or as a stream.
 
 Everything else (retries, the circuit breaker, local batching, the lean HTTP path) is a
 wrapper around or an implementation of this protocol. The teaching flow never sees a
 backend; the drivers map a call's target (``student`` or ``teacher``) to one.
+
+Streaming is a way of calling a model, not a replay added after the call (pydantic-ai's
+``Model.request_stream``): ``stream`` / ``astream`` yield ``ChatChunk`` objects as the model
+writes them, the call's usage on the last one, and every wrapper streams through. A
+backend without native streaming yields its whole answer as one chunk
+(``WholeAnswerStreams``); ``stream_of`` / ``astream_of`` do the same for an object that has
+only ``complete`` / ``acomplete`` (a user's own backend written before streams).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
 
 
 @runtime_checkable
 class ChatBackend(Protocol):
-    """Both methods take a typed request and return a typed response, or raise the
-    provider's own exception unchanged."""
+    """Every method takes a typed request and returns a typed response (or its chunks), or
+    raises the provider's own exception unchanged. A stream raises before its first chunk
+    what the whole call would have raised; a failure after it ends the iteration."""
 
     def complete(self, request: ChatRequest) -> ChatResponse: ...
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse: ...
 
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]: ...
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
+
+
+def stream_of(backend: Any, request: ChatRequest) -> Iterator[ChatChunk]:
+    """``backend.stream(request)``; one chunk from ``complete`` for a backend without it."""
+    method = getattr(backend, "stream", None)
+    if method is not None:
+        return method(request)  # type: ignore[no-any-return]
+    return _whole(backend, request)
+
+
+def astream_of(backend: Any, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    """``backend.astream(request)``; one chunk from ``acomplete`` for a backend without it."""
+    method = getattr(backend, "astream", None)
+    if method is not None:
+        return method(request)  # type: ignore[no-any-return]
+    return _awhole(backend, request)
+
+
+def _whole(backend: Any, request: ChatRequest) -> Iterator[ChatChunk]:
+    yield ChatChunk.whole(backend.complete(request))
+
+
+async def _awhole(backend: Any, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    yield ChatChunk.whole(await backend.acomplete(request))
+
+
+class WholeAnswerStreams:
+    """Mixin for backends without native streaming: the whole answer, as one chunk."""
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        return _whole(self, request)
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return _awhole(self, request)
+
 
 class WrapperBackend:
-    """Base for backends that add a feature around another backend."""
+    """Base for backends that add a feature around another backend; streams go through."""
 
     def __init__(self, inner: ChatBackend) -> None:
         self.inner = inner
@@ -37,6 +84,12 @@ class WrapperBackend:
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         return await self.inner.acomplete(request)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        return stream_of(self.inner, request)
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return astream_of(self.inner, request)
 
     def __getattr__(self, name: str) -> object:
         # Attributes of the wrapped backend (``model``, ``defaults``) stay reachable.

@@ -7,8 +7,10 @@ to import, and the pure teaching logic must be testable without it.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..chunks import ChatChunk, ToolCallDelta
 from ..messages import ChatRequest, ChatResponse, ToolCall
 from ..usage import Usage
 
@@ -145,6 +147,60 @@ def from_model_response(response: Any, request: ChatRequest, litellm: Any = None
     )
 
 
+STREAM_USAGE = {"stream": True, "stream_options": {"include_usage": True}}
+"""What a stream asks for: the usage chunk at the end, as a whole response carries usage."""
+
+
+class OpenAIStream:
+    """Reads the chunks of one OpenAI-shaped stream (LiteLLM's chunk objects, or the JSON
+    of server-sent events) into ``ChatChunk`` objects.
+
+    ``end()`` is the last chunk: the stream's usage, counted as ``from_model_response``
+    counts a whole response's (priced per model; estimated with LiteLLM's tokenizer, and
+    said so, when the server sent no usage).
+    """
+
+    def __init__(self, request: ChatRequest, litellm: Any) -> None:
+        self.request, self.litellm = request, litellm
+        self._text: list[str] = []
+        self._usage: Any = None
+        self._model: str | None = None
+        self.finished = False
+
+    def read(self, chunk: Any) -> ChatChunk | None:
+        usage = _get(chunk, "usage")
+        if usage is not None and isinstance(_get(usage, "completion_tokens"), int):
+            self._usage = usage
+        model = _get(chunk, "model")
+        if isinstance(model, str) and model:
+            self._model = model
+        choices = _get(chunk, "choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        delta = _get(choice, "delta") or {}
+        content = _get(delta, "content")
+        reasoning = _get(delta, "reasoning_content") or _get(delta, "reasoning")
+        calls = []
+        for tc in _get(delta, "tool_calls") or []:
+            fn = _get(tc, "function") or {}
+            calls.append(ToolCallDelta(index=_get(tc, "index", 0) or 0, id=_get(tc, "id"),
+                                       name=_get(fn, "name"), arguments=_get(fn, "arguments") or ""))
+        finish = _get(choice, "finish_reason") or None
+        self.finished = self.finished or finish is not None
+        if content:
+            self._text.append(content)
+        out = ChatChunk(content=content or None,
+                        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
+                        tool_calls=tuple(calls), finish_reason=finish, model=self._model, raw=chunk)
+        return None if out.empty else out
+
+    def end(self) -> ChatChunk:
+        whole = {"choices": [{"message": {"content": "".join(self._text)}}], "usage": self._usage,
+                 "model": self._model}
+        return ChatChunk(usage=from_model_response(whole, self.request, self.litellm).usage, model=self._model)
+
+
 class LiteLLMBackend:
     """Calls ``litellm.completion``/``acompletion``.
 
@@ -169,3 +225,21 @@ class LiteLLMBackend:
         litellm = import_litellm()
         response = await litellm.acompletion(**self._kwargs(request))
         return from_model_response(response, request, litellm)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        litellm = import_litellm()
+        reader = OpenAIStream(request, litellm)
+        for raw in litellm.completion(**{**self._kwargs(request), **STREAM_USAGE}):
+            chunk = reader.read(raw)
+            if chunk is not None:
+                yield chunk
+        yield reader.end()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        litellm = import_litellm()
+        reader = OpenAIStream(request, litellm)
+        async for raw in await litellm.acompletion(**{**self._kwargs(request), **STREAM_USAGE}):
+            chunk = reader.read(raw)
+            if chunk is not None:
+                yield chunk
+        yield reader.end()

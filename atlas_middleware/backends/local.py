@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError, InvalidRequestError, MissingExtraError
 from ..messages import ChatRequest, ChatResponse
 from ..usage import Usage
-from .base import current_cancel_token
+from .base import WholeAnswerStreams, current_cancel_token
 from .local_batcher import Batcher, RequestAbandonedError
 
 PREFIX = "local/"
@@ -98,7 +98,7 @@ _instances: dict[tuple[str, LocalOptions], LocalBackend] = {}
 _instances_lock = threading.Lock()
 
 
-class LocalBackend:
+class LocalBackend(WholeAnswerStreams):
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "local", options: LocalOptions | None = None) -> None:
         """Serve an already-loaded ``model`` and ``tokenizer`` (tests and benchmarks build
         random-weight models this way); ``for_model`` loads from a model string."""

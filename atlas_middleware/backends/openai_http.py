@@ -16,6 +16,11 @@ every taught call on one event loop, so that CPU is its throughput (bench/proxy_
 It serves a request only when it can do so faithfully (see ``LeanHTTPBackend.accepts``):
 a ``hosted_vllm/`` or ``openai/`` model with an explicit ``api_base`` and only standard
 OpenAI parameters. Anything else goes to LiteLLM.
+
+Streams (``stream`` / ``astream``) post the same body with ``stream`` and
+``stream_options.include_usage`` set and read the server-sent events as they arrive: an
+error status raises before the first chunk, as the whole call would; an ``error`` event, or
+a connection that ends before any finish reason, raises in the middle of the stream.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ import os
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import httpx
 
+from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact, register_secret
-from .litellm import from_model_response, import_litellm
+from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
 # Where LiteLLM looks for a key when none is passed: the lean path must look there too.
@@ -51,6 +57,8 @@ BODY_PARAMS = frozenset(
 # Parameters this backend handles itself rather than sending.
 TRANSPORT_PARAMS = frozenset({"api_base", "base_url", "api_key", "timeout", "extra_headers", "extra_body"})
 DEFAULT_TIMEOUT = 600.0
+_DONE = ChatChunk(model="[DONE]")
+"""The end of an event stream (compared by identity)."""
 
 _STATUS_ERRORS = {
     400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
@@ -217,6 +225,87 @@ class LeanHTTPBackend:
         except (TimeoutError, aiohttp.ClientError) as exc:  # _error tells timeouts apart
             raise self._error(exc, None, provider, request.model) from exc
         return self._parse(request, reply, provider)
+
+    # -- streams --------------------------------------------------------------------------
+
+    def _prepare_stream(self, request: ChatRequest) -> tuple[str, dict[str, str], bytes, float, str]:
+        """The body the whole call would send, asking for a stream with its usage."""
+        url, headers, content, timeout, provider = self._prepare(request)
+        body = {**json.loads(content), **STREAM_USAGE}
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return url, {**headers, "Accept": "text/event-stream"}, content, timeout, provider
+
+    def _event(self, line: str, reader: OpenAIStream, provider: str, model: str) -> ChatChunk | None:
+        """One line of the event stream: a chunk, None (nothing to pass on), or ``_DONE``."""
+        if not line.startswith("data:"):
+            return None  # blank separators, comments, ``event:`` names
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return _DONE
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise self._litellm.APIError(status_code=200, message=redact(
+                f"{provider} sent a malformed stream event: {payload[:200]!r}"), llm_provider=provider,
+                model=model) from exc
+        if isinstance(data, dict) and data.get("error") is not None:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            code = error.get("code") if isinstance(error, dict) else None
+            raise self._litellm.APIError(status_code=code if isinstance(code, int) else 500,
+                                         message=redact(f"{provider} stream failed: {message}"),
+                                         llm_provider=provider, model=model)
+        return reader.read(data)
+
+    def _cut_short(self, provider: str, model: str) -> Exception:
+        return self._litellm.APIConnectionError(  # type: ignore[no-any-return]
+            message=f"{provider} stream ended before its finish reason", llm_provider=provider, model=model)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        url, headers, content, timeout, provider = self._prepare_stream(request)
+        reader = OpenAIStream(request, self._litellm)
+        try:
+            with self._client().stream("POST", url, content=content, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    raise self._error(None, _Reply(url, response.status_code, response.headers, response.read()),
+                                      provider, request.model)
+                for line in response.iter_lines():
+                    chunk = self._event(line, reader, provider, request.model)
+                    if chunk is _DONE:
+                        break
+                    if chunk is not None:
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise self._error(exc, None, provider, request.model) from exc
+        if not reader.finished:
+            raise self._cut_short(provider, request.model)
+        yield reader.end()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        url, headers, content, timeout, provider = self._prepare_stream(request)
+        reader = OpenAIStream(request, self._litellm)
+        try:
+            async with self._session().post(
+                url, data=content, headers=headers, proxy=self._proxy(url),
+                # A stream lasts as long as the model writes: the timeout bounds the connection
+                # and each read, as httpx's does on the sync path.
+                timeout=aiohttp.ClientTimeout(connect=timeout, sock_read=timeout), allow_redirects=False,
+            ) as response:
+                if response.status >= 400:
+                    raise self._error(None, _Reply(url, response.status, response.headers, await response.read()),
+                                      provider, request.model)
+                async for raw in response.content:
+                    chunk = self._event(raw.decode("utf-8", errors="replace").strip(), reader, provider,
+                                        request.model)
+                    if chunk is _DONE:
+                        break
+                    if chunk is not None:
+                        yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._error(exc, None, provider, request.model) from exc
+        if not reader.finished:
+            raise self._cut_short(provider, request.model)
+        yield reader.end()
 
     def close(self) -> None:
         with self._lock:

@@ -3,16 +3,21 @@
 The teaching flow gives each guidance-path call a deadline (``teacher_timeout``); the
 retries live inside that budget, so a rate-limited teacher costs at most the budget and
 the user's call then falls back to the student.
+
+A stream is retried only until its first chunk: after that, part of the answer may have
+reached someone, and a second attempt would repeat it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
-from .base import ChatBackend, WrapperBackend, current_cancel_token
+from .base import ChatBackend, WrapperBackend, astream_of, current_cancel_token, stream_of
 
 # tenacity is imported when a RetryingBackend is built, not with the package (importing
 # atlas_middleware must stay cheap: tests/test_public_api.py).
@@ -134,3 +139,31 @@ class RetryingBackend(WrapperBackend):
             with attempt:
                 return await self.inner.acomplete(request)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        from tenacity import Retrying
+
+        token = current_cancel_token()
+        for attempt in Retrying(**self._settings, sleep=_sleep_unless_cancelled):
+            with attempt:
+                if token is not None and token.cancelled:
+                    raise TimeoutError("the caller stopped waiting for this call")
+                chunks = stream_of(self.inner, request)
+                first = next(chunks, None)
+        if first is None:
+            return
+        yield first
+        yield from chunks
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        from tenacity import AsyncRetrying
+
+        async for attempt in AsyncRetrying(**self._settings):
+            with attempt:
+                chunks = astream_of(self.inner, request)
+                first = await anext(chunks, None)
+        if first is None:
+            return
+        yield first
+        async for chunk in chunks:
+            yield chunk

@@ -12,10 +12,12 @@ router; the teacher's router carries the teacher's endpoint and key as defaults.
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
-from .base import ChatBackend
+from .base import ChatBackend, astream_of, stream_of
 from .litellm import LiteLLMBackend
 
 IN_PROCESS_PREFIXES = ("local/", "vllm/")
@@ -54,6 +56,12 @@ class ModelRouter:
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         return await self.backend(request).acomplete(request)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        return stream_of(self.backend(request), request)
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return astream_of(self.backend(request), request)
 
     def close(self) -> None:
         if self.lean is not None:

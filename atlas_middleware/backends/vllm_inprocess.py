@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError, InvalidRequestError, MissingExtraError
 from ..messages import ChatRequest, ChatResponse
 from ..usage import Usage
+from .base import WholeAnswerStreams
 from .local import _template_message
 from .local_batcher import Batcher
 
@@ -73,7 +74,7 @@ _instances: dict[tuple[str, VLLMOptions], VLLMBackend] = {}
 _instances_lock = threading.Lock()
 
 
-class VLLMBackend:
+class VLLMBackend(WholeAnswerStreams):
     def __init__(self, model: str, options: VLLMOptions | None = None) -> None:
         """``model`` is a model id or folder as ``vllm.LLM`` takes it (no ``vllm/`` prefix)."""
         self._vllm = require_vllm()

@@ -15,6 +15,11 @@ Two ways to use it:
   user's call has returned, still finds it (a registry scoped to the user's call would
   have dropped it by then).
 
+Streams (``stream`` / ``astream``) run the model's own ``stream`` / ``astream`` and pass its
+``AIMessageChunk`` objects on as the ``raw`` of each ``ChatChunk``, so ``AtlasChatModel`` can
+hand the student's chunks to its caller as the student shaped them; the last chunk carries
+the call's usage, read from the chunks' ``usage_metadata``.
+
 Usage ownership (see docs/langchain.md): with ``isolate=True`` the model runs in an empty
 ``contextvars`` context with LangSmith tracing switched off, so LangChain callbacks of the
 caller never see these inner calls; the adapter reports their usage once, itself.
@@ -24,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +38,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langsmith.run_helpers import tracing_context
 
+from ..chunks import ChatChunk, ToolCallDelta
 from ..errors import ConfigError
 from ..messages import ChatRequest, ChatResponse
-from ..teaching import protocols
 from ._convert import restore_messages, to_chat_response
 
 BINDING_KEY = "atlas_langchain_call"
@@ -63,43 +66,6 @@ class Delivery:
     atlas: Any = None
 
 
-class StreamSink:
-    """Tokens of the first answer call, handed to a consumer as they come.
-
-    Only the first student answer call (not the probe) may stream; under the ``off`` and
-    ``audit`` policies that is the answer the core delivers. A call that fails before its
-    first token gives the turn to the next one; one that fails after it breaks the stream.
-    """
-
-    def __init__(self, emit: Callable[[AIMessageChunk], None]) -> None:
-        self.emit = emit
-        self._lock = threading.Lock()
-        self._owner: str | None = None
-        self.closed = False
-        self.broken: BaseException | None = None
-        self.streamed_id: str | None = None
-
-    def claim(self) -> str | None:
-        with self._lock:
-            if self.closed or self._owner is not None:
-                return None
-            self._owner = uuid.uuid4().hex
-            return self._owner
-
-    def release(self, owner: str, emitted: bool, error: BaseException | None) -> None:
-        with self._lock:
-            if error is None:
-                self.closed, self.streamed_id = True, owner
-            elif emitted:
-                self.closed, self.broken = True, error
-            self._owner = None
-
-    def close(self) -> None:
-        """The user's call has returned: calls that run after it (an audit) never stream."""
-        with self._lock:
-            self.closed = True
-
-
 @dataclass
 class CallBinding:
     """How to run the student for one user call."""
@@ -109,8 +75,8 @@ class CallBinding:
     run: Runner
     arun: AsyncRunner
     prepare: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
-    """(runnable, call keywords) for a request's parameters; needed only to stream."""
-    sink: StreamSink | None = None
+    """(runnable, call keywords) for a request's parameters; needed only to stream (without
+    it, a stream is the whole answer as one chunk)."""
 
     def __repr__(self) -> str:  # the caller's messages and closures stay out of logs
         return f"<CallBinding of {len(self.originals)} messages>"
@@ -172,8 +138,81 @@ def prepare_model(model: BaseChatModel, params: dict[str, Any]) -> tuple[Any, di
     return runnable, kwargs
 
 
-def is_probe(request: ChatRequest) -> bool:
-    return protocols.is_probe(request.messages)
+def _iterate_isolated(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """``make()``'s items, each step run where no caller callback or tracer can see it."""
+    context = contextvars.Context()
+    untraced = tracing_context(enabled=False)
+
+    def start() -> Iterator[Any]:
+        untraced.__enter__()
+        return make()
+
+    items = context.run(start)
+    try:
+        while True:
+            try:
+                item = context.run(next, items)
+            except StopIteration:
+                return
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            context.run(close)
+        context.run(untraced.__exit__, None, None, None)
+
+
+async def _aiterate_isolated(make: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """``make()``'s items, read by one task that runs where no caller callback or tracer can
+    see it (an async generator is best left to the task that started it)."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            with tracing_context(enabled=False):
+                async for item in make():
+                    queue.put_nowait(("item", item))
+        except Exception as exc:
+            queue.put_nowait(("error", exc))
+        else:
+            queue.put_nowait(("end", None))
+
+    task = asyncio.get_running_loop().create_task(pump(), context=contextvars.Context())
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        task.cancel()
+
+
+class _ChunkReader:
+    """A LangChain model's ``AIMessageChunk`` objects as ``ChatChunk`` objects; ``end()`` is
+    the last chunk, with the usage and finish reason of the whole message."""
+
+    def __init__(self) -> None:
+        self.full: AIMessageChunk | None = None
+
+    def read(self, chunk: Any) -> ChatChunk | None:
+        if not isinstance(chunk, AIMessageChunk):
+            return None
+        self.full = chunk if self.full is None else self.full + chunk
+        calls = tuple(ToolCallDelta(index=tc.get("index") or 0, id=tc.get("id"), name=tc.get("name"),
+                                    arguments=tc.get("args") or "") for tc in chunk.tool_call_chunks)
+        reasoning = (chunk.additional_kwargs or {}).get("reasoning_content")
+        out = ChatChunk(content=chunk.text or None, tool_calls=calls,
+                        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None, raw=chunk)
+        # A chunk with only metadata (the model's name, the finish reason) still goes on:
+        # the adapter's final chunk carries it.
+        return None if out.empty and not (chunk.response_metadata or chunk.usage_metadata) else out
+
+    def end(self) -> ChatChunk:
+        whole = to_chat_response(_chunk_message(self.full), None)
+        return ChatChunk(finish_reason=whole.finish_reason, usage=whole.usage, model=whole.model)
 
 
 class LangChainBackend:
@@ -206,36 +245,10 @@ class LangChainBackend:
             assert model is not None
             runnable, kwargs = prepare_model(model, params)
             return self._wrap(self._call(lambda: runnable.invoke(messages, **kwargs)))
-        sink = binding.sink
-        owner = sink.claim() if sink is not None and not is_probe(request) else None
-        if sink is not None and owner is not None:
-            return self._streamed(binding, sink, owner, messages, params)
         return self._wrap(self._call(lambda: binding.run(messages, params)))
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return _run_isolated(fn) if self.isolate else fn()
-
-    def _streamed(self, binding: CallBinding, sink: StreamSink, owner: str,
-                  messages: list[BaseMessage], params: dict[str, Any]) -> ChatResponse:
-        assert binding.prepare is not None
-        runnable, kwargs = binding.prepare(params)
-        state = {"emitted": False}
-
-        def run() -> AIMessageChunk | None:
-            full: AIMessageChunk | None = None
-            for chunk in runnable.stream(messages, **kwargs):
-                full = chunk if full is None else full + chunk
-                sink.emit(chunk)
-                state["emitted"] = True
-            return full
-
-        try:
-            full = self._call(run)
-        except Exception as exc:
-            sink.release(owner, state["emitted"], exc)
-            raise
-        sink.release(owner, state["emitted"], None)
-        return self._wrap(_chunk_message(full), streamed=owner)
 
     # -- async --------------------------------------------------------------------------------
 
@@ -246,51 +259,65 @@ class LangChainBackend:
             assert model is not None
             runnable, kwargs = prepare_model(model, params)
             return self._wrap(await self._acall(lambda: runnable.ainvoke(messages, **kwargs)))
-        sink = binding.sink
-        owner = sink.claim() if sink is not None and not is_probe(request) else None
-        if sink is not None and owner is not None:
-            return await self._astreamed(binding, sink, owner, messages, params)
         return self._wrap(await self._acall(lambda: binding.arun(messages, params)))
 
     async def _acall(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         return await _arun_isolated(fn) if self.isolate else await fn()
 
-    async def _astreamed(self, binding: CallBinding, sink: StreamSink, owner: str,
-                         messages: list[BaseMessage], params: dict[str, Any]) -> ChatResponse:
-        assert binding.prepare is not None
-        runnable, kwargs = binding.prepare(params)
-        state = {"emitted": False}
+    # -- streams ------------------------------------------------------------------------------
 
-        async def run() -> AIMessageChunk | None:
-            full: AIMessageChunk | None = None
-            async for chunk in runnable.astream(messages, **kwargs):
-                full = chunk if full is None else full + chunk
-                sink.emit(chunk)
-                state["emitted"] = True
-            return full
+    def _streamable(self, request: ChatRequest) -> tuple[Any, list[BaseMessage], dict[str, Any]] | None:
+        """(runnable, messages, call keywords) to stream ``request``; None: no way to stream it."""
+        binding, messages, params = self._resolve(request)
+        if binding is None:
+            assert self.model is not None
+            runnable, kwargs = prepare_model(self.model, params)
+        elif binding.prepare is not None:
+            runnable, kwargs = binding.prepare(params)
+        else:
+            return None
+        return runnable, messages, kwargs
 
-        try:
-            full = await self._acall(run)
-        except Exception as exc:
-            sink.release(owner, state["emitted"], exc)
-            raise
-        sink.release(owner, state["emitted"], None)
-        return self._wrap(_chunk_message(full), streamed=owner)
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        target = self._streamable(request)
+        if target is None:
+            yield ChatChunk.whole(self.complete(request))
+            return
+        runnable, messages, kwargs = target
+        reader = _ChunkReader()
+
+        def chunks() -> Iterator[Any]:
+            return iter(runnable.stream(messages, **kwargs))
+
+        for item in (_iterate_isolated(chunks) if self.isolate else chunks()):
+            chunk = reader.read(item)
+            if chunk is not None:
+                yield chunk
+        yield reader.end()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        target = self._streamable(request)
+        if target is None:
+            yield ChatChunk.whole(await self.acomplete(request))
+            return
+        runnable, messages, kwargs = target
+        reader = _ChunkReader()
+
+        def chunks() -> AsyncIterator[Any]:
+            return runnable.astream(messages, **kwargs)  # type: ignore[no-any-return]
+
+        async for item in (_aiterate_isolated(chunks) if self.isolate else chunks()):
+            chunk = reader.read(item)
+            if chunk is not None:
+                yield chunk
+        yield reader.end()
 
     # -- results ------------------------------------------------------------------------------
 
     @staticmethod
-    def _wrap(result: Any, streamed: str | None = None) -> ChatResponse:
+    def _wrap(result: Any) -> ChatResponse:
         message = ai_message_of(result)
-        return to_chat_response(message, Delivery(result, message, None) if streamed is None
-                                else StreamedDelivery(result, message, None, streamed))
-
-
-@dataclass
-class StreamedDelivery(Delivery):
-    """A delivery whose tokens already reached the consumer (the sink's ``streamed_id``)."""
-
-    stream_id: str = ""
+        return to_chat_response(message, Delivery(result, message, None))
 
 
 def _chunk_message(full: AIMessageChunk | None) -> AIMessage:

@@ -13,10 +13,7 @@ every provider call exactly once. The per-role split is in ``response_metadata["
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,34 +22,27 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
+from ..chunks import ChatChunk
 from ..client import Atlas
 from ..config import AtlasConfig
-from ..errors import AtlasError
 from ..report import CallReport
+from ..streaming import LiveCompletionStream
 from ._convert import model_name, openai_tools, to_openai_messages, usage_metadata
-from .backend import (
-    CallBinding,
-    Delivery,
-    LangChainBackend,
-    StreamedDelivery,
-    StreamSink,
-    bound_params,
-    prepare_model,
-)
+from .backend import CallBinding, Delivery, LangChainBackend, bound_params, prepare_model
 
-# Under these policies nothing is compared before delivery, so tokens can stream as they come.
-_STREAMING_POLICIES = frozenset({"off", "audit"})
 REPLAY_CHARS = 48
 
 
-def delivered_message(delivery: Delivery) -> AIMessage:
+def delivered_message(delivery: Delivery, report: CallReport | None = None) -> AIMessage:
     """The student's message with the call's report and the call's whole usage on it."""
-    report: CallReport = delivery.atlas
+    report = report or delivery.atlas
+    assert report is not None
     message = delivery.message
     return message.model_copy(update={
         "response_metadata": {**message.response_metadata, "atlas": report.model_dump(mode="json")},
@@ -80,6 +70,29 @@ def final_chunk(message: AIMessage) -> AIMessageChunk:
 def _passed_on(chunk: AIMessageChunk) -> AIMessageChunk:
     """A student chunk as forwarded: its usage and metadata come once, in the final chunk."""
     return chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
+
+
+class _Relay:
+    """The student's chunks of a live stream, passed on as the student shaped them, then the
+    final chunk: the student's message metadata, the call's whole usage and its report."""
+
+    def __init__(self) -> None:
+        self.full: AIMessageChunk | None = None
+
+    def feed(self, chunk: ChatChunk) -> AIMessageChunk | None:
+        raw = chunk.raw
+        if not isinstance(raw, AIMessageChunk):  # a whole answer as one chunk (no native stream)
+            if not chunk.written:
+                return None
+            raw = AIMessageChunk(content=chunk.content or "", tool_call_chunks=[
+                tool_call_chunk(name=tc.name, args=tc.arguments, id=tc.id, index=tc.index) for tc in chunk.tool_calls])
+        self.full = raw if self.full is None else self.full + raw
+        return _passed_on(raw) if chunk.written else None
+
+    def end(self, report: CallReport) -> AIMessageChunk:
+        message = message_chunk_to_message(self.full) if self.full is not None else AIMessage(content="")
+        assert isinstance(message, AIMessage)
+        return final_chunk(delivered_message(Delivery(message, message, report)))
 
 
 class AtlasChatModel(BaseChatModel):
@@ -180,8 +193,8 @@ class AtlasChatModel(BaseChatModel):
 
     # -- one call -------------------------------------------------------------------------
 
-    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-              sink: StreamSink | None = None) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
+    def _call(self, messages: list[BaseMessage], stop: list[str] | None,
+              kwargs: dict[str, Any]) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
         params: dict[str, Any] = {k: v for k, v in (("temperature", self.temperature),
                                                     ("max_tokens", self.max_tokens)) if v is not None}
         params.update(kwargs)
@@ -210,32 +223,18 @@ class AtlasChatModel(BaseChatModel):
             return await runnable.ainvoke(msgs, **call_kwargs)
 
         dicts = to_openai_messages(messages)
-        binding = CallBinding(originals=messages, original_dicts=dicts, run=run, arun=arun,
-                              prepare=prepared, sink=sink)
+        binding = CallBinding(originals=messages, original_dicts=dicts, run=run, arun=arun, prepare=prepared)
         return str(override or model_name(student)), dicts, params, binding
 
-    def _policy(self, kwargs: dict[str, Any]) -> str:
-        opts = kwargs.get("atlas") or {}
-        return str(opts.get("policy") or self._atlas.settings.policy)
-
-    def _complete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-                  sink: StreamSink | None = None) -> Delivery:
-        model, dicts, params, binding = self._call(messages, stop, kwargs, sink)
-        try:
-            out: Delivery = self._atlas.completion(model, dicts, **bound_params(params, binding))
-        finally:
-            if sink is not None:
-                sink.close()
+    def _complete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Delivery:
+        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        out: Delivery = self._atlas.completion(model, dicts, **bound_params(params, binding))
         return out
 
-    async def _acomplete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-                         sink: StreamSink | None = None) -> Delivery:
-        model, dicts, params, binding = self._call(messages, stop, kwargs, sink)
-        try:
-            out: Delivery = await self._atlas.acompletion(model, dicts, **bound_params(params, binding))
-        finally:
-            if sink is not None:
-                sink.close()
+    async def _acomplete(self, messages: list[BaseMessage], stop: list[str] | None,
+                         kwargs: dict[str, Any]) -> Delivery:
+        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        out: Delivery = await self._atlas.acompletion(model, dicts, **bound_params(params, binding))
         return out
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -250,84 +249,51 @@ class AtlasChatModel(BaseChatModel):
 
     # -- streaming ------------------------------------------------------------------------
     #
-    # strict / verify: the policy compares answers before delivering, so the stream starts
-    # after the decision and replays the delivered answer. off / audit: the delivered answer
-    # is the first student answer call, and its tokens are passed on as the student yields
-    # them (after the probe and the teacher, which must come first).
+    # One ``Atlas`` stream: live where the core delivers an answer without comparing it first
+    # (off, audit, the student alone), the student's own chunks passed on as it yields them
+    # (after the probe and the teacher, which must come first); replayed from the delivered
+    # message under strict and verify, which compare whole answers before delivering.
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        if self._policy(kwargs) not in _STREAMING_POLICIES:
-            chunks: Iterator[AIMessageChunk] = iter(replay_chunks(delivered_message(self._complete(messages, stop, kwargs))))
-        else:
-            chunks = self._live(messages, stop, kwargs)
-        for chunk in chunks:
+        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        stream = self._atlas.completion(model, dicts, stream=True, **bound_params(params, binding))
+        for chunk in self._relayed(stream):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
             yield ChatGenerationChunk(message=chunk)
 
-    def _live(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Iterator[AIMessageChunk]:
-        items: queue.Queue[tuple[str, Any]] = queue.Queue()
-        sink = StreamSink(lambda c: items.put(("chunk", c)))
-
-        def work() -> None:
-            try:
-                items.put(("done", self._complete(messages, stop, kwargs, sink)))
-            except BaseException as exc:  # handed to the consumer, raised there
-                items.put(("error", exc))
-
-        threading.Thread(target=work, name="atlas-langchain-stream", daemon=True).start()
-        while True:
-            kind, item = items.get()
-            if kind == "chunk":
-                yield _passed_on(item)
-            elif kind == "error":
-                raise item
-            else:
-                yield from _tail(item, sink)
-                return
+    @staticmethod
+    def _relayed(stream: Any) -> Iterator[AIMessageChunk]:
+        if not isinstance(stream, LiveCompletionStream):
+            yield from replay_chunks(delivered_message(stream.response.raw, stream.atlas))
+            return
+        relay = _Relay()
+        for item in stream.chat_chunks():
+            chunk = relay.feed(item)
+            if chunk is not None:
+                yield chunk
+        yield relay.end(stream.atlas)
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        if self._policy(kwargs) not in _STREAMING_POLICIES:
-            delivery = await self._acomplete(messages, stop, kwargs)
-            for chunk in replay_chunks(delivered_message(delivery)):
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
-                yield ChatGenerationChunk(message=chunk)
+        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        stream = await self._atlas.acompletion(model, dicts, stream=True, **bound_params(params, binding))
+        async for chunk in self._arelayed(stream):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+
+    @staticmethod
+    async def _arelayed(stream: Any) -> AsyncIterator[AIMessageChunk]:
+        if not isinstance(stream, LiveCompletionStream):
+            for chunk in replay_chunks(delivered_message(stream.response.raw, stream.atlas)):
+                yield chunk
             return
-        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        sink = StreamSink(lambda c: items.put_nowait(("chunk", c)))
-        task = asyncio.ensure_future(self._acomplete(messages, stop, kwargs, sink))
-        task.add_done_callback(lambda t: items.put_nowait(("done", t)))
-        try:
-            while True:
-                kind, item = await items.get()
-                if kind == "chunk":
-                    out = [_passed_on(item)]
-                else:
-                    out = list(_tail(item.result(), sink))
-                for chunk in out:
-                    if run_manager is not None:
-                        await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
-                    yield ChatGenerationChunk(message=chunk)
-                if kind == "done":
-                    return
-        finally:
-            if not task.done():
-                task.cancel()
-
-
-def _tail(delivery: Delivery, sink: StreamSink) -> Iterator[AIMessageChunk]:
-    """What follows the streamed tokens: the final chunk (or the whole answer, if none streamed)."""
-    if sink.broken is not None:
-        raise sink.broken
-    message = delivered_message(delivery)
-    if sink.streamed_id is None:
-        yield from replay_chunks(message)
-        return
-    if not (isinstance(delivery, StreamedDelivery) and delivery.stream_id == sink.streamed_id):
-        # Under off/audit the first answer call is the one delivered; anything else is a bug.
-        raise AtlasError("the streamed answer is not the delivered one")
-    yield final_chunk(message)
+        relay = _Relay()
+        async for item in stream.chat_chunks():
+            out = relay.feed(item)
+            if out is not None:
+                yield out
+        yield relay.end(stream.atlas)

@@ -10,11 +10,21 @@ command                   meaning                                     the driver
 ``Wait(handles)``         wait for these calls to finish              ``list[CallResult]``
 ``Cancel(handle)``        the result is no longer needed              ``None``
 ``RunBlocking(fn, args)`` run user code (a judge) off the event loop  ``CallResult``-like
+``Stream(call, report)``  make the call as a stream and hand its      ``CallResult`` when
+                          chunks to the user as they come             the stream ends
 ``Deliver(...)``          the user's answer is ready: return it now   ``None``
 ========================  ==========================================  ===================
 
 After ``Deliver`` the flow may go on (an ``audit`` comparison) while the user already has
 the answer; the generator's return value is the final report, which goes to the ledger.
+
+``Stream`` is the decision made before the answer exists: the delivered answer is this
+call's, whatever it says (nothing is compared with it before delivery). The driver opens
+the stream and, once its first chunk has come, hands the user a live stream; the result it
+sends back when the stream ends says ``streamed`` (some of it reached the user). A stream
+that fails before its first chunk comes back at once, not streamed, and the flow may still
+choose another answer; after it, the flow can only report the failure (``Deliver`` with
+the error). Either way a ``Deliver`` follows, which completes the user's report.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ class CallResult:
     response: ChatResponse | None = None
     error: BaseException | None = None
     latency_ms: float = 0.0
+    streamed: bool = False
+    """Some of this call's answer already reached the user (a live stream)."""
 
     @property
     def ok(self) -> bool:
@@ -79,6 +91,17 @@ class BlockingResult:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """Make ``call`` as a stream whose chunks go to the user as the model writes them.
+
+    ``report`` is the report so far, its decision made: the user's copy until the stream
+    ends."""
+
+    call: ModelCall
+    report: Any = field(default=None)
+
+
+@dataclass(frozen=True)
 class Deliver:
     """Hand the user ``response`` (or raise ``error``, the student's own exception)."""
 
@@ -87,4 +110,4 @@ class Deliver:
     report: Any = field(default=None)
 
 
-Command = Start | Wait | Cancel | RunBlocking | Deliver
+Command = Start | Wait | Cancel | RunBlocking | Stream | Deliver

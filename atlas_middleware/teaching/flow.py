@@ -12,6 +12,12 @@ one copy of the logic. The data flow of one call under the ``strict`` policy::
 Every failure on the guidance path (probe, teacher, parse, judge) ends in the student's
 own answer being delivered, with the reason recorded. Only when the student itself fails
 on every path the user depends on is the student's own exception handed back.
+
+When the caller asked for a stream and the answer to deliver is one nothing is compared
+with first (the guided answer under ``off`` and ``audit``; the student's own answer when it
+is delivered alone), that call is made as a ``Stream``: the decision is made before the
+answer exists, and the user reads it as the student writes it. Under ``strict`` and
+``verify`` the guided answer is compared or graded whole, and the adapter replays it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from ..messages import ChatRequest, ChatResponse
 from ..redact import redact
 from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, KeptAnswer, Reason
 from . import prompts
-from .commands import CallResult, Command, Deliver, ModelCall, Start, Wait
+from .commands import CallResult, Command, Deliver, ModelCall, Start, Stream, Wait
 from .leaks import strip_leaks
 from .parse import Diagnosis, split_reasoning
 from .protocols import STRUCTURED, Placement, TeacherProtocol
@@ -47,7 +53,8 @@ _PROBE_DROP = frozenset(
         "max_completion_tokens", "logprobs", "top_logprobs", "stop",
     }
 )
-# The guided and baseline calls are always made whole; streaming is the adapter's job.
+# The caller's stream parameters never reach a student call as such: a call the user reads
+# as it is written is a ``Stream`` (the driver asks the backend for a stream with usage).
 _ANSWER_DROP = frozenset({"stream", "stream_options"})
 
 
@@ -78,6 +85,9 @@ class CallOptions:
     prior_guidance: str | None = None
     session_id: str | None = None
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
+    stream: bool = False
+    """The caller reads the answer as a stream: one delivered without a comparison is made
+    as a live ``Stream``."""
 
 
 Flow = Generator[Command, Any, CallReport]
@@ -116,6 +126,8 @@ def _accounted(inner: Flow, report: CallReport) -> Flow:
         if isinstance(cmd, Wait):
             for result in send:
                 _record(report, result)
+        elif isinstance(cmd, Stream):
+            _record(report, send)
 
 
 def _record(report: CallReport, result: CallResult) -> None:
@@ -321,15 +333,29 @@ def _fail(report: CallReport, error: BaseException | None, baseline: CallResult 
     return Deliver(None, error, report)
 
 
+def _streamed(
+    report: CallReport, role: Any, request: ChatRequest,
+    decision: Literal["guided", "baseline", "student_only"], reason: Reason,
+) -> Generator[Command, Any, CallResult]:
+    """Make the call to deliver as a live stream: the decision is made before the answer exists."""
+    report.decision, report.reason = decision, reason
+    result = yield Stream(ModelCall(role=role, target="student", request=request), report)
+    return result  # type: ignore[no-any-return]
+
+
 def _student_alone(
     request: ChatRequest, report: CallReport, reason: Reason, baseline_start: Any | None,
-    decision: Literal["baseline", "student_only"] = "student_only",
+    decision: Literal["baseline", "student_only"] = "student_only", live: bool = False,
 ) -> Flow:
-    """Deliver the student's own answer (reusing a baseline already running)."""
+    """Deliver the student's own answer (reusing a baseline already running; as a live
+    stream when the caller reads one and none is running)."""
     handle = baseline_start
-    if handle is None:
-        handle = yield _start("baseline", "student", request.with_params(_ANSWER_DROP))
-    (base,) = yield Wait((handle,))
+    if handle is None and live:
+        base = yield from _streamed(report, "baseline", request.with_params(_ANSWER_DROP), decision, reason)
+    else:
+        if handle is None:
+            handle = yield _start("baseline", "student", request.with_params(_ANSWER_DROP))
+        (base,) = yield Wait((handle,))
     if base.response is None:
         yield _fail(report, base.error, base)
     else:
@@ -353,8 +379,9 @@ def _teach(
     answer_req = request.with_params(_ANSWER_DROP)
     task = Task(request.messages, request.params)
 
+    live = options.stream
     if not options.teach:
-        return (yield from _student_alone(request, report, options.skip_reason, None))
+        return (yield from _student_alone(request, report, options.skip_reason, None, live=live))
 
     # Under strict the baseline starts at once, so the comparison costs little latency.
     h_base = (yield _start("baseline", "student", answer_req)) if s.policy == "strict" else None
@@ -365,12 +392,14 @@ def _teach(
     else:
         guidance = yield from _guidance(request, s, report)
     if guidance is None:
-        return (yield from _student_alone(request, report, report.reason, h_base))
+        return (yield from _student_alone(request, report, report.reason, h_base, live=live))
     report.guidance = guidance
 
     guided_req = answer_req.replace(
         messages=s.protocol.with_guidance(request.messages, guidance, request.params, s.placement)
     )
+    if live and s.policy in ("off", "audit"):
+        return (yield from _live_guided(judge, task, request, guided_req, report, s))
     h_guided = yield _start("guided", "student", guided_req)
 
     if s.policy == "strict":
@@ -383,13 +412,31 @@ def _teach(
 
     (guided,) = yield Wait((h_guided,))
     if guided.response is None:
-        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None, "baseline"))
+        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None, "baseline", live))
     if s.policy == "verify":
         return (yield from _verify(judge, task, guided, answer_req, report))
     if s.policy == "off":
         yield _deliver(report, guided, "guided", Reason.POLICY_OFF, None)
         return report
     return (yield from _audit(judge, task, guided, answer_req, report, s.audit_rate))
+
+
+def _live_guided(
+    judge: Judge, task: Task, request: ChatRequest, guided_req: ChatRequest, report: CallReport, s: LoopSettings
+) -> Flow:
+    """``off`` and ``audit`` for a caller reading a stream: the guided answer is delivered
+    whatever it says, so it is made as a stream the user reads as the student writes it."""
+    reason = Reason.POLICY_OFF if s.policy == "off" else _audit_reason(report, s.audit_rate)
+    guided = yield from _streamed(report, "guided", guided_req, "guided", reason)
+    if guided.response is None:
+        if guided.streamed:  # part of it reached the user: no other answer can follow it
+            yield _fail(report, guided.error, None)
+            return report
+        return (yield from _student_alone(request, report, Reason.GUIDED_ERROR, None, "baseline", True))
+    yield _deliver(report, guided, "guided", reason, None)
+    if s.policy == "audit":
+        yield from _audit_after(judge, task, guided, request.with_params(_ANSWER_DROP), report)
+    return report
 
 
 def _compare_and_deliver(
@@ -430,17 +477,30 @@ def _audit(
     judge: Judge, task: Task, guided: CallResult, answer_req: ChatRequest, report: CallReport, rate: float
 ) -> Flow:
     """Deliver the guided answer now; on a sample of calls, compare with a baseline after."""
+    reason = _audit_reason(report, rate)
+    yield _deliver(report, guided, "guided", reason, None)
+    yield from _audit_after(judge, task, guided, answer_req, report)
+    return report
+
+
+def _audit_reason(report: CallReport, rate: float) -> Reason:
+    """Whether this call is sampled for an audit, recorded on the report."""
     sampled = _sampled(report.call_id, rate)
     report.audit = AuditInfo(sampled=sampled)
-    reason = Reason.AUDIT_SAMPLED if sampled else Reason.AUDIT_UNCHECKED
-    yield _deliver(report, guided, "guided", reason, None)
-    if sampled:
-        base = yield from _await_one(_start("baseline", "student", answer_req))
-        if base.response is not None:
-            _, why = yield from _judge(judge, task, guided, base, report)
-            report.audit = _audit_info(why)
-        _settle(report, guided, base)
-    return report
+    return Reason.AUDIT_SAMPLED if sampled else Reason.AUDIT_UNCHECKED
+
+
+def _audit_after(
+    judge: Judge, task: Task, guided: CallResult, answer_req: ChatRequest, report: CallReport
+) -> Generator[Command, Any, None]:
+    """On a sampled call, compare the delivered guided answer with a baseline, after delivery."""
+    if report.audit is None or not report.audit.sampled:
+        return
+    base = yield from _await_one(_start("baseline", "student", answer_req))
+    if base.response is not None:
+        _, why = yield from _judge(judge, task, guided, base, report)
+        report.audit = _audit_info(why)
+    _settle(report, guided, base)
 
 
 def _one_survivor(report: CallReport, guided: CallResult, base: CallResult) -> Deliver:

@@ -4,7 +4,9 @@
 guided, baseline, teacher, pairwise judge, grading judge) from the prompts the loop builds,
 and answers from a per-role script. Each reply may be a string, a ``Reply`` (content, tool
 calls, token counts, delay, finish reason), an exception to raise, or a function of the
-request returning any of those. Every call is recorded in ``.calls``.
+request returning any of those. Every call is recorded in ``.calls``. Streams
+(``stream``/``astream``) yield the same answer word by word, then the finish reason, then
+the usage; ``hold_stream`` stops one after its first chunk until a test lets it go on.
 
 Token counts are whitespace words: the fake is its own provider, so its counts are
 reported as provider counts, and tests can compute expected figures by hand.
@@ -13,12 +15,14 @@ reported as provider counts, and tests can compute expected figures by hand.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..chunks import ChatChunk, ToolCallDelta
 from ..messages import ChatRequest, ChatResponse, ToolCall
 from ..teaching import prompts, protocols
 from ..usage import Usage
@@ -41,6 +45,8 @@ class Reply:
     tokens, as OpenAI counts them); None reports none, as vLLM does."""
     cached_tokens: int | None = None
     """``prompt_tokens_details.cached_tokens`` to report (part of the prompt tokens)."""
+    stream_error: BaseException | None = None
+    """Raised by a stream of this reply after its first chunk: a failure mid-stream."""
 
 
 def words(text: str | None) -> int:
@@ -86,6 +92,16 @@ def hold_role(backend: Any, role: str, release: threading.Event, timeout: float 
     backend.complete = held
 
 
+def hold_stream(backend: Any, role: str, release: threading.Event, timeout: float = 5.0) -> None:
+    """Make streams of ``role`` stop after their first chunk until ``release`` is set.
+
+    The structural test of a live stream: the consumer sets ``release`` once it holds the
+    first chunk. Were the answer gathered whole before the consumer saw any of it, the
+    stream would wait here for a consumer still waiting for it, and fail after ``timeout``.
+    """
+    backend.stream_holds[role] = (release, timeout)
+
+
 def guidance_of(request: ChatRequest) -> str | None:
     """The guidance the loop put into a student request, in either placement."""
     return protocols.guidance_of(request.messages)
@@ -112,6 +128,7 @@ class ScriptedBackend:
         self.delays = dict(delays or {})
         self.model = model
         self.calls: list[tuple[str, ChatRequest]] = []
+        self.stream_holds: dict[str, tuple[threading.Event, float]] = {}
         self._lock = threading.Lock()
 
     def roles(self) -> list[str]:
@@ -183,6 +200,56 @@ class ScriptedBackend:
         if delay:
             await asyncio.sleep(delay)
         return self._response(request, reply)
+
+
+    # -- streams: the answer word by word, then the finish reason, then the usage ------------
+
+    def _pieces(self, request: ChatRequest, reply: Reply) -> list[ChatChunk]:
+        response = self._response(request, reply)
+        out = [ChatChunk(reasoning=word, model=response.model) for word in _WORD.findall(response.reasoning or "")]
+        out += [ChatChunk(content=word, model=response.model) for word in _WORD.findall(response.content or "")]
+        out += [ChatChunk(tool_calls=(ToolCallDelta(index=i, id=tc.id or f"call_{i}", name=tc.name,
+                                                    arguments=tc.arguments),))
+                for i, tc in enumerate(response.tool_calls)]
+        empty = "" if response.content is not None and not out else None
+        out.append(ChatChunk(content=empty, finish_reason=response.finish_reason, model=response.model))
+        out.append(ChatChunk(usage=response.usage, model=response.model))
+        return out
+
+    def _hold(self, role: str) -> tuple[threading.Event, float] | None:
+        return self.stream_holds.get(role)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        role, reply = self._resolve(request)
+        delay = self._delay(role, reply)
+        if delay:
+            time.sleep(delay)
+        for i, chunk in enumerate(self._pieces(request, reply)):
+            yield chunk
+            if i == 0:
+                hold = self._hold(role)
+                if hold is not None and not hold[0].wait(hold[1]):
+                    raise AssertionError(f"the consumer never received the first chunk of the {role} stream")
+                if reply.stream_error is not None:
+                    raise reply.stream_error
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        role, reply = self._resolve(request)
+        delay = self._delay(role, reply)
+        if delay:
+            await asyncio.sleep(delay)
+        for i, chunk in enumerate(self._pieces(request, reply)):
+            yield chunk
+            if i == 0:
+                hold = self._hold(role)
+                if hold is not None and not await asyncio.to_thread(hold[0].wait, hold[1]):
+                    raise AssertionError(f"the consumer never received the first chunk of the {role} stream")
+                if reply.stream_error is not None:
+                    raise reply.stream_error
+
+
+_WORD = re.compile(r"\s*\S+|\s+$")
+"""A stream's pieces: each word with the whitespace before it (they join back to the text)."""
 
 
 class FunctionBackend(ScriptedBackend):

@@ -6,6 +6,11 @@ also be ``HTTPFault`` (an error status with headers, e.g. 429 + Retry-After) or 
 (bytes written verbatim: garbage, truncated streams), so real HTTP clients (LiteLLM, the
 openai SDK, the proxy) can be tested against every failure a server can produce.
 
+A streamed answer is written as the backend's ``stream`` yields it, one event per chunk
+(a ``ScriptedBackend`` streams word by word, and ``hold_stream`` can stop it after its first
+chunk until a test lets it go on). A failure before the first chunk is an HTTP error, as
+above; one after it is an ``error`` event and the end of the connection, without ``[DONE]``.
+
     with OpenAITestServer(ScriptedBackend({...})) as server:
         litellm.completion(model="openai/student", api_base=server.url, api_key="x", ...)
 """
@@ -20,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..messages import ChatRequest
-from ..streaming import chunks
+from ..streaming import ChunkWriter
 from .scripted import ScriptedBackend
 
 
@@ -104,7 +109,11 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage = bool((body.pop("stream_options", None) or {}).get("include_usage"))
         request = ChatRequest(model=model, messages=messages, params=body)
         try:
-            response = self.server.backend.complete(request)
+            if stream:
+                pieces = self.server.backend.stream(request)
+                first = next(pieces, None)
+            else:
+                response = self.server.backend.complete(request)
         except HTTPFault as fault:
             self._json(fault.status, {"error": {"message": fault.message, "type": "scripted", "code": fault.status}},
                        headers=fault.headers)
@@ -125,13 +134,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
-        for chunk in chunks(response, include_usage):
-            data = chunk.model_dump(exclude_none=True)
-            data["model"] = model
-            self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
         self.close_connection = True
+        writer = ChunkWriter(include_usage, model=model)
+        try:
+            if first is not None:
+                self._events(writer.feed(first))
+                for piece in pieces:
+                    self._events(writer.feed(piece))
+            self._events(writer.end())
+        except Exception as exc:  # mid-stream: an error event, and no [DONE]
+            error = {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": 500}
+            self.wfile.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+            return
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _events(self, items: list[Any]) -> None:
+        for chunk in items:
+            self.wfile.write(f"data: {json.dumps(chunk.model_dump(exclude_none=True))}\n\n".encode())
+        self.wfile.flush()
 
 
 class _Server(ThreadingHTTPServer):
