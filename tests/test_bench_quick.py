@@ -58,13 +58,23 @@ def check_import_time(out: str) -> None:
 
 
 def check_latency(out: str) -> None:
-    (rows,) = tables(out)
+    rows, streams = tables(out)
     assert {(r["policy"], r["driver"]) for r in rows} == {
         (p, d) for p in ("strict", "verify", "audit", "off") for d in ("sync", "async")}
     for r in rows:
         critical = in_range(r["critical path s"], 0.05, 10)
         assert in_range(r["wall s"], 0.05, 30) >= critical * 0.99  # nothing beats the critical path
         in_range(r["over critical path"], -1, 1000)
+    assert {(r["stream"], r["driver"]) for r in streams} == {
+        (p, d) for p in ("student alone", "off", "audit", "strict") for d in ("sync", "async")}
+    for r in streams:
+        expected = in_range(r["expected first token s"], 0.001, 10)
+        first = in_range(r["first token s"], 0.001, 30)
+        assert first >= expected * 0.95  # nothing comes before the student's first token
+        assert in_range(r["whole answer s"], 0.001, 30) >= first
+    by = {(r["stream"], r["driver"]): number(r["first token s"]) for r in streams}
+    for driver in ("sync", "async"):  # a live stream's first token comes before the replay's
+        assert by[("off", driver)] < by[("strict", driver)]
 
 
 def check_memory(out: str) -> None:
