@@ -18,6 +18,11 @@ from .errors import InvalidRequestError
 from .usage import ZERO_USAGE, Usage
 
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# The content part types LiteLLM accepts in a user message (its ``ValidUserMessageContentTypes``,
+# 1.108; a test keeps the two equal). LiteLLM rejects any other type in every call, with a 500
+# through its proxy; here it is the caller's mistake, named before any call is made.
+USER_PART_TYPES = frozenset({"text", "image_url", "input_audio", "audio_url", "document", "guarded_text",
+                             "grounding_source", "query", "video_url", "file"})
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -42,7 +47,23 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
             )
         if content is None and role in ("user", "system", "developer") :
             raise InvalidRequestError(f"messages[{i}] ({role}) has no content")
+    validate_user_parts(messages)
     return messages
+
+
+def validate_user_parts(messages: list[Any]) -> None:
+    """Refuse exactly what LiteLLM refuses in every call: a user content part of an unknown type.
+
+    Separate from ``validate_messages`` so that the proxy can apply it to the models it
+    does not teach too (LiteLLM answers them 500 for it).
+    """
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") != "user" or not isinstance(msg.get("content"), list):
+            continue
+        for j, part in enumerate(msg["content"]):
+            if isinstance(part, dict) and part.get("type") not in USER_PART_TYPES:
+                raise InvalidRequestError(f"messages[{i}].content[{j}].type must be one of "
+                                          f"{sorted(USER_PART_TYPES)}, got {part.get('type')!r}")
 
 
 class ChatRequest(BaseModel):

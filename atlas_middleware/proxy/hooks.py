@@ -8,31 +8,46 @@ which builds them here with ``build()``:
 * ``proxy_handler_instance``: a ``CustomLogger`` registered in ``callbacks`` that adds the
   headers to plain and streaming responses, the ``atlas`` field to plain bodies, and
   mounts ``/atlas/metrics`` on the proxy's app. Before an ``atlas/`` model is called it
-  checks the message list, so that a malformed one is a clear 400 (LiteLLM's own check
-  crashes on some shapes and answers with its traceback as the message).
+  checks the request (the message list, ``stream``), so that a malformed one is a 400
+  naming the field (LiteLLM's own checks crash on some shapes, or answer 500), and that a
+  provider that cannot be built is a 503 that says why.
+
+``build()`` also builds the provider's ``Atlas`` at once (an error is logged, not raised,
+so the proxy still starts and answers its probes) and puts the gate of ``gate.py`` in
+front of the proxy's app: bodies that are not JSON objects get a 400, and
+``/health/readiness`` a 503 while the provider cannot be built.
 
 LiteLLM hands hooks untyped dicts; only ``CallReport`` objects leave this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
-from litellm.exceptions import BadRequestError
+from litellm.exceptions import BadRequestError, ServiceUnavailableError
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import ModelResponse
 
-from ..errors import InvalidRequestError
-from ..messages import validate_messages
+from ..errors import AtlasError, InvalidRequestError
+from ..messages import validate_messages, validate_user_parts
 from ..provider import PROVIDER, AtlasLLM, PendingStream, report_of
+from ..redact import redact
 from ..report import CallReport
+from . import gate
 from .headers import BODY_FIELD, report_body, report_headers
 from .metrics import AtlasMetrics
 
 log = logging.getLogger("atlas_middleware.proxy")
+# Seconds between two attempts to build a provider that failed for a reason outside the
+# configuration (an OSError, say). A configuration error is final: the configuration is
+# read once, and a retry could load an in-process teacher again for nothing.
+RETRY_SECONDS = 30.0
+CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})  # the proxy's /chat/completions
 
 
 class AtlasProxyHooks(CustomLogger):
@@ -40,6 +55,37 @@ class AtlasProxyHooks(CustomLogger):
         super().__init__()
         self.provider = provider
         self.metrics = metrics
+        self._ready = False
+        self._problem: BaseException | None = None
+        self._failed_at = 0.0
+        self._check_lock = threading.Lock()
+
+    def check(self) -> BaseException | None:
+        """None once the provider's ``Atlas`` is built (building it now if needed), else why not.
+
+        Blocking (it may open the ledger or load an in-process teacher); ``acheck`` runs it
+        off the event loop.
+        """
+        with self._check_lock:
+            if self._ready:
+                return None
+            if self._problem is not None and (isinstance(self._problem, AtlasError)
+                                              or time.monotonic() - self._failed_at < RETRY_SECONDS):
+                return self._problem
+            try:
+                self.provider.atlas  # noqa: B018 (builds it)
+            except Exception as exc:
+                self._problem, self._failed_at = exc, time.monotonic()
+                log.error("the atlas provider cannot be built, /health/readiness answers 503: %s",
+                          redact(str(exc)))
+                return exc
+            self._ready, self._problem = True, None
+            return None
+
+    async def acheck(self) -> BaseException | None:
+        if self._ready:
+            return None
+        return await asyncio.to_thread(self.check)
 
     def report_for(self, data: dict[str, Any], response: Any) -> CallReport | None:
         report = report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
@@ -56,11 +102,22 @@ class AtlasProxyHooks(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
         model = data.get("model")
-        if "messages" in data and isinstance(model, str) and _served_by_atlas(model):
-            try:
-                validate_messages(data["messages"])
-            except InvalidRequestError as exc:
-                raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from None
+        kind = getattr(call_type, "value", call_type)
+        if kind not in CHAT_CALL_TYPES or "messages" not in data or not isinstance(model, str):
+            return data  # (Anthropic-style /v1/messages have other part types; the provider checks them)
+        taught = _served_by_atlas(model)
+        try:
+            if taught:
+                validate_request(data)
+            elif isinstance(data["messages"], list):  # LiteLLM refuses these with a 500
+                validate_user_parts(data["messages"])
+        except InvalidRequestError as exc:
+            raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER if taught else "") from None
+        if taught:
+            problem = await self.acheck()
+            if problem is not None:  # LiteLLM would answer 500 from inside the provider
+                raise ServiceUnavailableError(message=f"the atlas provider cannot be built: {redact(str(problem))}",
+                                              llm_provider=PROVIDER, model=model)
         return data
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any,
@@ -81,6 +138,18 @@ class AtlasProxyHooks(CustomLogger):
             await stream.prime()
         report = self.report_for(data, response)
         return report_headers(report) if report is not None else None
+
+
+def validate_request(data: dict[str, Any]) -> None:
+    """The fields of a chat request that an ``atlas/`` model reads before any call.
+
+    ``stream`` must be a boolean: LiteLLM takes any truthy value for one and, for a custom
+    provider, then answers 200 with Python reprs where server-sent events belong.
+    """
+    validate_messages(data.get("messages"))
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError(f"stream must be a boolean, got {stream!r}"[:200])
 
 
 def _served_by_atlas(model_name: str) -> bool:
@@ -129,6 +198,11 @@ def _build(config_file: str | None, metrics: bool, atlas_kwargs: dict[str, Any])
                         **atlas_kwargs)
     hooks = AtlasProxyHooks(provider, observer)
     app = _proxy_app()
-    if observer is not None and app is not None:
-        observer.mount(app)
+    if app is not None:
+        if observer is not None:
+            observer.mount(app)
+        gate.install(app, hooks.acheck)
+        # Build it now, so that a bad configuration shows in the log and on
+        # /health/readiness at start rather than at the first request.
+        hooks.check()
     return provider, hooks

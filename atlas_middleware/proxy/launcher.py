@@ -1,22 +1,32 @@
 """Start the real LiteLLM proxy with atlas-middleware's provider and hooks.
 
 ``atlas-middleware proxy`` is LiteLLM's own ``litellm --config ...`` with three things set:
-the config file (ours by default), ``ATLAS_CONFIG`` pointing at it so its ``atlas:``
-section configures the teacher, and LiteLLM's offline switches (cost map from the package,
-no telemetry). Everything else is the proxy users already know: master key, virtual keys,
-``model_list``, workers.
+the config file (ours by default), ``ATLAS_CONFIG`` pointing at it when it has an
+``atlas:`` section (which then configures the teacher), and LiteLLM's offline switches
+(cost map from the package, no telemetry). Everything else is the proxy users already
+know: master key, virtual keys, ``model_list``, workers.
+
+Before LiteLLM starts, ``check_atlas_config`` reads the atlas configuration the proxy will
+read and raises ``ConfigError`` for what would make every taught call fail (an unknown key,
+a bad value, no teacher, a judge that cannot be imported, a ledger URL that cannot be
+opened): the command exits with the message instead of starting a proxy that looks
+healthy. Backends are not built here (an in-process teacher would be loaded twice); what
+fails there shows on the proxy's ``/health/readiness``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..errors import ConfigError
+from ..config import ENV_PREFIX, AtlasConfig
+from ..errors import ConfigError, LedgerError
 
 BUNDLED_CONFIG = Path(__file__).resolve().parents[2] / "integrations" / "litellm_proxy" / "config.yaml"
 OFFLINE_ENV = {
@@ -48,11 +58,25 @@ def proxy_command(settings: ProxySettings) -> list[str]:
     ]
 
 
+def _proxy_config(path: Path) -> dict[str, Any]:
+    """The proxy's config file as a mapping (empty when it is not one: LiteLLM will say so)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the proxy config {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def proxy_env(settings: ProxySettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     for key, value in OFFLINE_ENV.items():
         env.setdefault(key, value)
-    env.setdefault("ATLAS_CONFIG", str(settings.config.resolve()))
+    # Without an ``atlas:`` section the whole file would be read as atlas settings (and
+    # refused): such a proxy is configured by ATLAS_* variables alone.
+    if "atlas" in _proxy_config(settings.config):
+        env.setdefault("ATLAS_CONFIG", str(settings.config.resolve()))
     if not env.get("LITELLM_MASTER_KEY"):
         raise ConfigError("the LiteLLM proxy needs a master key: set LITELLM_MASTER_KEY")
     # The hook module is found next to the config; the package itself must be importable.
@@ -61,9 +85,78 @@ def proxy_env(settings: ProxySettings, base: Mapping[str, str] | None = None) ->
     return env
 
 
+def _with_config_environment(env: Mapping[str, str], config: Mapping[str, Any]) -> dict[str, str]:
+    """``env`` with the ATLAS_* entries of the config's ``environment_variables`` applied.
+
+    LiteLLM sets those variables when it loads the config, before it imports our hooks.
+    """
+    merged = dict(env)
+    variables = config.get("environment_variables")
+    for key, value in (variables.items() if isinstance(variables, dict) else ()):
+        if not (isinstance(key, str) and key.startswith(ENV_PREFIX)):
+            continue
+        if isinstance(value, str) and value.startswith("os.environ/"):
+            found = env.get(value[len("os.environ/"):])
+            if found is not None:
+                merged[key] = found
+        elif value is not None:
+            merged[key] = str(value)
+    return merged
+
+
+@contextmanager
+def _import_path(env: Mapping[str, str]) -> Iterator[None]:
+    """Import as the proxy will: from its working folder and its PYTHONPATH (a judge module)."""
+    extra = [os.getcwd(), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in extra if p not in sys.path]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def loads_atlas(config: Mapping[str, Any]) -> bool:
+    """Whether a proxy config registers the ``atlas`` provider (else there is nothing to check)."""
+    settings = config.get("litellm_settings")
+    providers = settings.get("custom_provider_map") if isinstance(settings, dict) else None
+    return any(isinstance(p, dict) and p.get("provider") == "atlas" for p in providers or ())
+
+
+def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> AtlasConfig | None:
+    """The atlas configuration the proxy will read from ``env``, checked as ``Atlas`` checks it.
+
+    Raises ``ConfigError`` with the message the proxy would otherwise answer every taught
+    call with; None for a proxy config that does not load the ``atlas`` provider. The
+    ledger is opened and closed (an SQLite file is created where the proxy would create
+    it; a Postgres server that is down is only a warning, as in the proxy).
+    """
+    from ..judges import resolve_judge
+    from ..ledger import open_ledger
+
+    proxy_config = _proxy_config(settings.config)
+    if not loads_atlas(proxy_config):
+        return None
+    env = _with_config_environment(env, proxy_config)
+    config = AtlasConfig.load(env=env)
+    if not config.teacher:
+        raise ConfigError("no teacher model: set 'teacher' in the atlas: section of the proxy config, "
+                          "or ATLAS_TEACHER")
+    loop = config.loop_settings()
+    with _import_path(env):
+        resolve_judge(config.judge, teacher_model=loop.teacher_model, timeout=loop.teacher_timeout,
+                      max_tokens=loop.teacher_max_tokens)
+    try:
+        open_ledger(config.ledger_url()).close()
+    except LedgerError as exc:
+        raise ConfigError(f"ledger: {exc}") from None
+    return config
+
+
 def exec_proxy(settings: ProxySettings) -> None:
-    """Replace this process with the proxy (signals reach it directly)."""
+    """Check the atlas configuration, then replace this process with the proxy (signals reach it directly)."""
     settings.check()
     env = proxy_env(settings)
+    check_atlas_config(settings, env)
     cmd = proxy_command(settings)
     os.execve(cmd[0], cmd, env)

@@ -12,6 +12,8 @@ starts the proxy on a free loopback port and waits for ``/health/liveliness``.
 ``passthrough`` adds ``model_list`` entries that LiteLLM serves itself (no ``atlas/``), and
 ``atlas=None`` writes a plain LiteLLM proxy config (no hooks, no ``atlas:`` section): the
 baseline the benchmarks compare against. ``num_workers`` is passed to the proxy.
+``launcher="litellm"`` starts it as ``litellm --config`` (with ``ATLAS_CONFIG`` set), the
+way an existing LiteLLM deployment runs the hooks, instead of ``atlas-middleware proxy``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class ProxyProcess:
         master_key: str = "sk-atlas-test-master",
         env: dict[str, str] | None = None,
         startup_timeout: float = 180.0,
+        launcher: str = "atlas-middleware",
     ) -> None:
         self.student_url = student_url
         self.atlas = dict(atlas) if atlas is not None else None
@@ -76,6 +79,9 @@ class ProxyProcess:
         self.master_key = master_key
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
+        if launcher not in ("atlas-middleware", "litellm"):
+            raise ValueError(f"launcher must be 'atlas-middleware' or 'litellm', not {launcher!r}")
+        self.launcher = launcher
         self.port = 0
         self.folder: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -128,6 +134,10 @@ class ProxyProcess:
         env.update(self.extra_env)
         cmd = [sys.executable, "-m", "atlas_middleware.cli", "proxy", "--config", str(self.config_path),
                "--host", "127.0.0.1", "--port", str(self.port), "--num-workers", str(self.num_workers)]
+        if self.launcher == "litellm":
+            cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", *cmd[cmd.index("--config"):]]
+            cmd[cmd.index("--num-workers")] = "--num_workers"
+            env.setdefault("ATLAS_CONFIG", str(self.config_path))
         log = open(self.folder / "proxy.log", "wb")  # noqa: SIM115 (closed by the child's exit)
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
         log.close()
