@@ -14,8 +14,11 @@ aiohttp one about 0.34 ms (httpcore rescans its whole pool per request); the pro
 every taught call on one event loop, so that CPU is its throughput (bench/proxy_load.py).
 
 It serves a request only when it can do so faithfully (see ``LeanHTTPBackend.accepts``):
-a ``hosted_vllm/`` or ``openai/`` model with an explicit ``api_base`` and only standard
-OpenAI parameters. Anything else goes to LiteLLM.
+a ``hosted_vllm/`` or ``openai/`` model with an explicit ``api_base``, and a body that is
+the one LiteLLM would send for that model and those parameters (``param_contract.py``
+learns it from LiteLLM once per model and parameter set: ``max_completion_tokens`` for
+o-series and gpt-5 models, what ``drop_params`` drops, ``extra_body`` merged, ...). Anything
+else, and anything the contract is not sure of, goes to LiteLLM.
 
 Streams (``stream`` / ``astream``) post the same body with ``stream`` and
 ``stream_options.include_usage`` set and read the server-sent events as they arrive: an
@@ -41,21 +44,11 @@ from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact, register_secret
 from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm
+from .param_contract import ParamContract
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
 # Where LiteLLM looks for a key when none is passed: the lean path must look there too.
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}
-# Parameters that go into the JSON body exactly as OpenAI defines them.
-BODY_PARAMS = frozenset(
-    {
-        "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
-        "presence_penalty", "frequency_penalty", "logit_bias", "user", "tools", "tool_choice",
-        "parallel_tool_calls", "response_format", "seed", "logprobs", "top_logprobs",
-        "reasoning_effort", "service_tier",
-    }
-)
-# Parameters this backend handles itself rather than sending.
-TRANSPORT_PARAMS = frozenset({"api_base", "base_url", "api_key", "timeout", "extra_headers", "extra_body"})
 DEFAULT_TIMEOUT = 600.0
 _DONE = ChatChunk(model="[DONE]")
 """The end of an event stream (compared by identity)."""
@@ -87,25 +80,42 @@ class LeanHTTPBackend:
         self._proxies: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._litellm = import_litellm()  # exception types and usage estimation
+        self._contract = ParamContract()
+        self._memo = threading.local()
 
     def accepts(self, request: ChatRequest) -> bool:
+        return self._body(request) is not None
+
+    def _body(self, request: ChatRequest) -> dict[str, Any] | None:
+        """The body LiteLLM would send for this request, or None: not for this path.
+
+        The router asks ``accepts`` and then calls the backend with the same request (on
+        the same thread, with no await in between), so the answer is kept for that call.
+        """
+        memo = self._memo
+        if getattr(memo, "request", None) is request:
+            return memo.body  # type: ignore[no-any-return]
+        body = None
         params = {**self.defaults, **request.params}
-        if _split_model(request.model) is None:
-            return False
-        if not (params.get("api_base") or params.get("base_url")):
-            return False
         # The LiteLLM proxy's router retries by itself and asks for ``max_retries=0`` on
         # every call: one attempt, which is what this path makes. Other values mean SDK
         # retries, which LiteLLM performs.
-        if params.get("max_retries") not in (None, 0):
-            return False
-        return all(k in BODY_PARAMS or k in TRANSPORT_PARAMS or k == "max_retries" for k in params)
+        if (_split_model(request.model) is not None and (params.get("api_base") or params.get("base_url"))
+                and params.get("max_retries") in (None, 0)):
+            body = self._contract.body(request.model, request.messages, params)
+        memo.request, memo.body = request, body
+        return body
 
     def _prepare(self, request: ChatRequest) -> tuple[str, dict[str, str], bytes, float, str]:
+        body = self._body(request)
+        self._memo.request = self._memo.body = None
+        if body is None:
+            raise ValueError(f"the lean path cannot send this request as LiteLLM would ({request.model}); "
+                             "route it through LiteLLM (ModelRouter does)")
         params = {**self.defaults, **request.params}
         split = _split_model(request.model)
         assert split is not None
-        provider, model = split
+        provider, _ = split
         base = str(params.get("api_base") or params.get("base_url")).rstrip("/")
         url = base + "/chat/completions"
         headers = {"Content-Type": "application/json", **(params.get("extra_headers") or {})}
@@ -115,9 +125,6 @@ class LeanHTTPBackend:
             # (through the proxy: to clients who never held that key).
             register_secret(str(api_key))
             headers["Authorization"] = f"Bearer {api_key}"
-        body: dict[str, Any] = {"model": model, "messages": request.messages}
-        body.update({k: v for k, v in params.items() if k in BODY_PARAMS})
-        body.update(params.get("extra_body") or {})
         # Encoded once, here, the way httpx encodes ``json=`` (UTF-8, compact, no NaN), so
         # both transports send the same bytes.
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

@@ -1,9 +1,12 @@
 """Pick the backend for each request from its model string and parameters.
 
 * ``local/...`` and ``vllm/...``: in-process backends, one per distinct model;
-* ``hosted_vllm/...`` or ``openai/...`` with an ``api_base`` and only standard OpenAI
-  parameters: the lean HTTP path (``openai_http.py``), one shared connection pool;
-* everything else: LiteLLM, which translates for the provider.
+* ``hosted_vllm/...`` or ``openai/...`` with an ``api_base``, when the parameter contract
+  (``param_contract.py``) knows the body LiteLLM would send for that model and those
+  parameters: the lean HTTP path (``openai_http.py``), one shared connection pool, sending
+  exactly that body;
+* everything else, and whatever the contract is not sure of: LiteLLM, which translates for
+  the provider.
 
 The student is named per call (``atlas.completion(model=...)``), so the student side is a
 router; the teacher's router carries the teacher's endpoint and key as defaults.
