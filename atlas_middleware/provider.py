@@ -41,7 +41,7 @@ from typing import Any
 import litellm
 from litellm.exceptions import BadRequestError
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import GenericStreamingChunk, ModelResponse
+from litellm.types.utils import CustomPricingLiteLLMParams, GenericStreamingChunk, ModelResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .backends import LiteLLMBackend, backend_for
@@ -149,6 +149,27 @@ def _bad_request(model: str) -> Iterator[None]:
         yield
     except InvalidRequestError as exc:
         raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from exc
+
+
+def _student_prices(litellm_params: dict[str, Any] | None) -> dict[str, Any]:
+    """The prices a deployment sets for its model (LiteLLM's custom pricing parameters, or
+    its ``model_info``), to pass on to the student's calls.
+
+    They are the student's prices: LiteLLM prices each student call by them, as it would
+    price the deployment's own call, while the teacher keeps its own. Without them a
+    student missing from LiteLLM's cost map would be unpriced, and the spend the proxy
+    logs would be the teacher's alone.
+    """
+    params = litellm_params or {}
+    info = params.get("model_info")
+    info = info if isinstance(info, dict) else {}
+    out = {}
+    for name in CustomPricingLiteLLMParams.model_fields:
+        value = params.get(name)
+        value = info.get(name) if value is None else value
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def known_cost(report: CallReport) -> float:
@@ -282,6 +303,7 @@ class AtlasLLM(CustomLLM):
             kwargs["api_base"] = api_base
         if api_key:
             kwargs["api_key"] = api_key
+        kwargs.update(_student_prices(litellm_params))
         kwargs["atlas"] = options.as_call_options()
         if stream:
             # The replay always carries the usage; LiteLLM drops it unless it was asked for.

@@ -227,3 +227,24 @@ def test_request_options_from_headers_and_metadata() -> None:
     assert opts.as_call_options() == {"teach": False, "policy": "verify", "session_id": "s9"}
     assert RequestOptions.from_litellm(None, {"atlas": {"teach": "yes"}}).teach is True
     assert RequestOptions.from_litellm({}, {}).as_call_options() == {}
+
+
+def test_a_deployment_price_is_the_students(upstream: OpenAITestServer, backend: ScriptedBackend,
+                                            provider: AtlasLLM) -> None:
+    # A router deployment with its own price (as in a proxy config): the student's calls
+    # are priced by it, the teacher by LiteLLM's map, and the call's cost is the report's.
+    prices = {"input_cost_per_token": 3e-6, "output_cost_per_token": 7e-6}
+    router = litellm.Router(model_list=[{"model_name": "house", "model_info": prices, "litellm_params": {
+        "model": "atlas/openai/house-student", "api_base": upstream.url, "api_key": "sk-student"}}])
+    response = router.completion(model="house", messages=QUESTION)
+    report = report_of(response)
+    assert report is not None and report.decision == "guided"
+    for role in ("probe", "guided", "baseline"):
+        usage = getattr(report.usage, role)
+        assert usage.cost_usd == pytest.approx(usage.prompt_tokens * prices["input_cost_per_token"]
+                                               + usage.completion_tokens * prices["output_cost_per_token"])
+    teacher = report.usage.teacher
+    assert teacher.cost_usd == pytest.approx(sum(litellm.cost_per_token(
+        model="gpt-4o", prompt_tokens=teacher.prompt_tokens, completion_tokens=teacher.completion_tokens)))
+    assert report.cost_usd is not None
+    assert response._hidden_params["response_cost"] == pytest.approx(report.cost_usd)
