@@ -19,6 +19,7 @@ stream starts once the decision is made and replays the delivered answer.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -37,6 +38,7 @@ from .messages import ChatRequest, validate_messages
 from .redact import register_secret
 from .report import CallReport, Reason
 from .sessions import SessionCache
+from .teaching.deadline import seconds_of
 from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
 log = logging.getLogger("atlas_middleware")
@@ -149,6 +151,10 @@ class Atlas:
         stream = None
         if kwargs.pop("stream", False):
             stream = {"include_usage": bool((kwargs.pop("stream_options", None) or {}).get("include_usage"))}
+        try:  # the whole call's deadline, not each inner call's (teaching/deadline.py)
+            timeout = seconds_of(kwargs.pop("timeout", None))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"timeout: {exc}") from None
         request = ChatRequest(model=model, messages=messages, params=kwargs)
 
         settings = self.settings
@@ -157,7 +163,8 @@ class Atlas:
             if policy not in POLICIES:
                 raise InvalidRequestError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
             settings = dataclasses.replace(settings, policy=policy)
-        options = CallOptions(session_id=opts.get("session_id"), keep_answers=bool(opts.get("keep_answers")))
+        options = CallOptions(session_id=opts.get("session_id"), keep_answers=bool(opts.get("keep_answers")),
+                              timeout=timeout)
         if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
             options.teach = False
             return request, settings, options, stream
@@ -220,11 +227,14 @@ class Atlas:
             out = response.to_openai()
             out.atlas = report
             return out
+        # A shallow copy: LiteLLM's logging thread may still be serialising the object it
+        # returned, and adding an attribute to that one changes a dict it is iterating.
+        out = copy.copy(response.raw)
         try:
-            response.raw.atlas = report
+            out.atlas = report
         except (AttributeError, TypeError, ValueError):
-            object.__setattr__(response.raw, "atlas", report)
-        return response.raw
+            object.__setattr__(out, "atlas", report)
+        return out
 
     def _record(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
         if isinstance(self.ledger, NullLedger):

@@ -104,8 +104,16 @@ def _no_first_chunk(call: ModelCall, t0: float, error: BaseException | None) -> 
     return CallResult(call, response=Assembler().response(), latency_ms=_elapsed_ms(t0))
 
 
-def _timeout_error(call: ModelCall) -> TeacherTimeout:
-    return TeacherTimeout(f"{call.role} call gave no answer within {call.timeout:g} s")
+def _timeout_error(call: ModelCall) -> Exception:
+    message = f"{call.role} call gave no answer within {call.timeout:g} s"
+    if call.role in ("guided", "baseline"):
+        # Only the caller's own ``timeout`` limits the student's answers: when it runs out the
+        # caller gets LiteLLM's ``Timeout``, as from a plain call (``teaching/deadline.py``).
+        from .backends.litellm import import_litellm
+
+        error: Exception = import_litellm().Timeout(message=message, model=call.request.model, llm_provider="atlas")
+        return error
+    return TeacherTimeout(message)
 
 
 def _delivered(cmd: Deliver, started: float) -> Delivered:

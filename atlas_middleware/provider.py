@@ -243,7 +243,7 @@ class AtlasLLM(CustomLLM):
                    logging_obj: Any, optional_params: dict[str, Any], acompletion: Any = None,
                    litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                    headers: dict[str, Any] | None = None, timeout: Any = None, client: Any = None) -> ModelResponse:
-        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=False)
         with _bad_request(model):
             response = self.atlas.completion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
@@ -254,7 +254,7 @@ class AtlasLLM(CustomLLM):
                           acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
                           logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
                           client: Any = None) -> ModelResponse:
-        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=False)
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=False)
         with _bad_request(model):
             response = await self.atlas.acompletion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
@@ -267,7 +267,7 @@ class AtlasLLM(CustomLLM):
                   client: Any = None) -> Iterator[GenericStreamingChunk]:
         # The decision happens here, before LiteLLM wraps the iterator: a stream that starts
         # is a stream whose answer is chosen (and, live, whose first chunk has come).
-        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=True)
         with _bad_request(model):
             stream = self.atlas.completion(model, messages, **kwargs)
         self._remember(stream.atlas, litellm_params, logging_obj, stream=True, observe=False)
@@ -289,20 +289,30 @@ class AtlasLLM(CustomLLM):
                    acompletion: Any = None, litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                    headers: dict[str, Any] | None = None, timeout: Any = None,
                    client: Any = None) -> AsyncIterator[GenericStreamingChunk]:
-        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, stream=True)
+        kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=True)
         return PendingStream(self, model, messages, kwargs, litellm_params, logging_obj)
 
     # -- helpers --------------------------------------------------------------------------
 
     def _call_kwargs(self, optional_params: dict[str, Any], litellm_params: dict[str, Any] | None,
-                     api_base: str | None, api_key: Any, *, stream: bool) -> dict[str, Any]:
+                     api_base: str | None, api_key: Any, headers: dict[str, Any] | None, timeout: Any,
+                     *, stream: bool) -> dict[str, Any]:
         options = RequestOptions.from_litellm(litellm_params, optional_params)
         kwargs = {k: v for k, v in optional_params.items() if k not in ("atlas", "stream", "stream_options")}
-        # The student's endpoint and key, when the caller gave them; never the teacher's.
+        # The student's endpoint, key, version and headers, when the caller gave them; never
+        # the teacher's (its calls are built from the teacher's own settings).
         if api_base:
             kwargs["api_base"] = api_base
         if api_key:
             kwargs["api_key"] = api_key
+        if (litellm_params or {}).get("api_version"):
+            kwargs["api_version"] = (litellm_params or {})["api_version"]
+        if headers:  # LiteLLM has merged ``headers`` and ``extra_headers`` into this
+            kwargs["extra_headers"] = {**dict(headers), **(kwargs.get("extra_headers") or {})}
+        # The caller's deadline bounds the whole taught call (teaching/deadline.py); LiteLLM
+        # hands every call one (its default of 600 s when the caller set none).
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         kwargs.update(_student_prices(litellm_params))
         kwargs["atlas"] = options.as_call_options()
         if stream:

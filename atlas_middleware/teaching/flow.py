@@ -36,6 +36,7 @@ from ..redact import redact
 from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, KeptAnswer, Reason
 from . import prompts
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Stream, Wait
+from .deadline import Deadline
 from .leaks import strip_leaks
 from .parse import Diagnosis, split_reasoning
 from .protocols import STRUCTURED, Placement, TeacherProtocol
@@ -88,6 +89,8 @@ class CallOptions:
     stream: bool = False
     """The caller reads the answer as a stream: one delivered without a comparison is made
     as a live ``Stream``."""
+    timeout: float | None = None
+    """Seconds the caller gives the whole call (``timeout=``); see ``deadline.py``."""
 
 
 Flow = Generator[Command, Any, CallReport]
@@ -111,17 +114,25 @@ def teach(
     )
     if options.keep_answers and report.answers is None:
         report.answers = {}
-    return (yield from _accounted(_teach(request, settings, judge, options, report), report))
+    deadline = None
+    if options.timeout is not None:  # the clock starts when the driver starts the flow
+        deadline = Deadline.start(options.timeout, baseline_alongside=settings.policy == "strict")
+    return (yield from _accounted(_teach(request, settings, judge, options, report), report, deadline))
 
 
-def _accounted(inner: Flow, report: CallReport) -> Flow:
-    """Record usage, latency and errors of every finished call, whatever asked for it."""
+def _accounted(inner: Flow, report: CallReport, deadline: Deadline | None = None) -> Flow:
+    """Record usage, latency and errors of every finished call, whatever asked for it, and
+    hold every call made before delivery to the caller's deadline."""
     send: Any = None
     while True:
         try:
             cmd = inner.send(send)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        if deadline is not None:
+            cmd = deadline.cap(cmd)
+            if isinstance(cmd, (Deliver, Stream)):
+                deadline = None  # the user has the answer: what follows (an audit) is not capped
         send = yield cmd
         if isinstance(cmd, Wait):
             for result in send:
