@@ -185,3 +185,27 @@ def test_atlas_hung_student_over_http_raises_litellms_timeout() -> None:
                 atlas.completion(model="openai/student", api_base=s_srv.url, api_key="k",
                                  messages=ADDITION_QUESTION, timeout=DEADLINE)
             assert time.monotonic() - t0 < DEADLINE + 0.7
+
+
+def test_a_retrying_teacher_stays_within_the_deadline_call_after_call() -> None:
+    # The teacher's transport timeout and the driver's deadline are the same instant; when
+    # the transport's fires first, its error must not start a retry past the deadline (the
+    # retry budget is the call's own timeout, not the longer teacher_timeout).
+    student = ScriptedBackend({"*": "The answer is 4"})
+    teacher = ScriptedBackend({"teacher": Reply("<teaching>Add them.</teaching>", delay=HUNG)})
+    with OpenAITestServer(student) as s_srv, OpenAITestServer(teacher) as t_srv:
+        atlas = Atlas(teacher="openai/teacher", teacher_api_base=t_srv.url, teacher_api_key="k", ledger="none",
+                      teacher_timeout=2.0, teacher_retries=3)
+
+        async def go() -> list[float]:
+            out = []
+            for _ in range(3):
+                resp = await atlas.acompletion(model="openai/student", api_base=s_srv.url, api_key="k",
+                                               messages=ADDITION_QUESTION, timeout=0.5)
+                assert resp.atlas.reason == Reason.TEACHER_TIMEOUT
+                out.append(resp.atlas.latency_ms["teacher"])
+            await atlas.aclose()
+            return out
+
+        latencies = asyncio.run(go())
+    assert max(latencies) < 900, latencies  # one attempt each: ~500 ms, not 500 + back-off + 500

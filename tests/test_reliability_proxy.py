@@ -233,6 +233,28 @@ def test_teacher_fault_falls_back_within_the_deadline(proxy: ProxyProcess, teach
     assert rows[report["call_id"]][0]["reason"] == report["reason"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_the_callers_timeout_bounds_the_whole_taught_call(proxy: ProxyProcess, teacher: Teacher, healthy: None,
+                                                          ledger_path: Path, stream: bool) -> None:
+    # The proxy passes a body's ``timeout`` to the atlas provider as LiteLLM's own: the whole
+    # call gets 0.5 s, shorter than the teacher's own 1 s, and the hung teacher is cut at it.
+    teacher.switch("hang")
+    body = {"model": "student", "messages": QUESTION, "timeout": 0.5, "stream": stream}
+    response, elapsed = _timed(proxy, body=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-atlas-reason"] == "teacher_timeout"
+    if not stream:
+        report = _report(response)
+        assert report["latency_ms"]["teacher"] <= 600 and report["latency_ms"]["total"] <= 700, report["latency_ms"]
+        assert [e["role"] for e in report["errors"]] == ["teacher"]  # one attempt, cut at the deadline
+    else:
+        assert BASELINE.split()[0] in response.text
+    call_id = response.headers["x-atlas-call-id"]
+    (row,) = _wait_rows(ledger_path, {call_id})[call_id]
+    assert row["teacher_latency_ms"] <= 600, row["teacher_latency_ms"]
+    assert elapsed < TEACHER_TIMEOUT + 1.0
+
+
 @pytest.mark.slow
 def test_teacher_killed_mid_run(proxy: ProxyProcess, teacher: Teacher, healthy: None, ledger_path: Path) -> None:
     results: list[tuple[httpx.Response, float]] = []

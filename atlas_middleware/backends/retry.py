@@ -108,23 +108,38 @@ class RetryingBackend(WrapperBackend):
         from tenacity import retry_if_exception, stop_after_attempt, stop_any, stop_before_delay
 
         super().__init__(inner)
-        stop: Any = stop_any(stop_after_attempt(attempts), cast(Any, _caller_left))  # any callable stops
-        if budget is not None:
-            # Give up *before* a wait that would end past the budget (a long Retry-After
-            # included): the caller has stopped listening by then.
-            stop = stop | stop_before_delay(budget)
+        self._budget = budget
+        self._stop: Any = stop_any(stop_after_attempt(attempts), cast(Any, _caller_left))  # any callable stops
+        self._stop_before_delay = stop_before_delay
         self._settings: dict[str, Any] = dict(
-            stop=stop,
+            stop=self._stop_within(budget),
             wait=_Wait(base_delay, max_delay),
             retry=retry_if_exception(is_transient),
             reraise=True,
         )
 
+    def _stop_within(self, budget: float | None) -> Any:
+        # Give up *before* a wait that would end past the budget (a long Retry-After
+        # included): the caller has stopped listening by then.
+        return self._stop if budget is None else self._stop | self._stop_before_delay(budget)
+
+    def _settings_for(self, request: ChatRequest) -> dict[str, Any]:
+        """The retry settings for one call: its own ``timeout`` (the flow gives every
+        call its deadline there, see ``teaching/deadline.py``) bounds the retries too when
+        it is shorter than the backend's budget. Without that, a transport timeout that
+        fires together with the driver's deadline can absorb the driver's cancellation
+        (aiohttp turns it into its own timeout) and the loop would start another attempt."""
+        timeout = request.params.get("timeout")
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and (
+                self._budget is None or timeout < self._budget):
+            return {**self._settings, "stop": self._stop_within(float(timeout))}
+        return self._settings
+
     def complete(self, request: ChatRequest) -> ChatResponse:
         from tenacity import Retrying  # loaded by __init__: a dictionary look-up here
 
         token = current_cancel_token()
-        for attempt in Retrying(**self._settings, sleep=_sleep_unless_cancelled):
+        for attempt in Retrying(**self._settings_for(request), sleep=_sleep_unless_cancelled):
             with attempt:
                 if token is not None and token.cancelled:
                     # The caller gave up during the back-off: no further attempt.
@@ -135,7 +150,7 @@ class RetryingBackend(WrapperBackend):
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         from tenacity import AsyncRetrying
 
-        async for attempt in AsyncRetrying(**self._settings):
+        async for attempt in AsyncRetrying(**self._settings_for(request)):
             with attempt:
                 return await self.inner.acomplete(request)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -144,7 +159,7 @@ class RetryingBackend(WrapperBackend):
         from tenacity import Retrying
 
         token = current_cancel_token()
-        for attempt in Retrying(**self._settings, sleep=_sleep_unless_cancelled):
+        for attempt in Retrying(**self._settings_for(request), sleep=_sleep_unless_cancelled):
             with attempt:
                 if token is not None and token.cancelled:
                     raise TimeoutError("the caller stopped waiting for this call")
@@ -158,7 +173,7 @@ class RetryingBackend(WrapperBackend):
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         from tenacity import AsyncRetrying
 
-        async for attempt in AsyncRetrying(**self._settings):
+        async for attempt in AsyncRetrying(**self._settings_for(request)):
             with attempt:
                 chunks = astream_of(self.inner, request)
                 first = await anext(chunks, None)
