@@ -173,7 +173,8 @@ def _clean(s: str) -> str:
         s = _LATEX_WRAPPERS.sub(r"\1", s)
     s = s.replace("−", "-").replace("\\left", "").replace("\\right", "")
     s = s.replace("\\!", "").replace("\\,", "").replace("{,}", ",").replace("\\ ", " ")
-    s = s.strip().strip("$").strip()
+    # A final period may stand outside the math delimiters ("$x+1$.") or inside them.
+    s = s.strip().rstrip(".").strip().strip("$").strip()
     return s.rstrip(".").strip()
 
 

@@ -387,3 +387,96 @@ def test_the_transcript_names_roles_and_tool_calls() -> None:
              {"type": "function", "function": {"name": "sub"}}, "junk", {"type": "function", "function": {}}]
     assert tools_summary({"tools": tools}) == "- add: adds\n- sub"
     assert tools_summary({}) == ""
+
+
+# -- answer extraction, step by step (mutation testing found these steps unpinned) ---------
+
+
+@pytest.mark.parametrize(("stated", "answer"), [
+    ("**42**\nand then more", "42"),  # bold stripped, first line only
+    ("\\boxed{7} dollars", "7"),
+    ("$\\frac{1}{2}$.", "\\frac{1}{2}"),  # inline math kept whole
+    ("(C).", "(C)"),
+    ("B) photosynthesis.", "B) photosynthesis"),  # a lettered choice keeps its text
+    ("\\pi r^2.", "\\pi r^2"),
+    ("3 + 4 = 7 = 7.0", "7.0"),  # the value after the last "="
+    ("x = 5 apples", "5"),
+    ("eighteen dollars.", "eighteen dollars"),
+    ("SOFTBOX.", "SOFTBOX"),  # only the final period goes
+    ("\\sqrt{2} X.", "\\sqrt{2} X"),
+])
+def test_the_answer_inside_a_statement(stated: str, answer: str) -> None:
+    from atlas_middleware.answers import _from_statement
+
+    assert _from_statement(stated) == answer
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("\\boxed{\\text{B}}", "B"),
+    ("\\fbox{5}", "5"),
+    ("see \\boxed{5}", "see \\boxed{5}"),  # a box inside text is not the whole answer
+    ("\\left(3\\right)", "(3)"),
+    ("1\\!000", "1000"),
+    ("1\\,000", "1000"),
+    ("1{,}000", "1,000"),
+    ("5\\ cm", "5 cm"),
+    ("$x+1$.", "x+1"),  # the period outside the math (it used to leave "x+1$")
+    ("$x+1.$", "x+1"),
+    ("−3", "-3"),
+    ("BOX.", "BOX"),
+])
+def test_cleaning_an_answer(raw: str, clean: str) -> None:
+    from atlas_middleware.answers import _clean
+
+    assert _clean(raw) == clean
+
+
+def test_an_expression_with_a_period_outside_its_math_equals_itself() -> None:
+    from atlas_middleware.answers import answers_equivalent
+
+    assert answers_equivalent("$a+b$.", "a+b")
+
+
+# -- the teacher grading one answer (verify's default judge) ---------------------------------
+
+
+@pytest.mark.parametrize(("verdict", "reason", "score"), [
+    ("<verdict>8</verdict>", Reason.VERIFIED, 0.8),
+    ("Reasoning first.\n<verdict>10</verdict>", Reason.VERIFIED, 1.0),
+    ("<verdict>7</verdict>", Reason.VERIFIED, 0.7),  # the threshold itself passes
+])
+def test_the_teacher_grades_the_guided_answer(make_atlas, call, verdict: str, reason: Reason, score: float) -> None:
+    atlas, student, teacher = make_atlas(policy="verify", teacher={"judge_score": verdict},
+                                         teacher_max_tokens=321, teacher_timeout=7)
+    r = call(atlas).atlas
+    assert (r.reason, r.judge.name if r.judge else None) == (reason, "teacher")
+    assert r.judge is not None and r.judge.scores == {"guided": score}
+    assert student.roles().count("baseline") == 0
+    (req,) = [q for role, q in teacher.calls if role == "judge_score"]
+    assert req.params == {"max_tokens": 321, "timeout": 7}
+    system, user = req.messages
+    assert system["role"] == "system" and "integer score from 0" in system["content"]
+    assert "What is 20 + 22?" in user["content"] and "The answer is 42" in user["content"]
+    assert "<answer>" in user["content"] and "<task_data>" in user["content"]
+
+
+@pytest.mark.parametrize(("verdict", "detail"), [
+    ("<verdict>6</verdict>", None),  # below 0.7: the baseline is run and compared
+    ("<verdict>eleven</verdict>", "not a number: 'ELEVEN'"),
+    ("<think>draft <verdict>9</verdict></think>", "no <verdict>"),  # a verdict in the reasoning is a draft
+    ("<think>grading 9/10 so far", "ended inside its reasoning"),
+    ("<verdict>11</verdict>", "out of range: 11.0"),
+    ("<verdict>-1</verdict>", "out of range: -1.0"),
+    ("no verdict at all", "no <verdict>"),
+])
+def test_a_failing_or_garbled_grade_pays_for_the_baseline(make_atlas, call, verdict: str, detail: str | None) -> None:
+    pair = PairwiseJudge(is_right=lambda answer: answer.rstrip().endswith("42"))
+    atlas, student, _ = make_atlas(policy="verify", teacher={"judge_score": verdict, "judge_pair": pair})
+    r = call(atlas).atlas
+    assert student.roles().count("baseline") == 1
+    assert r.reason == Reason.JUDGE_GUIDED  # the pairwise comparison then decided
+    judge_errors = [e.message for e in r.errors if e.role == "judge"]
+    if detail is None:
+        assert judge_errors == []
+    else:
+        assert len(judge_errors) == 1 and detail in judge_errors[0], judge_errors
