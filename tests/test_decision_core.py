@@ -480,3 +480,106 @@ def test_a_failing_or_garbled_grade_pays_for_the_baseline(make_atlas, call, verd
         assert judge_errors == []
     else:
         assert len(judge_errors) == 1 and detail in judge_errors[0], judge_errors
+
+
+# -- what a refused teacher reply or judge verdict says (the report carries these words) -----
+
+
+@pytest.mark.parametrize(("text", "finish", "untagged", "error", "message"), [
+    ("", "stop", "private", "TeacherOutputError", "the teacher returned an empty answer"),
+    ("", "length", "private", "TeacherTruncatedError", "the teacher's reply hit its token cap before any text"),
+    ("<think>a", "length", "guidance", "TeacherTruncatedError",
+     "the teacher's reply hit its token cap inside its reasoning"),
+    ("hint text", "length", "guidance", "TeacherTruncatedError",
+     "the teacher's reply hit its token cap before a closed <teaching> block"),
+    ("plain", "stop", "private", "TeacherOutputError", "the teacher's output has neither <teaching> nor <level>"),
+    ("<think>only reasoning", "stop", "guidance", "TeacherOutputError",
+     "the teacher's reply ended inside its reasoning, with no guidance"),
+])
+def test_a_refused_teacher_reply_says_why(text: str, finish: str, untagged: str, error: str, message: str) -> None:
+    from atlas_middleware.errors import TeacherOutputError
+    from atlas_middleware.teaching.parse import read_teacher_reply
+
+    with pytest.raises(TeacherOutputError) as caught:
+        read_teacher_reply(text, finish_reason=finish, untagged=untagged)  # type: ignore[arg-type]
+    assert (type(caught.value).__name__, str(caught.value)) == (error, message)
+
+
+def test_untagged_atlas_guidance_is_the_whole_visible_reply_and_nothing_stays_private() -> None:
+    from atlas_middleware.teaching.parse import read_teacher_reply
+
+    d = read_teacher_reply("<think>check the carry</think>Carry the one.", untagged="guidance")
+    assert (d.guidance, d.thinking, d.level) == ("Carry the one.", "check the carry", None)
+
+
+def _judge_result(text: str, finish: str = "stop") -> CallResult:
+    request = ChatRequest(model="teacher", messages=QUESTION)
+    call = ModelCall(role="judge", target="teacher", request=request)
+    return CallResult(call, response=ChatResponse(content=text, finish_reason=finish))
+
+
+@pytest.mark.parametrize(("text", "finish", "message"), [
+    ("thinking about it", "length", "the judge's reply hit its token cap before a verdict"),
+    ("<think>A is better", "stop", "the judge's reply ended inside its reasoning"),
+    ("A is better", "stop", "the judge's answer has no <verdict>"),
+])
+def test_a_garbled_verdict_says_why(text: str, finish: str, message: str) -> None:
+    from atlas_middleware.errors import JudgeError
+    from atlas_middleware.judges import _verdict_text
+
+    with pytest.raises(JudgeError) as caught:
+        _verdict_text(_judge_result(text, finish))
+    assert str(caught.value) == message
+
+
+def test_a_failed_judge_call_is_a_judge_error_naming_the_failure() -> None:
+    from atlas_middleware.errors import JudgeError
+    from atlas_middleware.judges import _verdict_text
+
+    request = ChatRequest(model="teacher", messages=QUESTION)
+    failed = CallResult(ModelCall(role="judge", target="teacher", request=request), error=RuntimeError("down"))
+    with pytest.raises(JudgeError, match=r"judge call failed: RuntimeError\('down'\)"):
+        _verdict_text(failed)
+
+
+@pytest.mark.parametrize(("cut", "winner"), [("guided", "baseline"), ("baseline", "guided")])
+def test_a_cut_off_answer_loses_to_a_complete_one_without_a_judge_call(cut: str, winner: str) -> None:
+    judge = TeacherJudge("teacher")
+    task = Task(QUESTION, {})
+    answers = {role: ChatResponse(content="The answer is 42", finish_reason="length" if role == cut else "stop")
+               for role in ("guided", "baseline")}
+    gen = judge.compare(task, answers["guided"], answers["baseline"])
+    with pytest.raises(StopIteration) as done:
+        next(gen)  # decided at once: no call is started
+    verdict = done.value.value
+    assert (verdict.winner, verdict.detail) == (winner, f"only the {winner} answer is complete")
+
+
+@pytest.mark.parametrize(("first", "second", "winner", "detail"), [
+    ("A", "B", "guided", "order guided-first: guided; order baseline-first: guided"),
+    ("B", "A", "baseline", "order guided-first: baseline; order baseline-first: baseline"),
+    ("A", "A", "undecided",
+     "order guided-first: guided; order baseline-first: baseline (the verdict follows the order: no evidence)"),
+    ("TIE", "TIE", "tie", "order guided-first: tie; order baseline-first: tie"),
+])
+def test_the_pairwise_verdict_in_both_orders(first: str, second: str, winner: str, detail: str) -> None:
+    judge = TeacherJudge("teacher")
+    task = Task(QUESTION, {})
+    g, b = ChatResponse(content="The answer is 42"), ChatResponse(content="The answer is 41")
+    gen = judge.compare(task, g, b)
+    next(gen), gen.send(1)  # the two Starts
+    wait = gen.send(2)
+    assert wait.handles == (1, 2)
+    with pytest.raises(StopIteration) as done:
+        gen.send([_judge_result(f"<verdict>{first}</verdict>"), _judge_result(f"<verdict>{second}</verdict>")])
+    assert (done.value.value.winner, done.value.value.detail) == (winner, detail)
+
+
+@pytest.mark.parametrize(("first", "second"), [("C", "A"), ("A", "maybe")])
+def test_an_unknown_verdict_in_either_order_is_a_judge_error(first: str, second: str) -> None:
+    from atlas_middleware.errors import JudgeError
+
+    gen = TeacherJudge("teacher").compare(Task(QUESTION, {}), ChatResponse(content="42"), ChatResponse(content="41"))
+    next(gen), gen.send(1), gen.send(2)
+    with pytest.raises(JudgeError, match="unexpected verdicts"):
+        gen.send([_judge_result(f"<verdict>{first}</verdict>"), _judge_result(f"<verdict>{second}</verdict>")])
