@@ -25,9 +25,9 @@ test: $(STAMP)
 	$(PY) -m ruff check atlas_middleware tests bench examples
 	$(PY) -m mypy
 	# PostgreSQL and headless Chromium on loopback, for the ledger and report tests.
-	eval "$$(scripts/ci-services.sh)" && $(PY) -m pytest -q
+	eval "$$(scripts/ci-services.sh)" && $(PY) -m pytest -q --durations=15
 
-# Mutation testing of the decision core (docs/testing.md); about an hour on 2 cores, not in CI.
+# Mutation testing of the decision core (docs/testing.md); about two hours on 2 cores, not in CI.
 mutation: $(STAMP)
 	$(PIP) install -q mutmut==3.8.1
 	$(VENV)/bin/mutmut run --max-children 2
