@@ -43,7 +43,7 @@ from typing import Any
 
 from ..messages import ChatRequest, ChatResponse
 from .scripted import ScriptedBackend, classify
-from .server import HTTPFault, RawBody
+from .server import HTTPFault, RawBody, ThreadedTestServer
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -273,34 +273,20 @@ class _Server(ThreadingHTTPServer):
     lock: threading.Lock
 
 
-class AnthropicTestServer:
+class AnthropicTestServer(ThreadedTestServer):
     """Start with ``start()`` or a ``with`` block; ``url`` is the ``api_base`` to use.
 
     ``api_key`` checks the ``x-api-key`` header (401 otherwise); ``cache_creation`` gives,
     by role, how many of a request's prompt tokens to report as cache writes.
     """
 
+    _thread_name = "anthropic-test-server"
+
     def __init__(self, backend: ScriptedBackend | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, cache_creation: dict[str, int] | None = None) -> None:
-        self._server = _Server((host, port), _Handler)
-        self._server.backend = backend or ScriptedBackend()
+        super().__init__(_Server((host, port), _Handler), backend)
         self._server.api_key = api_key
         self._server.cache_creation = dict(cache_creation or {})
-        self._server.requests = []
-        self._server.lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def backend(self) -> ScriptedBackend:
-        return self._server.backend
-
-    @property
-    def cache_creation(self) -> dict[str, int]:
-        return self._server.cache_creation
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -308,30 +294,11 @@ class AnthropicTestServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def cache_creation(self) -> dict[str, int]:
+        return self._server.cache_creation  # type: ignore[no-any-return]
+
+    @property
     def requests(self) -> list[dict[str, Any]]:
         """Every request: ``body`` (Anthropic's), ``openai`` (as the backend read it),
         ``role``, ``status`` and, when answered, the ``usage`` and ``message`` sent."""
-        with self._server.lock:
-            return list(self._server.requests)
-
-    def clear(self) -> None:
-        with self._server.lock:
-            self._server.requests.clear()
-
-    def start(self) -> AnthropicTestServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name=f"anthropic-test-server-{self.port}")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> AnthropicTestServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        return super().requests

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from ..messages import ChatRequest
 from ..streaming import ChunkWriter
@@ -169,23 +169,23 @@ class _Server(ThreadingHTTPServer):
     lock: threading.Lock
 
 
-class OpenAITestServer:
-    """Start with ``start()`` or a ``with`` block; ``url`` is the api_base to use."""
+class ThreadedTestServer:
+    """What the test servers share: a threaded HTTP server on loopback answering from a
+    scripted backend, with a log of the requests it got. Start with ``start()`` or a
+    ``with`` block."""
 
-    def __init__(self, backend: ScriptedBackend | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 models: list[str] | None = None, api_key: str | None = None) -> None:
-        self._server = _Server((host, port), _Handler)
+    _thread_name = "test-server"
+
+    def __init__(self, server: Any, backend: ScriptedBackend | None) -> None:
+        self._server: Any = server  # the handlers read these attributes off the server
         self._server.backend = backend or ScriptedBackend()
-        self._server.models = models or ["student", "teacher"]
-        self._server.api_key = api_key
         self._server.requests = []
         self._server.lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.id = uuid.uuid4().hex[:8]
 
     @property
     def backend(self) -> ScriptedBackend:
-        return self._server.backend
+        return self._server.backend  # type: ignore[no-any-return]
 
     @property
     def port(self) -> int:
@@ -200,9 +200,13 @@ class OpenAITestServer:
         with self._server.lock:
             return list(self._server.requests)
 
-    def start(self) -> OpenAITestServer:
+    def clear(self) -> None:
+        with self._server.lock:
+            self._server.requests.clear()
+
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name=f"openai-test-server-{self.port}")
+                                        daemon=True, name=f"{self._thread_name}-{self.port}")
         self._thread.start()
         return self
 
@@ -212,11 +216,24 @@ class OpenAITestServer:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> OpenAITestServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class OpenAITestServer(ThreadedTestServer):
+    """An OpenAI-compatible ``/v1/chat/completions``; ``url`` is the api_base to use."""
+
+    _thread_name = "openai-test-server"
+
+    def __init__(self, backend: ScriptedBackend | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 models: list[str] | None = None, api_key: str | None = None) -> None:
+        super().__init__(_Server((host, port), _Handler), backend)
+        self._server.models = models or ["student", "teacher"]
+        self._server.api_key = api_key
+        self.id = uuid.uuid4().hex[:8]
 
 
 def serve_forever(backend: ScriptedBackend, host: str = "127.0.0.1", port: int = 8001) -> None:
