@@ -36,14 +36,12 @@ Every request is recorded in ``requests`` with the role it played and the usage 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..messages import ChatRequest, ChatResponse
 from .scripted import ScriptedBackend, classify
-from .server import HTTPFault, RawBody, ThreadedTestServer
+from .server import HTTPFault, JSONHandler, QuietServer, RawBody, ThreadedTestServer
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -136,24 +134,11 @@ def _blocks(response: ChatResponse) -> list[dict[str, Any]]:
     return out
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(JSONHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        return None
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("request-id", "req_" + uuid.uuid4().hex[:12])
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+    def _own_headers(self) -> dict[str, str]:
+        return {"request-id": "req_" + uuid.uuid4().hex[:12]}
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         error = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
@@ -259,18 +244,9 @@ def _pieces(text: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        return None  # a client that gave up is not the server's failure
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512
-    backend: ScriptedBackend
+class _Server(QuietServer):
     api_key: str | None
     cache_creation: dict[str, int]
-    requests: list[dict[str, Any]]
-    lock: threading.Lock
 
 
 class AnthropicTestServer(ThreadedTestServer):

@@ -51,25 +51,34 @@ class RawBody(Exception):
         self.headers = headers or {}  # e.g. Content-Encoding for a body sent compressed
 
 
-class _Handler(BaseHTTPRequestHandler):
+class JSONHandler(BaseHTTPRequestHandler):
+    """What the test servers' handlers share: keep-alive, no Nagle delay, quiet logs, ``_send``."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm on, the second waits
     # for a delayed ACK (~40 ms on Linux) on every kept-alive request.
     disable_nagle_algorithm = True
-    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return None
+
+    def _own_headers(self) -> dict[str, str]:
+        """Headers this server sends on every response (a provider's request id, say)."""
+        return {}
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
+        for k, v in {**self._own_headers(), **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
+
+
+class _Handler(JSONHandler):
+    server: _Server
 
     def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers=headers)
@@ -154,19 +163,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timed-out teacher call) is not the server's failure.
-        return None
+class QuietServer(ThreadingHTTPServer):
+    """A threaded test server that shrugs off clients that gave up."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512
     backend: ScriptedBackend
-    models: list[str]
-    api_key: str | None
     requests: list[dict[str, Any]]
     lock: threading.Lock
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timed-out teacher call) is not the server's failure.
+        return None
+
+
+class _Server(QuietServer):
+    models: list[str]
+    api_key: str | None
 
 
 class ThreadedTestServer:
