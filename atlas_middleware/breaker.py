@@ -3,6 +3,9 @@
 After ``failures`` consecutive teacher failures the circuit opens: calls skip the teacher
 (the student answers alone, reason ``circuit_open``) for ``cooldown`` seconds. Then one
 call is let through (half-open); its success closes the circuit, its failure re-opens it.
+
+This is one process's breaker (``state/memory.py``); ``state/redis.py`` keeps the same
+state machine in Redis, so that a fleet of replicas opens together and sends one trial.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 An agent makes many model calls per task; the teacher diagnoses once, and later steps
 reuse the guidance until a comparison shows it stopped helping (then it is dropped and the
 next step is taught afresh). An empty entry records "the teacher saw no need to help".
+
+This is one process's cache (``state/memory.py``); ``state/redis.py`` shares the same
+entries across replicas.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class SessionCache:
                 return None
             self._data.move_to_end(session_id)
             return entry
+
+    def lookup(self, session_id: str) -> str | None:
+        """The guidance alone (the ``state.SessionStore`` protocol): shared backends keep no
+        entry object, only the text and its time to live."""
+        entry = self.get(session_id)
+        return None if entry is None else entry.guidance
 
     def put(self, session_id: str, guidance: str) -> None:
         with self._lock:

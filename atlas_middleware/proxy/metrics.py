@@ -4,14 +4,20 @@ A registry of its own (not prometheus_client's global one), so that LiteLLM's ow
 Prometheus integration can run in the same process without name clashes. The proxy serves
 it at ``/atlas/metrics``. Each process has its own counts: run one worker per replica, or
 let Prometheus sum the replicas.
+
+The shared state (``state/``) is read at scrape time through ``watch_state``: how many
+state operations process memory served because Redis failed (``atlas_state_fallbacks_total``
+by operation) and whether it is failing now (``atlas_state_degraded``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import MissingExtraError
 from ..report import TEACHER_PATH_FAILURES, CallReport, Reason
+from ..state import StateStatus
 from ..usage import ROLES
 
 # The guidance path's failures that are the teacher's (a probe's are the student's).
@@ -56,6 +62,11 @@ class AtlasMetrics:
         if report.reason in TEACHER_FAILURES:
             self.teacher_errors.labels(report.reason.value).inc()
 
+    def watch_state(self, status_of: Callable[[], StateStatus | None]) -> None:
+        """Export the shared state's fallbacks and health, read from ``status_of()`` (None:
+        no ``Atlas`` built yet) at every scrape, so the state needs no metrics of its own."""
+        self.registry.register(_StateCollector(status_of))
+
     def render(self) -> bytes:
         return bytes(self._prom.generate_latest(self.registry))
 
@@ -70,3 +81,31 @@ class AtlasMetrics:
             return Response(self.render(), media_type=CONTENT_TYPE)
 
         app.add_route(path, metrics, methods=["GET"])
+
+
+class _StateCollector:
+    def __init__(self, status_of: Callable[[], StateStatus | None]) -> None:
+        import prometheus_client.core as core  # the metric families of a custom collector
+
+        self._core = core
+        self._status_of = status_of
+
+    def describe(self) -> Iterator[Any]:
+        return self._families(None)
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(self._status_of())
+
+    def _families(self, status: StateStatus | None) -> Iterator[Any]:
+        fallbacks = self._core.CounterMetricFamily(
+            "atlas_state_fallbacks", "State operations served from process memory because the shared state failed",
+            labels=["op"])
+        degraded = self._core.GaugeMetricFamily(
+            "atlas_state_degraded", "1 while the shared state is unreachable and process memory serves",
+            labels=["backend"])
+        if status is not None:
+            for op, count in sorted(status.fallbacks.items()):
+                fallbacks.add_metric([op], count)
+            degraded.add_metric([status.backend], 1.0 if status.degraded else 0.0)
+        yield fallbacks
+        yield degraded

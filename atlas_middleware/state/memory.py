@@ -1,0 +1,26 @@
+"""Process memory: one replica's state, exactly as ``Atlas`` kept it before shared state.
+
+The default, and what the Redis backend falls back to while Redis is unreachable. The
+stores are the historical ``SessionCache`` and ``CircuitBreaker`` themselves, so their
+semantics (and their tests) are the reference the shared backends are held to.
+"""
+
+from __future__ import annotations
+
+from ..breaker import CircuitBreaker
+from ..sessions import SessionCache
+from .base import StateStatus
+
+
+class MemoryState:
+    blocking = False
+
+    def __init__(self, *, session_ttl: float = 3600.0, failures: int = 5, cooldown: float = 30.0) -> None:
+        self.sessions = SessionCache(ttl=session_ttl)
+        self.breaker = CircuitBreaker(failures, cooldown)
+
+    def status(self) -> StateStatus:
+        return StateStatus(backend="memory")
+
+    def close(self) -> None:
+        pass
