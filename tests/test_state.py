@@ -240,6 +240,34 @@ def test_a_silent_redis_costs_one_bounded_timeout_then_nothing(make_atlas, call,
     assert len(caplog.records) == 1 and "TimeoutError" in caplog.records[0].getMessage()
 
 
+def test_async_calls_leave_the_event_loop_free_while_redis_is_silent(make_atlas, black_hole: str) -> None:
+    atlas, *_ = make_atlas(state=black_hole, state_timeout=0.3, student={"guided": "The answer is 41"})
+
+    async def go() -> float:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        t0 = time.perf_counter()
+        r = await atlas.acompletion(model="m", messages=[{"role": "user", "content": "What is 20 + 22?"}])
+        assert r.atlas.reason == Reason.AGREEMENT and time.perf_counter() - t0 >= 0.3  # it did wait
+        done.set()
+        await task
+        return max(gaps)
+
+    # The state's timed-out operation ran in a thread: the loop kept ticking meanwhile.
+    assert asyncio.run(go()) < 0.15
+
+
 def test_a_refused_redis_connection_falls_back_at_once(make_atlas) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
