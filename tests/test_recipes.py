@@ -227,6 +227,15 @@ def test_proxy_pods_roll_when_the_config_changes() -> None:
     assert render.main(["--check"]) == 0
 
 
+def test_image_installs_extras_the_package_has() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = re.findall(r'pip install "\.\[([\w,]+)\]"', (FLEET / "Dockerfile").read_text())
+    assert len(installed) == 1
+    assert {"proxy", "postgres", "redis"} <= set(installed[0].split(",")) <= set(extras)
+
+
 def test_fleet_hook_module_is_the_bundled_one() -> None:
     assert (FLEET / "atlas_hooks.py").read_bytes() == (
         ROOT / "integrations" / "litellm_proxy" / "atlas_hooks.py").read_bytes()
