@@ -24,6 +24,10 @@ from atlas_middleware.state import FallbackState, MemoryState, SharedState, Stat
 from atlas_middleware.testing import teacher_reply
 
 
+def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records if rec.name == "atlas_middleware.state"]
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -75,6 +79,7 @@ class _Flaky:
     def __getattr__(self, name: str) -> Any:
         self._owner.calls += 1
         if self._owner.down:
+            time.sleep(self._owner.delay)  # a silent store: the client's timeout
             raise Down("shared state unreachable")
         return getattr(self._inner, name)
 
@@ -87,6 +92,7 @@ class FlakyState:
     def __init__(self) -> None:
         self.shared = MemoryState(failures=1, cooldown=30.0)
         self.down = False
+        self.delay = 0.0
         self.calls = 0
         self.sessions: Any = _Flaky(self, self.shared.sessions)
         self.breaker: Any = _Flaky(self, self.shared.breaker)
@@ -122,9 +128,9 @@ def test_fallback_serves_from_memory_and_backs_off(flaky, caplog: pytest.LogCapt
     assert primary.calls == 2
     assert state.status().fallbacks == {"session_lookup": 2, "session_put": 1, "breaker_failure": 1,
                                         "breaker_allow": 1}
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
-    assert "Down: shared state unreachable" in warnings[0].getMessage()
+    warnings = state_log(caplog)
+    assert len(warnings) == 1 and "unreachable" in warnings[0]
+    assert "Down: shared state unreachable" in warnings[0]
     # After the back-off it is tried again; still down: one more try, then memory again.
     clock.now += 1.0
     assert state.sessions.lookup("b") == "local hint"
@@ -138,8 +144,21 @@ def test_fallback_serves_from_memory_and_backs_off(flaky, caplog: pytest.LogCapt
     assert state.sessions.lookup("a") == "shared hint"
     assert state.breaker.allow()  # the shared breaker never saw the failure made in memory
     assert not state.status().degraded
-    messages = [r.getMessage() for r in caplog.records]
+    messages = state_log(caplog)
     assert len(messages) == 2 and "reachable again" in messages[1]
+
+
+def test_while_lost_one_caller_probes_the_shared_state_and_the_others_keep_to_memory(flaky) -> None:
+    state, primary, clock = flaky
+    primary.down, primary.delay = True, 0.2
+    state.breaker.allow()
+    assert primary.calls == 1 and state.status().degraded
+    clock.now += 1.0  # the back-off is over: 8 callers at once
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: state.sessions.lookup("x"), range(8)))
+    assert primary.calls == 2  # one probe paid the timeout
+    assert time.perf_counter() - t0 < 0.4 and state.status().fallbacks["session_lookup"] == 8
 
 
 def test_fallback_warnings_are_rate_limited(flaky, caplog: pytest.LogCaptureFixture) -> None:
@@ -149,11 +168,11 @@ def test_fallback_warnings_are_rate_limited(flaky, caplog: pytest.LogCaptureFixt
     for _ in range(30):  # 30 failed tries, one per back-off period, over 30 s
         state.breaker.allow()
         clock.now += 1.0
-    assert primary.calls == 30 and len(caplog.records) == 1
+    assert primary.calls == 30 and len(state_log(caplog)) == 1
     # 29 of those went unwarned; the next warning, a minute after the first, counts them.
     clock.now += 30.0
     state.breaker.allow()
-    assert len(caplog.records) == 2 and "still unreachable: 30" in caplog.records[1].getMessage()
+    assert len(state_log(caplog)) == 2 and "still unreachable: 30" in state_log(caplog)[1]
     assert state.status().fallbacks == {"breaker_allow": 31}
 
 
@@ -237,7 +256,7 @@ def test_a_silent_redis_costs_one_bounded_timeout_then_nothing(make_atlas, call,
     status = atlas.state.status()
     assert status.backend == "redis" and status.degraded
     assert status.fallbacks["session_lookup"] == 4 and status.fallbacks["breaker_allow"] == 1
-    assert len(caplog.records) == 1 and "TimeoutError" in caplog.records[0].getMessage()
+    assert len(state_log(caplog)) == 1 and "TimeoutError" in state_log(caplog)[0]
 
 
 def test_async_calls_leave_the_event_loop_free_while_redis_is_silent(make_atlas, black_hole: str) -> None:

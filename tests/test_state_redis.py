@@ -149,6 +149,10 @@ def test_one_trial_slot_under_a_race_of_two_clients(prefix: str) -> None:
             s.close()
 
 
+def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records if rec.name == "atlas_middleware.state"]
+
+
 def _redis(script: str) -> None:
     subprocess.run([os.environ[script]], check=True, timeout=30)
 
@@ -169,20 +173,20 @@ def test_redis_stopped_mid_run_then_restarted(fleet, call, prefix: str, caplog: 
             r = call(b, atlas={"session_id": "during"}).atlas
             walls.append(time.perf_counter() - t0)
             assert r.reason == Reason.AGREEMENT
-        assert max(walls) < 0.5, walls  # never slowed beyond the bounded timeout
+        assert max(walls) < 1.0, walls  # a refused connection costs nothing (test_state.py times a silent one)
         status = b.state.status()
         assert status.degraded and status.backend == "redis"
         assert status.fallbacks["session_lookup"] == 4 and status.fallbacks["session_put"] == 1
         # Process memory stands in: one diagnosis for the four calls, on this replica.
         assert tb.roles().count("teacher") == 1
-        warnings = [rec.getMessage() for rec in caplog.records]
-        assert len(warnings) == 1 and "shared state (redis) unreachable" in warnings[0]
+        warnings = state_log(caplog)
+        assert len(warnings) == 1 and "shared state (redis) unreachable" in warnings[0], warnings
     finally:
         _redis("TEST_REDIS_START")
     time.sleep(0.35)  # the back-off
     r = call(b, atlas={"session_id": "after"}).atlas
     assert not r.guidance_reused and not b.state.status().degraded
-    assert "reachable again" in caplog.records[-1].getMessage()
+    assert "reachable again" in state_log(caplog)[-1], state_log(caplog)
     assert raw().get(prefix + "session:after") == GUIDANCE  # in Redis again, for the fleet
     reused = call(a, atlas={"session_id": "after"}).atlas
     assert reused.guidance_reused and ta.roles().count("teacher") == 1

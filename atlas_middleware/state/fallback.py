@@ -5,8 +5,9 @@ a dependency: when Redis is down or slow, a call must be neither failed nor noti
 slowed. So every operation on the shared backend is tried with the client's short timeout
 (``state_timeout``); on any error or timeout, that operation and every one for the next
 ``backoff`` seconds is served from process memory (a ``MemoryState``, today's single-replica
-behaviour), and then the shared backend is tried again. An outage therefore costs at most
-one timed-out operation per back-off period and per concurrent caller, not one per call.
+behaviour), and then one operation tries the shared backend again while the others keep to
+memory. An outage therefore costs one timed-out operation per back-off period (plus those
+already in flight when it began), not one per call.
 
 It is loud, not noisy: a warning when the shared backend is first lost, then at most one per
 ``warn_every`` seconds while it stays lost (with the count), one when it is back; every
@@ -55,7 +56,7 @@ class FallbackState:
 
     def run(self, op: str, call: Callable[[SharedState], T]) -> T:
         """``call`` on the shared backend if it is up (or due for a retry), else on memory."""
-        if self._clock() >= self._retry_at:
+        if self._shared_turn(op):
             try:
                 out = call(self.primary)
             except Exception as exc:  # whatever the shared store raises, the caller's call goes on
@@ -64,11 +65,21 @@ class FallbackState:
                 if self._degraded:
                     self._back()
                 return out
-        else:
-            with self._lock:
-                self._fallbacks[op] += 1
-                self._unwarned += 1
         return call(self.fallback)
+
+    def _shared_turn(self, op: str) -> bool:
+        """Whether this operation goes to the shared backend. While it is lost, one operation
+        per back-off period probes it; concurrent ones keep to memory meanwhile, so a silent
+        Redis costs one caller a timeout, not every caller at that moment."""
+        now = self._clock()
+        with self._lock:
+            if now >= self._retry_at:
+                if self._degraded:
+                    self._retry_at = now + self.backoff
+                return True
+            self._fallbacks[op] += 1
+            self._unwarned += 1
+            return False
 
     def _lost(self, op: str, exc: Exception) -> None:
         now = self._clock()
@@ -93,6 +104,7 @@ class FallbackState:
             if not self._degraded:
                 return
             self._degraded, count, self._unwarned = False, self._unwarned, 0
+            self._retry_at = float("-inf")  # the probe's claim on the back-off is void
         log.warning("shared state (%s) reachable again (%d operations served from memory since the last warning)",
                     self.primary.status().backend, count)
 
