@@ -18,6 +18,7 @@ above; one after it is an ``error`` event and the end of the connection, without
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -172,10 +173,22 @@ class QuietServer(ThreadingHTTPServer):
     backend: ScriptedBackend
     requests: list[dict[str, Any]]
     lock: threading.Lock
+    connections: set[socket.socket]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (a timed-out teacher call) is not the server's failure.
         return None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        with self.lock:
+            self.connections.add(conn)  # ``kill`` cuts the ones still open
+        return conn, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
 
 
 class _Server(QuietServer):
@@ -195,6 +208,7 @@ class ThreadedTestServer:
         self._server.backend = backend or ScriptedBackend()
         self._server.requests = []
         self._server.lock = threading.Lock()
+        self._server.connections = set()
         self._thread: threading.Thread | None = None
 
     @property
@@ -229,6 +243,18 @@ class ThreadedTestServer:
         self._server.server_close()
         if self._thread:
             self._thread.join(timeout=5)
+
+    def kill(self) -> None:
+        """Stop as a killed server process stops: no new connections (refused), and the
+        open ones (kept-alive, or in the middle of an answer) cut without a response."""
+        self.stop()
+        with self._server.lock:
+            open_connections = list(self._server.connections)
+        for conn in open_connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> Self:
         return self.start()
