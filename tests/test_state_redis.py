@@ -149,6 +149,23 @@ def test_one_trial_slot_under_a_race_of_two_clients(prefix: str) -> None:
             s.close()
 
 
+def test_a_trial_whose_replica_died_frees_its_slot_after_the_lease(prefix: str) -> None:
+    from atlas_middleware.state.redis import RedisBreaker
+
+    client = raw()
+    breakers = [RedisBreaker(client, prefix, failures=1, cooldown=0.1, trial_lease=0.3) for _ in range(2)]
+    breakers[0].failure()
+    time.sleep(0.15)
+    assert breakers[0].allow()  # the trial; its replica never reports back
+    fields = client.hgetall(prefix + "breaker")
+    assert set(fields) == {"count", "opened_at", "trial_until"} and fields["count"] == "1"
+    assert not breakers[1].allow()
+    time.sleep(0.35)
+    assert breakers[1].allow() and not breakers[0].allow()  # a new trial, still only one
+    breakers[1].success()
+    assert client.exists(prefix + "breaker") == 0 and breakers[0].state == "closed"
+
+
 def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [rec.getMessage() for rec in caplog.records if rec.name == "atlas_middleware.state"]
 
