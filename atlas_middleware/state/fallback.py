@@ -11,8 +11,9 @@ already in flight when it began), not one per call.
 
 It is loud, not noisy: a warning when the shared backend is first lost, then at most one per
 ``warn_every`` seconds while it stays lost (with the count), one when it is back; every
-operation served from memory is counted by name in ``status().fallbacks``, which the proxy
-exports as ``atlas_state_fallbacks_total{op}`` beside ``atlas_state_degraded``.
+operation served from memory is counted by name in ``status().fallbacks``, which
+``AtlasMetrics.watch_state`` exports as ``atlas_state_fallbacks_total{op}`` beside
+``atlas_state_degraded``.
 
 Memory and the shared backend are not reconciled: during an outage each replica has its own
 breaker and sessions, as a lone replica would; once the backend is back, its state (which
