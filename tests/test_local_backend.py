@@ -529,3 +529,67 @@ def test_teacher_timeout_in_the_teaching_loop_stops_a_local_teacher(
     steps.resume.set()
     # Without abandonment the teacher would decode all 512 of teacher_max_tokens.
     assert _finished_forwards(teacher, steps) == 4
+
+
+# -- one bad request fails alone ---------------------------------------------------------------
+
+
+def test_an_over_long_prompt_fails_alone_among_concurrent_neighbours(make_local: Any) -> None:
+    backend = make_local(max_batch_size=4, batch_wait_ms=200)
+    requests = [request(PROMPTS[0]), request("word " * 400), request(PROMPTS[2])]
+    expected = [alone(backend, requests[k]) for k in (0, 2)]
+    barrier = threading.Barrier(len(requests))
+
+    def call(req: ChatRequest) -> Any:
+        barrier.wait()
+        try:
+            return backend.complete(req)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        outs = list(pool.map(call, requests))
+    assert isinstance(outs[1], InvalidRequestError) and "does not fit" in str(outs[1])
+    assert [outs[0].content, outs[2].content] == [e.text for e in expected]
+
+
+async def test_an_over_long_prompt_fails_alone_among_concurrent_async_neighbours(make_local: Any) -> None:
+    backend = make_local(max_batch_size=4, batch_wait_ms=200)
+    requests = [request(PROMPTS[0]), request("word " * 400), request(PROMPTS[2])]
+    expected = [alone(backend, requests[k]) for k in (0, 2)]
+    outs = await asyncio.gather(*(backend.acomplete(r) for r in requests), return_exceptions=True)
+    assert isinstance(outs[1], InvalidRequestError)
+    assert [outs[0].content, outs[2].content] == [e.text for e in expected]  # type: ignore[union-attr]
+
+
+def test_parameters_that_would_break_the_batch_are_refused_before_queueing(tiny: LocalBackend) -> None:
+    with pytest.raises(InvalidRequestError, match="seed must be an integer"):
+        tiny.complete(request("hi", seed="7", temperature=1.0))
+    with pytest.raises(InvalidRequestError, match="stop must be a string or a list of strings"):
+        tiny.complete(request("hi", stop=[1]))
+    with pytest.raises(InvalidRequestError, match="stop must be"):
+        tiny.complete(request("hi", stop=5))
+    assert tiny.batcher.batch_sizes == []
+
+
+def test_a_request_that_makes_the_model_raise_fails_alone_and_its_batch_mates_answer(make_local: Any) -> None:
+    """A job the model cannot run (a token id outside its vocabulary: the embedding raises)
+    shares a batch with two good requests: they still get the answers they get alone."""
+    import dataclasses
+
+    backend = make_local(max_batch_size=3, batch_wait_ms=5000)  # the batch starts when all 3 are in
+    good = [request(PROMPTS[0], max_tokens=8), request(PROMPTS[3], max_tokens=6)]
+    expected = [alone(backend, r) for r in good]
+    vocab = backend.model.config.vocab_size
+    bad = dataclasses.replace(backend.job(request(PROMPTS[1])), prompt_ids=[1, vocab + 5, 2])
+    with ThreadPoolExecutor(2) as pool:
+        answers = [pool.submit(backend.complete, r) for r in good]
+        while backend.batcher.waiting < 2:
+            threading.Event().wait(0.005)
+        failed = backend.batcher.submit(bad)
+        outs = [a.result(60) for a in answers]
+    with pytest.raises(IndexError):
+        failed.result(60)
+    assert [o.content for o in outs] == [e.text for e in expected]
+    assert [o.usage.completion_tokens for o in outs] == [e.completion_tokens for e in expected]
+    assert backend.batcher.batch_sizes[0] == 3 and 1 in backend.batcher.batch_sizes  # split down to the bad one

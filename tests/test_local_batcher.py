@@ -74,12 +74,32 @@ def test_full_queue_raises_at_once_and_memory_stays_bounded() -> None:
     batcher.close()
 
 
-def test_a_failing_batch_fails_every_caller_in_it_and_the_next_batch_still_runs() -> None:
+def test_a_job_that_fails_its_batch_fails_alone_and_its_batch_mates_are_answered() -> None:
+    calls: list[list[int]] = []
+
+    def run(jobs: list[int]) -> list[int]:
+        calls.append(list(jobs))
+        if 2 in jobs:
+            raise ValueError("job 2 cannot run")
+        return [j * 10 for j in jobs]
+
+    batcher: Batcher[int, int] = Batcher(run, max_batch_size=4, max_wait_s=0.5)
+    futures = [batcher.submit(i) for i in range(4)]
+    assert [f.result(timeout=10) for i, f in enumerate(futures) if i != 2] == [0, 10, 30]
+    with pytest.raises(ValueError, match="job 2 cannot run"):
+        futures[2].result(timeout=10)
+    # the batch, then its halves, then the failing half's halves
+    assert calls == [[0, 1, 2, 3], [0, 1], [2, 3], [2], [3]]
+    assert batcher.batch_sizes == [4, 2, 2, 1, 1]
+    batcher.close()
+
+
+def test_a_failure_of_every_job_reaches_every_caller_and_the_next_batch_still_runs() -> None:
     calls = []
 
     def run(jobs: list[int]) -> list[int]:
         calls.append(jobs)
-        if len(calls) == 1:
+        if len(calls) <= 5:  # the batch of 3, then every part of it
             raise RuntimeError("CUDA out of memory")
         return jobs
 
@@ -88,7 +108,28 @@ def test_a_failing_batch_fails_every_caller_in_it_and_the_next_batch_still_runs(
     for f in futures:
         with pytest.raises(RuntimeError, match="out of memory"):
             f.result(timeout=10)
+    assert calls == [[0, 1, 2], [0], [1, 2], [1], [2]]
     assert batcher.submit(7).result(timeout=10) == 7
+    batcher.close()
+
+
+def test_an_abandoned_job_is_not_run_again_when_its_batch_is_split() -> None:
+    calls: list[list[int]] = []
+    batcher: Batcher[int, int]
+
+    def run(jobs: list[int]) -> list[int]:
+        calls.append(list(jobs))
+        if len(calls) == 1:
+            batcher.abandon(futures[0])  # its caller leaves while the batch runs, then it fails
+            raise RuntimeError("boom")
+        return jobs
+
+    batcher = Batcher(run, max_batch_size=4, max_wait_s=0.5)
+    futures = [batcher.submit(i) for i in range(4)]
+    assert [f.result(timeout=10) for f in futures[1:]] == [1, 2, 3]
+    with pytest.raises(RequestAbandonedError):
+        futures[0].result(timeout=10)
+    assert calls == [[0, 1, 2, 3], [1], [2, 3]]
     batcher.close()
 
 

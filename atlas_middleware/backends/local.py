@@ -16,6 +16,10 @@
   and ``static_max_len`` so that every decode step has one shape; ``compile=True`` (CUDA only)
   then captures that step with ``torch.compile(mode="reduce-overhead")``. See
   :mod:`.local_generation`.
+* One request fails alone: a prompt longer than the model's context, or a parameter that
+  could not run, is refused before it is queued (``InvalidRequestError``); a request that
+  makes the model raise inside a batch is found by running the batch's halves again
+  (:mod:`.local_batcher`), and only it fails, with the model's exception.
 * A caller that stops waiting abandons its request: the request's own ``timeout`` (seconds,
   from the call's start; ``TimeoutError``), a cancelled task, or the driver's
   ``CancelToken`` (:func:`.base.current_cancel_token`; ``RequestAbandonedError``). A waiting
@@ -213,15 +217,23 @@ class LocalBackend(WholeAnswerStreams):
                     f"prompt of {len(prompt)} tokens does not fit {self.name}'s {what} of {self.max_context}"
                 )
             cap = min(cap, room)
+        # Checked here, in the caller's thread: a value that would raise in the batch thread
+        # fails this request alone, before it is queued, with a clear message.
         stop = p.get("stop") or ()
+        stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, (list, tuple)) else None
+        if stops is None or not all(isinstance(s, str) for s in stops):
+            raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}")
+        seed = p.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidRequestError(f"seed must be an integer, got {seed!r}")
         temperature = p.get("temperature")
         return self._job_type(
             prompt_ids=prompt,
             max_new_tokens=cap,
             temperature=float(self.options.default_temperature if temperature is None else temperature),
             top_p=float(p["top_p"]) if p.get("top_p") is not None else 1.0,
-            stop=(stop,) if isinstance(stop, str) else tuple(stop),
-            seed=p.get("seed"),
+            stop=stops,
+            seed=seed,
             ignore_eos=bool(p.get("ignore_eos", False)),
         )
 

@@ -10,6 +10,12 @@ Back-pressure: at most ``max_queue`` jobs wait (jobs being decoded do not count)
 raises ``QueueFullError`` at once, so overload is an immediate, clear error and memory
 stays bounded, never a queue that grows until the process dies.
 
+Failure isolation: when the runner raises for a batch of several jobs, the batch is split
+in halves and each half runs again, down to single jobs. A job that fails alone (a request
+the model cannot take) fails alone, with its own exception; its batch-mates still get their
+answers, at the cost of a few more runs (about two per halving). A failure of every job
+(the model itself is broken) still reaches every caller.
+
 Abandonment: a caller that stops waiting calls ``abandon(future)``. A job still waiting
 leaves the queue at once (its slot is free again) and never starts; a job already running
 fails its caller at once with ``RequestAbandonedError``, and stopping its work is the
@@ -151,18 +157,33 @@ class Batcher(Generic[J, R]):
             batch = [(job, fut) for job, fut in taken if fut.set_running_or_notify_cancel()]
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
-            del self.batch_sizes[:-1000]
-            try:
-                results = self._run([job for job, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch runner returned {len(results)} results for {len(batch)} jobs")
-            except BaseException as exc:  # every waiting caller must hear about the failure
-                for _, fut in batch:
-                    _resolve(fut.set_exception, exc)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                _resolve(fut.set_result, result)
+            self._serve(batch)
+
+    def _serve(self, batch: list[tuple[J, Future[R]]]) -> None:
+        """Run ``batch``. When the runner raises for several jobs, run each half again, down
+        to single jobs: only the job that fails alone hears of its failure."""
+        self.batch_sizes.append(len(batch))
+        del self.batch_sizes[:-1000]
+        try:
+            results = self._run([job for job, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch runner returned {len(results)} results for {len(batch)} jobs")
+        except Exception as exc:
+            if len(batch) == 1:
+                _resolve(batch[0][1].set_exception, exc)
+                return
+            middle = len(batch) // 2
+            for half in (batch[:middle], batch[middle:]):
+                waiting = [(job, fut) for job, fut in half if not fut.done()]  # abandoned ones are done
+                if waiting:
+                    self._serve(waiting)
+            return
+        except BaseException as exc:  # not the jobs' doing (KeyboardInterrupt, ...): every caller hears of it
+            for _, fut in batch:
+                _resolve(fut.set_exception, exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            _resolve(fut.set_result, result)
 
 
 def _resolve(setter: Callable[[V], None], value: V) -> None:

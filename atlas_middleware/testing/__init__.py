@@ -1,6 +1,7 @@
 """Test doubles that ship with the package: scripted backends, doubles of real teachers
 and judges (``teachers.py``), an OpenAI-compatible test server, an Anthropic Messages API
-test server (``anthropic_server.py``), and a network guard.
+test server (``anthropic_server.py``), a fake vLLM async engine (``vllm_engine.py``), and a
+network guard.
 Nothing here touches the network."""
 
 from .anthropic_server import AnthropicTestServer
@@ -8,10 +9,13 @@ from .network import NetworkBlockedError, block_network
 from .scripted import FunctionBackend, Reply, ScriptedBackend, classify, guidance_of, hold_role, teacher_reply
 from .server import HTTPFault, OpenAITestServer, RawBody
 from .teachers import AtlasStyleTeacher, GradingJudge, PairwiseJudge, atlas_prompt_parts
+from .vllm_engine import FakeAsyncEngine, FakeSamplingParams
 
 __all__ = [
     "AnthropicTestServer",
     "AtlasStyleTeacher",
+    "FakeAsyncEngine",
+    "FakeSamplingParams",
     "FunctionBackend",
     "GradingJudge",
     "HTTPFault",
