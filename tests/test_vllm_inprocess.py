@@ -186,6 +186,10 @@ def test_job_templates_the_chat_and_maps_the_sampling_parameters(make: Callable[
     assert backend.job(_req(max_tokens=9))[1].max_tokens == 9
     with pytest.raises(InvalidRequestError, match="n=1"):
         backend.job(_req(n=2))
+    prefilled = ChatRequest(model="vllm/m", messages=[{"role": "user", "content": "Hi"},
+                                                      {"role": "assistant", "content": "Hel"}],
+                            params={"continue_final_message": True})
+    assert backend.job(prefilled)[0] == [ord(c) for c in "<user>Hi<assistant>Hel"]  # no new turn opened
 
 
 def test_usage_is_the_engines_token_counts_and_finish_reasons_map(make: Callable[..., VLLMBackend]) -> None:
