@@ -23,11 +23,11 @@ import copy
 import dataclasses
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from .backends import ChatBackend, RetryingBackend, backend_for
+from .backends import ChatBackend, RetryingBackend, teacher_backend_for
 from .backends.routing import ModelRouter
-from .breaker import CircuitBreaker
 from .config import AtlasConfig
 from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .errors import ConfigError, InvalidRequestError
@@ -37,7 +37,7 @@ from .ledger.spool import SpooledWriter
 from .messages import ChatRequest, validate_messages
 from .redact import register_secret
 from .report import CallReport, Reason
-from .sessions import SessionCache
+from .state import BreakerStore, SessionStore, SharedState, open_state
 from .teaching.deadline import seconds_of
 from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
@@ -48,6 +48,12 @@ log = logging.getLogger("atlas_middleware")
 _GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
 _GUIDANCE_FAILED = _GUIDANCE_LOST | {Reason.GUIDED_ERROR}
 _TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
+T = TypeVar("T")
+
+
+def _permitted(options: CallOptions) -> bool:
+    """Whether ``_prepare`` asked the breaker for this call and was let through."""
+    return options.teach and not options.prior_guidance
 
 
 class Atlas:
@@ -99,16 +105,19 @@ class Atlas:
         self.ledger: Ledger = ledger if ledger is not None and not isinstance(ledger, str) else open_ledger(config.ledger_url())
         # Failed ledger writes wait in a local spool and are written when the ledger is back.
         self.ledger_writer = SpooledWriter.for_ledger(self.ledger, config.spool)
-        teacher_inner = teacher_backend or backend_for(
-            config.teacher or "", api_base=config.teacher_api_base, api_key=key, lean=config.lean_http
-        )
+        teacher_inner = teacher_backend or teacher_backend_for(config)
+        # A teacher group retries across its deployments itself (backends/group.py).
+        attempts = 1 if getattr(teacher_inner, "retries_inside", False) else config.teacher_retries
         self.backends: dict[str, ChatBackend] = {
             "student": student_backend or ModelRouter(lean=config.lean_http),
-            "teacher": RetryingBackend(teacher_inner, attempts=config.teacher_retries,
-                                       budget=self.settings.teacher_timeout),
+            "teacher": RetryingBackend(teacher_inner, attempts=attempts, budget=self.settings.teacher_timeout),
         }
-        self.breaker = CircuitBreaker(config.circuit_failures, config.circuit_cooldown)
-        self.sessions = SessionCache(ttl=config.session_ttl)
+        # Sessions and breaker: this process's memory, or shared by the fleet (state/).
+        self.state: SharedState = open_state(
+            config.state, session_ttl=config.session_ttl, failures=config.circuit_failures,
+            cooldown=config.circuit_cooldown, timeout=config.state_timeout, prefix=config.state_prefix)
+        self.breaker: BreakerStore = self.state.breaker
+        self.sessions: SessionStore = self.state.sessions
         self._owned = [b for b in (None if student_backend else self.backends["student"],
                                     None if teacher_backend else teacher_inner) if b is not None]
         self._sync = SyncDriver(self.backends)
@@ -121,10 +130,11 @@ class Atlas:
         options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
         delivered = self._sync.run(flow, lambda report, out: self._record(report, request, out))
+        self._observe(delivered.report, _permitted(options))
         return self._finish(delivered, stream)
 
     async def acompletion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        request, settings, options, stream = self._prepare(model, messages, kwargs)
+        request, settings, options, stream = await self._off_loop(self._prepare, model, messages, kwargs)
         options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
 
@@ -134,7 +144,23 @@ class Atlas:
             await asyncio.to_thread(self._record, report, request, out)
 
         delivered = await self._async.run(flow, done)
+        await self._off_loop(self._observe, delivered.report, _permitted(options))
         return self._finish(delivered, stream)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` (``_prepare``/``_observe``, which read and write the state) without stalling
+        the event loop when the state may wait on the network.
+
+        A shared state's operations are bounded by ``state_timeout`` and skipped during a
+        back-off after a failure, so a thread is enough; a redis.asyncio twin of the state and
+        its fallback wrapper would be the same logic written twice. Memory state is called in
+        place: a thread hop would cost more than the lookup.
+        """
+        if not self.state.blocking:
+            return fn(*args)
+        import asyncio  # loaded: this runs on its event loop
+
+        return await asyncio.to_thread(fn, *args)
 
     # -- around the flow ------------------------------------------------------------------
 
@@ -169,10 +195,10 @@ class Atlas:
             options.teach = False
             return request, settings, options, stream
         if options.session_id:
-            entry = self.sessions.get(options.session_id)
-            if entry is not None:
-                if entry.guidance:
-                    options.prior_guidance = entry.guidance
+            guidance = self.sessions.lookup(options.session_id)
+            if guidance is not None:
+                if guidance:
+                    options.prior_guidance = guidance
                 else:
                     options.teach, options.skip_reason = False, Reason.STRONG_STUDENT
                 return request, settings, options, stream
@@ -180,13 +206,18 @@ class Atlas:
             options.teach, options.skip_reason = False, Reason.CIRCUIT_OPEN
         return request, settings, options, stream
 
-    def _observe(self, report: CallReport) -> None:
-        """Update the breaker and the session cache from a delivered call."""
+    def _observe(self, report: CallReport, permitted: bool) -> None:
+        """Update the breaker and the session cache from a delivered call.
+
+        ``permitted``: the breaker let this call through (``_permitted``). Only such a call
+        may ``release`` a half-open trial slot; a call refused by the breaker, opted out or
+        served from its session never held it, and releasing would let a second trial go.
+        """
         if report.reason in _TEACHER_DOWN:
             self.breaker.failure()
         elif report.usage.teacher.calls:
             self.breaker.success()
-        else:
+        elif permitted:
             self.breaker.release()
         sid = report.session_id
         if not sid:
@@ -199,16 +230,14 @@ class Atlas:
             self.sessions.put(sid, "")
 
     def _finish(self, delivered: Delivered | LiveStream | AsyncLiveStream, stream: dict[str, Any] | None) -> Any:
+        """The caller's answer. ``_observe`` has run already, for a live stream too: a stream
+        nobody reads to its end must not hold a half-open breaker's trial call."""
         if isinstance(delivered, (LiveStream, AsyncLiveStream)):
             from .streaming import LiveCompletionStream
 
             assert stream is not None
-            # The breaker and the session learn what the teacher did now: a stream nobody
-            # reads to its end must not hold a half-open breaker's trial call.
-            self._observe(delivered.report)
             return LiveCompletionStream(delivered, stream["include_usage"])
         report = delivered.report
-        self._observe(report)
         if delivered.error is not None:
             raise delivered.error
         response = delivered.response
@@ -266,6 +295,7 @@ class Atlas:
             if callable(close):
                 close()
         self.ledger.close()
+        self.state.close()
 
     async def aclose(self) -> None:
         await self._async.join()

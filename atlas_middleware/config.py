@@ -8,7 +8,9 @@ explicit arguments (constructor keywords or CLI flags). Environment variables ar
 variable                       field                                             default
 =============================  ================================================  =========
 ``ATLAS_CONFIG``               path of a YAML file with any of the fields below
-``ATLAS_TEACHER``              ``teacher``: LiteLLM model string of the teacher
+``ATLAS_TEACHER``              ``teacher``: LiteLLM model string of the teacher,
+                               or a JSON list of deployments (a teacher group)
+``ATLAS_TEACHER_ROUTER``       ``teacher_router``: JSON, a group's Router settings
 ``ATLAS_TEACHER_API_BASE``     ``teacher_api_base``
 ``ATLAS_TEACHER_API_KEY``      ``teacher_api_key`` (never logged or stored)
 ``ATLAS_POLICY``               ``policy``: strict | verify | audit | off          strict
@@ -26,11 +28,18 @@ variable                       field                                            
 ``ATLAS_SPOOL``                ``spool``: JSONL file for unwritten records, none  user data dir
 ``ATLAS_TEACHER_RETRIES``      ``teacher_retries``: attempts per teacher call     3
 ``ATLAS_LEAN_HTTP``            ``lean_http``: direct httpx for OpenAI-compatible  true
+``ATLAS_STATE``                ``state``: sessions and breaker, memory | redis://  memory
+``ATLAS_STATE_TIMEOUT``        ``state_timeout``: seconds per Redis operation     0.1
+``ATLAS_STATE_PREFIX``         ``state_prefix``: prefix of every Redis key        atlas:
 =============================  ================================================  =========
 
 Per protocol (``teaching/protocols/``): ``atlas`` 2048 teacher tokens and 60 s, room for
 ATLAS-8B-Thinking's reasoning; ``structured`` 1024 tokens and 30 s. ``judge: auto`` is the
 teacher as a pairwise judge (``judges.py``).
+
+``state`` is where agent sessions and the teacher's circuit breaker live: ``memory`` (this
+process) or a ``redis://`` / ``rediss://`` URL shared by every replica; when Redis fails or
+takes longer than ``state_timeout``, process memory stands in (``state/``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -57,10 +67,16 @@ def default_ledger_url() -> str:
 class AtlasConfig(BaseModel):
     model_config = ConfigDict(defer_build=True, extra="forbid", validate_assignment=True)
 
-    teacher: str | None = None
+    teacher: str | list[dict[str, Any]] | None = None
+    """A LiteLLM model string, or a teacher group: a list of deployments, each a mapping of
+    LiteLLM params (``model``, ``api_base``, ``api_key``, ...) served through one
+    ``litellm.Router`` (``backends/group.py``)."""
     teacher_api_base: str | None = None
     teacher_api_key: SecretStr | None = None
     teacher_params: dict[str, Any] = Field(default_factory=dict)
+    teacher_router: dict[str, Any] = Field(default_factory=dict)
+    """A teacher group's ``litellm.Router`` settings (``routing_strategy``, ``allowed_fails``,
+    ``cooldown_time``, ``timeout`` per attempt, ...)."""
     policy: Policy = "strict"
     judge: str = "auto"
     teacher_protocol: ProtocolName = "auto"
@@ -80,6 +96,11 @@ class AtlasConfig(BaseModel):
     circuit_failures: int = Field(default=5, ge=1)
     circuit_cooldown: float = Field(default=30.0, gt=0)
     session_ttl: float = Field(default=3600.0, gt=0)
+    state: str = "memory"
+    """Where sessions and the breaker live: ``memory``, or a ``redis://``/``rediss://`` URL."""
+    state_timeout: float = Field(default=0.1, gt=0, le=10)
+    """Seconds a Redis operation may take before process memory answers instead."""
+    state_prefix: str = Field(default="atlas:", min_length=1)
     context_chars: int = Field(default=12000, ge=200)
     lean_http: bool = True
     """Call OpenAI-compatible endpoints directly over httpx instead of through LiteLLM."""
@@ -90,6 +111,42 @@ class AtlasConfig(BaseModel):
         if isinstance(v, str) and v.lower() not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, v: Any) -> Any:
+        # The URL may hold a password: the messages name the scheme, never the URL.
+        if not isinstance(v, str):
+            return v
+        v = v.strip()
+        if v.lower() == "memory":
+            return "memory"
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme not in ("redis", "rediss"):
+            got = f" (got a {scheme}:// URL)" if scheme else ""
+            raise ValueError(f"must be 'memory' or a redis:// or rediss:// URL{got}")
+        try:
+            urlsplit(v).port  # noqa: B018 (a bad port raises)
+        except ValueError as exc:
+            raise ValueError(f"not a valid Redis URL: {exc}") from None
+        return v
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher(cls, v: Any) -> Any:
+        return teacher_deployments(v)
+
+    @field_validator("teacher_router", mode="before")
+    @classmethod
+    def _teacher_router(cls, v: Any) -> Any:
+        return router_settings(v)
+
+    @property
+    def teacher_name(self) -> str | None:
+        """The teacher's model string; a group's first deployment's (protocol, reports)."""
+        if isinstance(self.teacher, list):
+            return str(self.teacher[0]["model"])
+        return self.teacher
 
     @field_validator("teacher_protocol", "guidance_placement", "leak_action", mode="before")
     @classmethod
@@ -129,10 +186,10 @@ class AtlasConfig(BaseModel):
 
     def loop_settings(self) -> LoopSettings:
         """The flow's settings, with the protocol resolved and its defaults filled in."""
-        protocol = protocol_for(self.teacher_protocol, self.teacher)
+        protocol = protocol_for(self.teacher_protocol, self.teacher_name)
         return LoopSettings(
             policy=self.policy,
-            teacher_model=self.teacher,
+            teacher_model=self.teacher_name,
             teacher_params=dict(self.teacher_params),
             protocol=protocol,
             teacher_timeout=self.teacher_timeout or protocol.teacher_timeout,
@@ -147,6 +204,76 @@ class AtlasConfig(BaseModel):
 
     def ledger_url(self) -> str:
         return self.ledger if self.ledger is not None else default_ledger_url()
+
+
+ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing",
+                      "usage-based-routing-v2", "cost-based-routing")
+
+
+def teacher_deployments(value: Any) -> Any:
+    """A teacher group's deployments as flat LiteLLM params, each with a ``model``; a model
+    string passes through. Takes JSON (``ATLAS_TEACHER``) and LiteLLM's ``model_list`` form
+    (``{model_name, litellm_params: {...}}``) too."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not a valid JSON list of deployments: {exc}") from None
+    if not isinstance(value, (list, tuple)):
+        return value
+    if not value:
+        raise ValueError("a teacher group needs at least one deployment")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"teacher[{i}]: a deployment is a mapping of LiteLLM params "
+                             f"(model, api_base, api_key, ...), got {type(entry).__name__}")
+        params = dict(entry)
+        if "litellm_params" in params:  # LiteLLM's model_list form
+            inner = params.pop("litellm_params")
+            if not isinstance(inner, Mapping):
+                raise ValueError(f"teacher[{i}].litellm_params: must be a mapping")
+            params.pop("model_name", None)
+            params.pop("model_info", None)
+            params = {**params, **inner}
+        model = params.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"teacher[{i}]: a deployment needs a 'model' (a LiteLLM model string)")
+        if model.startswith(("local/", "vllm/")):
+            raise ValueError(f"teacher[{i}]: {model!r} runs in this process; a group's deployments are servers")
+        for key in ("api_base", "api_key"):
+            if params.get(key) is not None and not isinstance(params[key], str):
+                raise ValueError(f"teacher[{i}].{key}: must be a string")
+        out.append(params)
+    return out
+
+
+def router_settings(value: Any) -> Any:
+    """A teacher group's Router settings, checked where a mistake is cheap to name."""
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ValueError(f"not a valid JSON mapping: {exc}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of litellm.Router settings")
+    strategy = value.get("routing_strategy")
+    if strategy is not None and strategy not in ROUTING_STRATEGIES:
+        raise ValueError(f"unknown routing_strategy {strategy!r}; choose one of {', '.join(ROUTING_STRATEGIES)}")
+    for key, positive in (("allowed_fails", False), ("num_retries", False), ("cooldown_time", True),
+                          ("timeout", True)):
+        number = value.get(key)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                                   or number < 0 or (positive and number == 0)):
+            # (LiteLLM reads a cooldown_time of 0 as its default; disable_cooldowns turns them off)
+            raise ValueError(f"{key}: must be a number " + ("> 0" if positive else ">= 0"))
+    return dict(value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

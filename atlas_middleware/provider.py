@@ -44,7 +44,7 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import CustomPricingLiteLLMParams, GenericStreamingChunk, ModelResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from .backends import LiteLLMBackend, backend_for
+from .backends import LiteLLMBackend, teacher_backend_for
 from .backends.base import ChatBackend
 from .backends.routing import ModelRouter
 from .client import Atlas
@@ -216,9 +216,7 @@ class AtlasLLM(CustomLLM):
         config = self._config or AtlasConfig.load(self._config_file, **fields)
         teacher = extra.pop("teacher_backend", None)
         if teacher is None and config.teacher:
-            key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-            teacher = self._own(backend_for(config.teacher, api_base=config.teacher_api_base, api_key=key,
-                                            lean=config.lean_http))
+            teacher = self._own(teacher_backend_for(config))  # a model string or a group
         student = extra.pop("student_backend", None) or self._own(ModelRouter(lean=config.lean_http))
         return Atlas(config=config, student_backend=_quiet(student),
                      teacher_backend=_quiet(teacher) if teacher is not None else None, **extra)

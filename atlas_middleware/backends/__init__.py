@@ -4,22 +4,27 @@
 model string                backend                                      extra
 ==========================  ===========================================  =======
 ``local/<name or folder>``  in-process transformers (batched)            local
-``vllm/<model>``            in-process ``vllm.LLM``                      vllm
+``vllm/<model>``            in-process vLLM async engine                 vllm
 OpenAI-compatible + base    lean HTTP path (``openai_http.py``)          core
 anything else               LiteLLM (``openai/...``, ``anthropic/...``)  core
+a list of deployments       a teacher group over ``litellm.Router``      core
 ==========================  ===========================================  =======
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import ChatBackend, WrapperBackend
 from .litellm import LiteLLMBackend
 from .retry import RetryingBackend
 
+if TYPE_CHECKING:
+    from ..config import AtlasConfig
+
 __all__ = [
     "ChatBackend", "LiteLLMBackend", "RetryingBackend", "WrapperBackend", "backend_for", "in_process_backend",
+    "teacher_backend_for",
 ]
 
 
@@ -42,3 +47,17 @@ def backend_for(model: str, *, api_base: str | None = None, api_key: str | None 
     from .routing import ModelRouter
 
     return ModelRouter({"api_base": api_base, "api_key": api_key}, lean=lean)
+
+
+def teacher_backend_for(config: AtlasConfig) -> ChatBackend:
+    """The teacher's backend: ``backend_for`` its model string, or a ``TeacherGroupBackend``
+    (``group.py``) for a list of deployments, ``teacher_api_base`` / ``teacher_api_key``
+    filling in what a deployment leaves out."""
+    key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
+    if isinstance(config.teacher, list):
+        from .group import TeacherGroupBackend
+
+        return TeacherGroupBackend(config.teacher, router_settings=config.teacher_router,
+                                   attempts=config.teacher_retries, lean=config.lean_http,
+                                   defaults={"api_base": config.teacher_api_base, "api_key": key})
+    return backend_for(config.teacher or "", api_base=config.teacher_api_base, api_key=key, lean=config.lean_http)

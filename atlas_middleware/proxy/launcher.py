@@ -142,6 +142,12 @@ def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> Atlas
     if not config.teacher:
         raise ConfigError("no teacher model: set 'teacher' in the atlas: section of the proxy config, "
                           "or ATLAS_TEACHER")
+    if isinstance(config.teacher, list):
+        # A teacher group: its Router is built (and dropped) now, so a setting it does not
+        # take stops the launch instead of every taught call.
+        from ..backends import teacher_backend_for
+
+        teacher_backend_for(config).close()  # type: ignore[attr-defined]
     loop = config.loop_settings()
     with _import_path(env):
         resolve_judge(config.judge, teacher_model=loop.teacher_model, timeout=loop.teacher_timeout,
