@@ -34,12 +34,12 @@ def test_headers_and_body() -> None:
 
 
 def _sample(metrics: AtlasMetrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels or None)
+    value = metrics.registry.get_sample_value(name, {"replica": metrics.replica, **labels})
     return 0.0 if value is None else value
 
 
 def test_metrics_observe_reports() -> None:
-    metrics = AtlasMetrics()
+    metrics = AtlasMetrics(replica="proxy-a")
     metrics.observe(_report())
     metrics.observe(_report(reason=Reason.TEACHER_TIMEOUT, decision="student_only", tokens_saved=None,
                             net_tokens=None))
@@ -50,4 +50,20 @@ def test_metrics_observe_reports() -> None:
     assert _sample(metrics, "atlas_net_tokens") == 120
     assert _sample(metrics, "atlas_teacher_latency_seconds_count") == 2
     assert _sample(metrics, "atlas_teacher_errors_total", reason="teacher_timeout") == 1
-    assert b"atlas_calls_total" in metrics.render()
+    assert b'atlas_calls_total{decision="guided",reason="agreement",replica="proxy-a"} 1.0' in metrics.render()
+
+
+def test_every_series_names_its_replica_so_a_fleet_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes behind one address (two workers, a restart) are two series, not one
+    that jumps between their counts; without a name the process gets host and pid."""
+    import os
+    import socket
+
+    monkeypatch.delenv("ATLAS_REPLICA", raising=False)
+    assert AtlasMetrics().replica == f"{socket.gethostname()}-{os.getpid()}"
+    monkeypatch.setenv("ATLAS_REPLICA", "atlas-proxy-7d9f")
+    metrics = AtlasMetrics()
+    metrics.observe(_report())
+    lines = [line for line in metrics.render().decode().splitlines() if line.startswith("atlas_")]
+    assert lines and all('replica="atlas-proxy-7d9f"' in line for line in lines), lines
+    assert any(line.startswith("atlas_process_start_time_seconds{") for line in lines)

@@ -311,21 +311,21 @@ def test_metrics_export_the_state_fallbacks_and_health(flaky) -> None:
     from atlas_middleware.proxy.metrics import AtlasMetrics
 
     state, primary, _ = flaky
-    metrics = AtlasMetrics()
+    metrics = AtlasMetrics(replica="r1")
     current: dict[str, Any] = {"state": None}
     metrics.watch_state(lambda: current["state"].status() if current["state"] else None)
     text = metrics.render().decode()
     assert "# TYPE atlas_state_fallbacks_total counter" in text and "atlas_state_degraded{" not in text
     current["state"] = state
     state.breaker.allow()
-    assert 'atlas_state_degraded{backend="flaky"} 0.0' in metrics.render().decode()
+    assert 'atlas_state_degraded{backend="flaky",replica="r1"} 0.0' in metrics.render().decode()
     primary.down = True
     state.breaker.allow()
     state.sessions.lookup("x")
     text = metrics.render().decode()
-    assert 'atlas_state_degraded{backend="flaky"} 1.0' in text
-    assert 'atlas_state_fallbacks_total{op="breaker_allow"} 1.0' in text
-    assert 'atlas_state_fallbacks_total{op="session_lookup"} 1.0' in text
+    assert 'atlas_state_degraded{backend="flaky",replica="r1"} 1.0' in text
+    assert 'atlas_state_fallbacks_total{op="breaker_allow",replica="r1"} 1.0' in text
+    assert 'atlas_state_fallbacks_total{op="session_lookup",replica="r1"} 1.0' in text
 
 
 # -- half-open: one trial, also in one process ---------------------------------------------

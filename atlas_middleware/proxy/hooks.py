@@ -198,6 +198,8 @@ def _build(config_file: str | None, metrics: bool, atlas_kwargs: dict[str, Any])
                         **atlas_kwargs)
     hooks = AtlasProxyHooks(provider, observer)
     app = _proxy_app()
+    if observer is not None:  # the shared state's health, read at each scrape
+        observer.watch_state(lambda: provider._atlas.state.status() if provider._atlas is not None else None)
     if app is not None:
         if observer is not None:
             observer.mount(app)

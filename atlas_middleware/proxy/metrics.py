@@ -2,8 +2,12 @@
 
 A registry of its own (not prometheus_client's global one), so that LiteLLM's own
 Prometheus integration can run in the same process without name clashes. The proxy serves
-it at ``/atlas/metrics``. Each process has its own counts: run one worker per replica, or
-let Prometheus sum the replicas.
+it at ``/atlas/metrics``. Each process has its own counts, and every series carries a
+``replica`` label naming the process (``ATLAS_REPLICA``, else ``<hostname>-<pid>``): two
+workers behind one port, or a replica restarted under the same address, are then distinct
+series that Prometheus sums (``sum without (instance, replica) (rate(...))``) instead of
+one series that jumps between processes' counts. Fleet totals that outlive processes come
+from the ledger (``atlas-middleware report``), not from here.
 
 The shared state (``state/``) is read at scrape time through ``watch_state``: how many
 state operations process memory served because Redis failed (``atlas_state_fallbacks_total``
@@ -12,6 +16,8 @@ by operation) and whether it is failing now (``atlas_state_degraded``).
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,34 +31,48 @@ TEACHER_FAILURES = TEACHER_PATH_FAILURES - {Reason.PROBE_ERROR, Reason.PROBE_EMP
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def default_replica() -> str:
+    """This process's name in every series: ``ATLAS_REPLICA`` (a pod name, say), else
+    ``<hostname>-<pid>`` (on Kubernetes the hostname is the pod's name)."""
+    return os.environ.get("ATLAS_REPLICA") or f"{socket.gethostname()}-{os.getpid()}"
+
+
 class AtlasMetrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str | None = None) -> None:
         try:
             import prometheus_client as prom
         except ImportError:
             raise MissingExtraError("the proxy's metrics endpoint", "proxy", "prometheus-client") from None
         self._prom = prom
+        self.replica = replica or default_replica()
         self.registry = prom.CollectorRegistry()
-        r = self.registry
-        self.calls = prom.Counter("atlas_calls", "Calls by decision and reason", ["decision", "reason"], registry=r)
-        self.tokens = prom.Counter("atlas_tokens", "Tokens spent, by loop role and kind", ["role", "kind"], registry=r)
+        r, me = self.registry, self.replica
+        self.calls = prom.Counter("atlas_calls", "Calls by decision and reason", ["replica", "decision", "reason"],
+                                  registry=r)
+        self.tokens = prom.Counter("atlas_tokens", "Tokens spent, by loop role and kind", ["replica", "role", "kind"],
+                                   registry=r)
         # Savings can be negative (a longer delivered answer), so they accumulate in gauges.
         self.tokens_saved = prom.Gauge("atlas_tokens_saved", "Sum of tokens_saved over calls that measured it",
-                                       registry=r)
-        self.net_tokens = prom.Gauge("atlas_net_tokens", "Sum of net_tokens over calls that measured it", registry=r)
+                                       ["replica"], registry=r).labels(me)
+        self.net_tokens = prom.Gauge("atlas_net_tokens", "Sum of net_tokens over calls that measured it",
+                                     ["replica"], registry=r).labels(me)
         self.teacher_latency = prom.Histogram(
-            "atlas_teacher_latency_seconds", "Latency of teacher calls",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
-        self.teacher_errors = prom.Counter("atlas_teacher_errors", "Teacher failures by reason", ["reason"],
+            "atlas_teacher_latency_seconds", "Latency of teacher calls", ["replica"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r).labels(me)
+        self.teacher_errors = prom.Counter("atlas_teacher_errors", "Teacher failures by reason", ["replica", "reason"],
                                            registry=r)
+        # When this process started: a counter that restarts from 0 is a new process, not a loss.
+        prom.Gauge("atlas_process_start_time_seconds", "Start time of this replica's process (UNIX seconds)",
+                   ["replica"], registry=r).labels(me).set_to_current_time()
 
     def observe(self, report: CallReport) -> None:
-        self.calls.labels(report.decision, report.reason.value).inc()
+        me = self.replica
+        self.calls.labels(me, report.decision, report.reason.value).inc()
         for role in ROLES:
             usage = getattr(report.usage, role)
             if usage.calls:
-                self.tokens.labels(role, "prompt").inc(usage.prompt_tokens)
-                self.tokens.labels(role, "completion").inc(usage.completion_tokens)
+                self.tokens.labels(me, role, "prompt").inc(usage.prompt_tokens)
+                self.tokens.labels(me, role, "completion").inc(usage.completion_tokens)
         if report.tokens_saved is not None:
             self.tokens_saved.inc(report.tokens_saved)
         if report.net_tokens is not None:
@@ -60,12 +80,12 @@ class AtlasMetrics:
         if "teacher" in report.latency_ms:
             self.teacher_latency.observe(report.latency_ms["teacher"] / 1000.0)
         if report.reason in TEACHER_FAILURES:
-            self.teacher_errors.labels(report.reason.value).inc()
+            self.teacher_errors.labels(me, report.reason.value).inc()
 
     def watch_state(self, status_of: Callable[[], StateStatus | None]) -> None:
         """Export the shared state's fallbacks and health, read from ``status_of()`` (None:
         no ``Atlas`` built yet) at every scrape, so the state needs no metrics of its own."""
-        self.registry.register(_StateCollector(status_of))
+        self.registry.register(_StateCollector(status_of, self.replica))
 
     def render(self) -> bytes:
         return bytes(self._prom.generate_latest(self.registry))
@@ -84,11 +104,12 @@ class AtlasMetrics:
 
 
 class _StateCollector:
-    def __init__(self, status_of: Callable[[], StateStatus | None]) -> None:
+    def __init__(self, status_of: Callable[[], StateStatus | None], replica: str) -> None:
         import prometheus_client.core as core  # the metric families of a custom collector
 
         self._core = core
         self._status_of = status_of
+        self._replica = replica
 
     def describe(self) -> Iterator[Any]:
         return self._families(None)
@@ -99,13 +120,13 @@ class _StateCollector:
     def _families(self, status: StateStatus | None) -> Iterator[Any]:
         fallbacks = self._core.CounterMetricFamily(
             "atlas_state_fallbacks", "State operations served from process memory because the shared state failed",
-            labels=["op"])
+            labels=["replica", "op"])
         degraded = self._core.GaugeMetricFamily(
             "atlas_state_degraded", "1 while the shared state is unreachable and process memory serves",
-            labels=["backend"])
+            labels=["replica", "backend"])
         if status is not None:
             for op, count in sorted(status.fallbacks.items()):
-                fallbacks.add_metric([op], count)
-            degraded.add_metric([status.backend], 1.0 if status.degraded else 0.0)
+                fallbacks.add_metric([self._replica, op], count)
+            degraded.add_metric([self._replica, status.backend], 1.0 if status.degraded else 0.0)
         yield fallbacks
         yield degraded
