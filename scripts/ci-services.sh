@@ -3,7 +3,8 @@
 #   * a throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package), run as the
 #     postgres user, with a test database;
 #   * Debian's chromium, for the headless check of the HTML report;
-#   * a throwaway redis-server on 127.0.0.1 (no persistence), for the shared-state tests.
+#   * a throwaway redis-server on 127.0.0.1 (no persistence), for the shared-state tests;
+#   * Debian's haproxy (installed, not started: the fleet test runs its own).
 # Idempotent: a second run reuses the running server. Logs go to stderr; stdout is only
 # `export NAME=value` lines (also written to $CI_SERVICES_DIR/env), so CI can do
 #     eval "$(scripts/ci-services.sh)"
@@ -40,6 +41,8 @@ need=()
 [ -n "$(pg_bin)" ] || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# haproxy, the fleet test's load balancer (tests/test_fleet.py); Debian puts it in /usr/sbin.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -14,6 +14,8 @@ starts the proxy on a free loopback port and waits for ``/health/liveliness``.
 baseline the benchmarks compare against. ``num_workers`` is passed to the proxy.
 ``launcher="litellm"`` starts it as ``litellm --config`` (with ``ATLAS_CONFIG`` set), the
 way an existing LiteLLM deployment runs the hooks, instead of ``atlas-middleware proxy``.
+``config_file`` runs a given config instead (copied byte for byte beside the hook module,
+addresses from ``env``): the fleet test runs the deployment recipes' own file this way.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ProxyProcess:
         env: dict[str, str] | None = None,
         startup_timeout: float = 180.0,
         launcher: str = "atlas-middleware",
+        config_file: Path | None = None,
     ) -> None:
         self.student_url = student_url
         self.atlas = dict(atlas) if atlas is not None else None
@@ -82,6 +85,7 @@ class ProxyProcess:
         if launcher not in ("atlas-middleware", "litellm"):
             raise ValueError(f"launcher must be 'atlas-middleware' or 'litellm', not {launcher!r}")
         self.launcher = launcher
+        self.config_file = config_file
         self.port = 0
         self.folder: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -106,6 +110,10 @@ class ProxyProcess:
 
     def _write_config(self) -> None:
         assert self.folder is not None
+        (self.folder / "atlas_hooks.py").write_text(HOOK_MODULE)
+        if self.config_file is not None:
+            shutil.copyfile(self.config_file, self.config_path)
+            return
         prefix = "atlas/" if self.atlas is not None else ""
         entries = [(name, prefix + student) for name, student in self.models.items()]
         entries += list(self.passthrough.items())
@@ -122,11 +130,16 @@ class ProxyProcess:
         else:  # a plain LiteLLM proxy
             config["general_settings"] = {"master_key": GENERAL_SETTINGS["master_key"]}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        (self.folder / "atlas_hooks.py").write_text(HOOK_MODULE)
 
     def start(self) -> ProxyProcess:
+        self.launch()
+        self._wait_ready()
+        return self
+
+    def launch(self) -> ProxyProcess:
+        """Start the process without waiting for it (several replicas start side by side)."""
         self.folder = Path(tempfile.mkdtemp(prefix="atlas-proxy-"))
-        self.port = free_port()
+        self.port = self.port or free_port()
         self._write_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
         env.update({"LITELLM_MASTER_KEY": self.master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -141,6 +154,9 @@ class ProxyProcess:
         log = open(self.folder / "proxy.log", "wb")  # noqa: SIM115 (closed by the child's exit)
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
         log.close()
+        return self
+
+    def wait_started(self) -> ProxyProcess:
         self._wait_ready()
         return self
 
