@@ -272,13 +272,20 @@ class Sent:
 class LoadResult:
     sent: list[Sent] = field(default_factory=list)
     duration: float = 0.0
+    """Until the last client's last answer (past the window by up to one request's time)."""
+    started: float = 0.0
+    window: float = 0.0
+    """The load's nominal length: clients send nothing new after it."""
 
     @property
     def answered(self) -> list[Sent]:
         return [s for s in self.sent if s.status == 200]
 
     def throughput(self) -> float:
-        return len(self.answered) / self.duration if self.duration else 0.0
+        """Answers per second within the window: the drain after it, when fewer and fewer
+        clients are still waiting, would lower the rate by up to one request's time."""
+        end = self.started + self.window
+        return sum(1 for s in self.answered if s.ended <= end) / self.window if self.window else 0.0
 
     def percentile(self, q: float) -> float:
         times = sorted(s.ended - s.started for s in self.answered)
@@ -302,7 +309,7 @@ async def closed_loop(url: str, key: str, *, clients: int, duration: float, body
     after the start to a blocking action (a fault), run in a thread while the load goes on."""
     import aiohttp
 
-    result = LoadResult()
+    result = LoadResult(started=time.time(), window=duration)
     start = time.monotonic()
     stop_at = start + duration
     headers = {"Authorization": f"Bearer {key}"}
