@@ -8,7 +8,9 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 * ``teach``: ``False`` opts this call out (the student answers alone);
 * ``policy``: override the policy for this call;
 * ``session_id``: share one diagnosis across an agent's successive calls;
-* ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``.
+* ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``;
+* ``task``: name the task this call is an instance of (its family, ``t:<task>``); without
+  it the family is derived from the request (``teaching/families.py``).
 
 ``stream=True`` returns a stream of OpenAI chunks with the report as ``.atlas``. When the
 delivered answer is one nothing is compared with first (``off``, ``audit``, the student's
@@ -39,6 +41,7 @@ from .redact import register_secret
 from .report import CallReport, Reason
 from .state import BreakerStore, SessionStore, SharedState, open_state
 from .teaching.deadline import seconds_of
+from .teaching.families import family_of
 from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
 log = logging.getLogger("atlas_middleware")
@@ -190,7 +193,7 @@ class Atlas:
                 raise InvalidRequestError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
             settings = dataclasses.replace(settings, policy=policy)
         options = CallOptions(session_id=opts.get("session_id"), keep_answers=bool(opts.get("keep_answers")),
-                              timeout=timeout)
+                              timeout=timeout, task_family=family_of(messages, kwargs, opts.get("task")))
         if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
             options.teach = False
             return request, settings, options, stream

@@ -10,7 +10,8 @@
 Sync, async and ``stream=True`` calls run the teaching loop around the student named after
 ``atlas/``. Teacher, policy and ledger come from the provider's configuration (keywords, an
 ``AtlasConfig``, YAML or ``ATLAS_*`` variables, as for ``Atlas``). Per-request options go
-in ``metadata={"atlas": {"teach": False, "policy": "verify", "session_id": "..."}}``.
+in ``metadata={"atlas": {"teach": False, "policy": "verify", "session_id": "...", "task": "..."}}``
+(or the ``x-atlas-teach``, ``x-atlas-policy``, ``x-atlas-session-id``, ``x-atlas-task`` headers).
 
 Accounting, so that LiteLLM's own callbacks count each user call exactly once:
 
@@ -60,7 +61,8 @@ PROVIDER = "atlas"
 NO_LOG = {"no-log": True}
 REPORT_KEY = "atlas_report"
 # Request headers a client (or the proxy) may set instead of ``metadata["atlas"]``.
-HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id"}
+HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id",
+                  "x-atlas-task": "task"}
 _FALSE = frozenset({"false", "0", "off", "no"})
 
 
@@ -72,6 +74,8 @@ class RequestOptions(BaseModel):
     teach: bool | None = None
     policy: str | None = None
     session_id: str | None = None
+    task: Any = None
+    """The task's name (its family); checked by ``Atlas``, so a bad one is a 400."""
 
     @field_validator("teach", mode="before")
     @classmethod

@@ -121,6 +121,9 @@ class CallReport(BaseModel):
     protocol: str | None = None
     """The teacher protocol the call used (``atlas`` or ``structured``)."""
     session_id: str | None = None
+    task_family: str | None = None
+    """The task this call is an instance of: ``t:<tag>`` when the caller named it, else
+    ``f:<12 hex>`` derived from the request (``teaching/families.py``)."""
     decision: Decision = "student_only"
     reason: Reason = Reason.STUDENT_ERROR
     diagnosis: DiagnosisInfo | None = None

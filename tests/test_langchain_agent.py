@@ -158,6 +158,21 @@ def test_agent_usage_is_counted_once_by_callbacks(tmp_path: Path) -> None:
     assert set(cb.usage_metadata) == {"scripted-student"}
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_task_family_comes_from_run_metadata(tmp_path: Path, mode: str) -> None:
+    agent, middleware, _, _ = _agent(tmp_path)
+    config = {"metadata": {"atlas_task": "weather-and-sums"}}
+    out = agent.invoke(QUESTION, config) if mode == "sync" else await agent.ainvoke(QUESTION, config)
+    tagged = _reports(out["messages"])
+    assert [r.task_family for r in tagged] == ["t:weather-and-sums"] * 3
+    out = agent.invoke(QUESTION) if mode == "sync" else await agent.ainvoke(QUESTION)
+    derived = {r.task_family for r in _reports(out["messages"])}
+    # Every step of one task is one family: the system prompt, the tools and the user's message.
+    assert len(derived) == 1 and derived.pop().startswith("f:")
+    rows = middleware.atlas.ledger.records()
+    assert [row.task_family for row in rows] == [r.task_family for r in [*tagged, *_reports(out["messages"])]]
+
+
 def test_threads_key_sessions_by_task(tmp_path: Path) -> None:
     agent, _, _, teacher = _agent(tmp_path, checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "t1"}}

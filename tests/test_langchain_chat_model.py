@@ -91,6 +91,27 @@ def test_invoke_runs_the_core_loop_and_reports() -> None:
     assert msg.response_metadata["model_name"] == "scripted-student"
 
 
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream", "astream"])
+async def test_the_task_family_comes_from_run_metadata_or_options(mode: str) -> None:
+    llm, _, _ = _model()
+    config: Any = {"metadata": {"atlas_task": "sums"}}
+    if mode == "invoke":
+        msg = llm.invoke("What is 20 + 22?", config=config)
+    elif mode == "ainvoke":
+        msg = await llm.ainvoke("What is 20 + 22?", config=config)
+    elif mode == "stream":
+        msg = list(llm.stream("What is 20 + 22?", config=config))[-1]
+    else:
+        msg = [c async for c in llm.astream("What is 20 + 22?", config=config)][-1]
+    report = atlas_report(msg)
+    assert report is not None and report.task_family == "t:sums"
+    # A per-call option wins over the run's metadata; without either the family is derived.
+    assert atlas_report(llm.invoke("What is 20 + 22?", config=config, atlas={"task": "own"})).task_family == "t:own"
+    derived = atlas_report(llm.invoke("What is 7 + 9?"))
+    assert derived is not None and derived.task_family == atlas_report(llm.invoke("What is 1 + 2?")).task_family
+    assert derived.task_family.startswith("f:")
+
+
 def test_an_atlas_teacher_guides_through_the_users_message() -> None:
     from atlas_middleware.testing import AtlasStyleTeacher
 

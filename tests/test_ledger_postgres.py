@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_report_support import check_group_json, make_calls
+from test_report_support import QUESTION, check_group_json, make_calls
 from typer.testing import CliRunner
 
 from atlas_middleware.cli.app import app
@@ -65,6 +65,8 @@ def test_round_trip_filters_and_idempotent_append(pg_url: str) -> None:
         assert len(ledger.records(LedgerQuery(since=rows[0].created_at))) == 10
         assert {r.student_model for r in ledger.records(LedgerQuery(student_model="llama-local"))} == {"llama-local"}
         assert {r.session_id for r in ledger.records(LedgerQuery(session_id="alpha"))} == {"alpha"}
+        graded = ledger.records(LedgerQuery(task_family="t:graded sums"))
+        assert len(graded) == 2 and {r.task_family for r in graded} == {"t:graded sums"}
         assert len(ledger.records(LedgerQuery(limit=3))) == 3
         # Every flat column reads back as written.
         same = {r.call_id: r for r in ledger.records()}
@@ -86,6 +88,47 @@ def test_schema_is_versioned(pg_url: str) -> None:
         conn.execute("UPDATE atlas_meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(LedgerError, match="newer"):
         PostgresLedger(pg_url)
+
+
+def test_a_version_1_database_is_migrated(pg_url: str) -> None:
+    import psycopg
+
+    from atlas_middleware.ledger.postgres import PostgresLedger
+
+    PostgresLedger(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # back to version 1, with one old row
+        conn.execute("ALTER TABLE atlas_calls DROP COLUMN task_family")
+        conn.execute("UPDATE atlas_meta SET value = '1' WHERE key = 'schema_version'")
+    old = make_record()
+    row = old.model_dump(exclude={"task_family"})
+    row["tokens"] = json.dumps(row["tokens"])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO atlas_calls ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})",
+                     list(row.values()))
+    ledger = PostgresLedger(pg_url)
+    try:
+        assert ledger.schema_version() == 2
+        (back,) = ledger.records()
+        assert back.call_id == old.call_id and back.task_family is None
+        ledger.append(make_record().model_copy(update={"call_id": "new", "task_family": "t:after"}))
+        assert [r.task_family for r in ledger.records()] == [None, "t:after"]
+        assert [r.call_id for r in ledger.records(LedgerQuery(task_family="t:after"))] == ["new"]
+    finally:
+        ledger.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'atlas_calls'").fetchall()
+    assert any("(task_family)" in d for (d,) in indexes)
+
+
+def test_the_family_reaches_the_postgres_ledger(pg_url: str, make_atlas, call) -> None:  # type: ignore[no-untyped-def]
+    from atlas_middleware.teaching.families import family_of
+
+    atlas, *_ = make_atlas(ledger=pg_url, spool="none")
+    tagged = call(atlas, atlas={"task": "sums"}).atlas
+    derived = call(atlas).atlas
+    assert tagged.task_family == "t:sums" and derived.task_family == family_of(QUESTION, {})
+    rows = {r.call_id: r for r in atlas.ledger.records()}
+    assert rows[tagged.call_id].task_family == "t:sums" and rows[derived.call_id].task_family == derived.task_family
 
 
 def test_password_never_shows_in_the_url(pg_url: str) -> None:

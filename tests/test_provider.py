@@ -227,6 +227,26 @@ def test_request_options_from_headers_and_metadata() -> None:
     assert opts.as_call_options() == {"teach": False, "policy": "verify", "session_id": "s9"}
     assert RequestOptions.from_litellm(None, {"atlas": {"teach": "yes"}}).teach is True
     assert RequestOptions.from_litellm({}, {}).as_call_options() == {}
+    assert RequestOptions.from_litellm({"metadata": {"headers": {"X-Atlas-Task": "faq"}}}, {}).task == "faq"
+
+
+def test_the_task_comes_from_a_header_or_metadata(provider: AtlasLLM, upstream: OpenAITestServer,
+                                                  backend: ScriptedBackend, ledger_url: str) -> None:
+    from atlas_middleware.teaching.families import family_of
+
+    tagged = call(api_base=upstream.url, metadata={"headers": {"X-Atlas-Task": "sums"}}).atlas
+    assert tagged.task_family == "t:sums"
+    both = call(api_base=upstream.url, metadata={"headers": {"x-atlas-task": "header"},
+                                                 "atlas": {"task": "metadata"}}).atlas
+    assert both.task_family == "t:metadata"  # metadata wins over a header, as for every option
+    derived = call(api_base=upstream.url).atlas
+    assert derived.task_family == family_of(QUESTION, {})
+    rows = {r.call_id: r for r in open_ledger(ledger_url).records()}
+    assert rows[tagged.call_id].task_family == "t:sums" and rows[derived.call_id].task_family == derived.task_family
+    n = len(backend.calls)
+    with pytest.raises(litellm.BadRequestError, match="control characters"):
+        call(api_base=upstream.url, metadata={"headers": {"x-atlas-task": "two\nlines"}})
+    assert len(backend.calls) == n
 
 
 def test_a_deployment_price_is_the_students(upstream: OpenAITestServer, backend: ScriptedBackend,

@@ -198,6 +198,13 @@ def test_opt_out_and_policy_by_header_or_metadata(client: Any, backend: Scripted
     assert raw.parse().model_extra["atlas"]["usage"]["baseline"]["calls"] == 0
 
 
+def test_the_task_family_by_header(client: Any, backend: ScriptedBackend) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers={"x-atlas-task": "sums"})
+    assert completion.model_extra["atlas"]["task_family"] == "t:sums"
+    derived = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert derived.model_extra["atlas"]["task_family"].startswith("f:")
+
+
 def test_session_shares_one_diagnosis(client: Any, backend: ScriptedBackend) -> None:
     session = {"x-atlas-session-id": "agent-42"}
     first = client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=session)

@@ -36,7 +36,8 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[LedgerRe
     today = store.records()
     for days_back, cost in ((1, 0.0021), (3, None)):
         for r in restamped(today, days_back, cost):
-            store.append(r)
+            # The oldest day's records were written before task families existed.
+            store.append(r.model_copy(update={"task_family": None}) if days_back == 3 else r)
     rows = store.records()
     store.close()
     assert len(rows) == 3 * len(today) == 30
@@ -62,7 +63,7 @@ def test_ledger_holds_every_kind_of_call(ledger: tuple[str, list[LedgerRecord]])
     assert any(r.cost_usd is not None for r in rows) and any(r.cost_usd is None for r in rows)
 
 
-@pytest.mark.parametrize("group_by", ["day", "model", "session", "decision"])
+@pytest.mark.parametrize("group_by", ["day", "model", "session", "decision", "family"])
 def test_json_matches_ledger_rows(ledger: tuple[str, list[LedgerRecord]], group_by: str) -> None:
     url, rows = ledger
     data = json.loads(cli("--ledger", url, "--format", "json", "--group-by", group_by))
@@ -73,6 +74,41 @@ def test_json_matches_ledger_rows(ledger: tuple[str, list[LedgerRecord]], group_
         check_group_json(g, groups[g["key"]])
     assert data["pending_spooled"] == 0
     assert [d["key"] for d in data["daily"]] == sorted(by(rows, "day"))
+    families = by(rows, "family")
+    assert [f["key"] for f in data["families"]] == sorted(families)
+    for f in data["families"]:
+        check_group_json(f, families[f["key"]])
+
+
+def test_the_ledger_holds_several_families(ledger: tuple[str, list[LedgerRecord]]) -> None:
+    # A tagged family, a derived one and old rows without one: each must be its own group.
+    _, rows = ledger
+    families = by(rows, "family")
+    assert "t:graded sums" in families and any(k.startswith("f:") for k in families) and "(none)" in families
+    assert all(0 < sum(1 for r in rs if r.tokens["guided"]["calls"]) for k, rs in families.items() if k != "(none)")
+
+
+def test_family_csv_and_table_match_ledger_rows(ledger: tuple[str, list[LedgerRecord]]) -> None:
+    url, rows = ledger
+    families = by(rows, "family")
+    parsed = list(csv.DictReader(io.StringIO(cli("--ledger", url, "--format", "csv", "--group-by", "family"))))
+    assert [p["group"] for p in parsed] == [*sorted(families), "all"]
+    for p in parsed:
+        group = rows if p["group"] == "all" else families[p["group"]]
+        want = expected(group)
+        assert (int(p["calls"]), int(p["taught"]), int(p["net_tokens"])) == (want["calls"], want["taught"], want["net_tokens"])
+        assert close(float(p["taught_share"]), want["taught"] / want["calls"])
+    text = cli("--ledger", url)
+    section = text[text.index("by task family"):]
+    for key, group in families.items():
+        want = expected(group)
+        line = next(ln for ln in section.splitlines() if ln.strip("│┃| ").startswith(key))
+        cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
+        assert cells == [key, str(want["calls"]), str(want["taught"]), f"{want['taught'] / want['calls']:.1%}",
+                         format(want["net_tokens"], "+,"), pct(want["net_rate"])], key
+    one = json.loads(cli("--ledger", url, "--json", "--family", "t:graded sums"))
+    check_group_json(one["overall"], families["t:graded sums"])
+    assert one["filters"] == {"family": "t:graded sums"}
 
 
 def test_json_flag_is_format_json(ledger: tuple[str, list[LedgerRecord]]) -> None:

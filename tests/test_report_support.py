@@ -32,7 +32,7 @@ SCENARIOS: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]]
      "strict", {"session_id": "beta"}),
     # verify passes (the teacher grades the guided answer): no baseline, so no savings figure
     ("llama-local", {"probe": "add", "baseline": "The answer is 42", "guided": "The answer is 42"},
-     {"teacher": teacher_reply("x"), "judge_score": "<verdict>9</verdict>"}, "verify", {}),
+     {"teacher": teacher_reply("x"), "judge_score": "<verdict>9</verdict>"}, "verify", {"task": "graded sums"}),
     # opted out
     ("gpt-small", {"baseline": "The answer is 42"}, {"teacher": teacher_reply("x")}, "strict", {"teach": False}),
 ]
@@ -105,6 +105,7 @@ def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
         "error_rate": (sum(1 for r in rows if r.failed) / len(rows)) if rows else None,
         "teacher_p50": nearest_rank(teacher_lat, 0.5),
         "teacher_p95": nearest_rank(teacher_lat, 0.95),
+        "taught": sum(1 for r in rows if r.tokens["guided"]["calls"] > 0),
     }
 
 
@@ -115,6 +116,8 @@ def by(rows: list[LedgerRecord], group_by: str) -> dict[str, list[LedgerRecord]]
             key = r.created_at.astimezone(UTC).strftime("%Y-%m-%d")
         elif group_by == "session":
             key = r.session_id or "(none)"
+        elif group_by == "family":
+            key = r.task_family or "(none)"
         else:
             key = r.student_model if group_by == "model" else r.decision
         out[key].append(r)
@@ -144,3 +147,5 @@ def check_group_json(data: dict[str, Any], rows: list[LedgerRecord]) -> None:
         assert _close(data[key], want[key]), (key, data[key], want[key])
     assert _close(data["teacher_latency_ms"]["p50"], want["teacher_p50"])
     assert _close(data["teacher_latency_ms"]["p95"], want["teacher_p95"])
+    assert data["taught"] == want["taught"]
+    assert _close(data["taught_share"], want["taught"] / want["calls"] if want["calls"] else None)

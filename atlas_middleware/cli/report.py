@@ -42,7 +42,8 @@ def report(
     until: Annotated[str | None, typer.Option("--until", help="Before this time (exclusive); same forms as --since.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only calls to this student model.")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only calls of this session id.")] = None,
-    group_by: Annotated[str | None, typer.Option("--group-by", help="day | model | session | decision.")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Only calls of this task family (t:... or f:...).")] = None,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="day | model | session | decision | family.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json | html.")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout (needed for html).")] = None,
@@ -61,9 +62,10 @@ def report(
         raise typer.BadParameter("--format html needs --out PATH (the page is one self-contained file)")
     query = LedgerQuery(
         since=parse_when(since) if since else None, until=parse_when(until) if until else None,
-        student_model=model, session_id=session,
+        student_model=model, session_id=session, task_family=family,
     )
-    filters = {k: v for k, v in {"since": since, "until": until, "model": model, "session": session}.items() if v}
+    filters = {k: v for k, v in {"since": since, "until": until, "model": model, "session": session,
+                                 "family": family}.items() if v}
     try:
         cfg = AtlasConfig.load(str(config) if config else None, ledger=ledger, spool=spool)
         store = open_ledger(cfg.ledger_url())

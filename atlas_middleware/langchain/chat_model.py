@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
@@ -37,6 +37,9 @@ from ._convert import model_name, openai_tools, to_openai_messages, usage_metada
 from .backend import CallBinding, Delivery, LangChainBackend, bound_params, prepare_model
 
 REPLAY_CHARS = 48
+# The run metadata key that names a call's task (its family, ``teaching/families.py``):
+# ``model.invoke(x, config={"metadata": {"atlas_task": "billing-faq"}})``.
+RUN_TASK_KEY = "atlas_task"
 
 
 def delivered_message(delivery: Delivery, report: CallReport | None = None) -> AIMessage:
@@ -70,6 +73,15 @@ def final_chunk(message: AIMessage) -> AIMessageChunk:
 def _passed_on(chunk: AIMessageChunk) -> AIMessageChunk:
     """A student chunk as forwarded: its usage and metadata come once, in the final chunk."""
     return chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
+
+
+def _with_run_task(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the run metadata's task as the ``atlas`` option, unless one is set."""
+    task = (ensure_config(config).get("metadata") or {}).get(RUN_TASK_KEY)
+    opts = dict(kwargs.get("atlas") or {})
+    if task is None or "task" in opts:
+        return kwargs
+    return {**kwargs, "atlas": {**opts, "task": task}}
 
 
 class _Relay:
@@ -193,14 +205,18 @@ class AtlasChatModel(BaseChatModel):
 
     # -- one call -------------------------------------------------------------------------
 
-    def _call(self, messages: list[BaseMessage], stop: list[str] | None,
-              kwargs: dict[str, Any]) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
+    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+              run_manager: Any = None) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
         params: dict[str, Any] = {k: v for k, v in (("temperature", self.temperature),
                                                     ("max_tokens", self.max_tokens)) if v is not None}
         params.update(kwargs)
         opts = dict(params.pop("atlas", None) or {})
         if self.session_id and "session_id" not in opts:
             opts["session_id"] = self.session_id
+        # The task (its family) may come with the run: ``config={"metadata": {"atlas_task": ...}}``.
+        run_metadata = getattr(run_manager, "metadata", None) or {}
+        if "task" not in opts and run_metadata.get(RUN_TASK_KEY) is not None:
+            opts["task"] = run_metadata[RUN_TASK_KEY]
         params["atlas"] = opts
         stop = stop or self.stop
         if stop:
@@ -226,25 +242,26 @@ class AtlasChatModel(BaseChatModel):
         binding = CallBinding(originals=messages, original_dicts=dicts, run=run, arun=arun, prepare=prepared)
         return str(override or model_name(student)), dicts, params, binding
 
-    def _complete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Delivery:
-        model, dicts, params, binding = self._call(messages, stop, kwargs)
+    def _complete(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                  run_manager: Any = None) -> Delivery:
+        model, dicts, params, binding = self._call(messages, stop, kwargs, run_manager)
         out: Delivery = self._atlas.completion(model, dicts, **bound_params(params, binding))
         return out
 
     async def _acomplete(self, messages: list[BaseMessage], stop: list[str] | None,
-                         kwargs: dict[str, Any]) -> Delivery:
-        model, dicts, params, binding = self._call(messages, stop, kwargs)
+                         kwargs: dict[str, Any], run_manager: Any = None) -> Delivery:
+        model, dicts, params, binding = self._call(messages, stop, kwargs, run_manager)
         out: Delivery = await self._atlas.acompletion(model, dicts, **bound_params(params, binding))
         return out
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        delivery = self._complete(messages, stop, kwargs)
+        delivery = self._complete(messages, stop, kwargs, run_manager)
         return ChatResult(generations=[ChatGeneration(message=delivered_message(delivery))])
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        delivery = await self._acomplete(messages, stop, kwargs)
+        delivery = await self._acomplete(messages, stop, kwargs, run_manager)
         return ChatResult(generations=[ChatGeneration(message=delivered_message(delivery))])
 
     # -- streaming ------------------------------------------------------------------------
@@ -254,9 +271,20 @@ class AtlasChatModel(BaseChatModel):
     # (after the probe and the teacher, which must come first); replayed from the delivered
     # message under strict and verify, which compare whole answers before delivering.
 
+    # LangChain's ``stream``/``astream`` give ``_stream`` no run manager: the run's metadata
+    # (``atlas_task``) is read from the config here and passed on as the call's option.
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        return super().stream(input, config, stop=stop, **_with_run_task(config, kwargs))
+
+    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        return super().astream(input, config, stop=stop, **_with_run_task(config, kwargs))
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        model, dicts, params, binding = self._call(messages, stop, kwargs, run_manager)
         stream = self._atlas.completion(model, dicts, stream=True, **bound_params(params, binding))
         for chunk in self._relayed(stream):
             if run_manager is not None:
@@ -278,7 +306,7 @@ class AtlasChatModel(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        model, dicts, params, binding = self._call(messages, stop, kwargs)
+        model, dicts, params, binding = self._call(messages, stop, kwargs, run_manager)
         stream = await self._atlas.acompletion(model, dicts, stream=True, **bound_params(params, binding))
         async for chunk in self._arelayed(stream):
             if run_manager is not None:

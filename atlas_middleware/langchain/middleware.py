@@ -34,6 +34,7 @@ from ..config import AtlasConfig
 from ..teaching import protocols
 from ._convert import model_name, openai_tools, to_openai_messages
 from .backend import CallBinding, Delivery, LangChainBackend, bound_params
+from .chat_model import RUN_TASK_KEY
 
 SessionKey = Callable[[ModelRequest], str | None]
 
@@ -41,6 +42,21 @@ SessionKey = Callable[[ModelRequest], str | None]
 def _digest(message: BaseMessage | None) -> str:
     text = message.text if message is not None else ""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _graph_config() -> dict[str, Any]:
+    """The running graph's config (``{}`` outside a graph run)."""
+    try:
+        from langgraph.config import get_config
+
+        return dict(get_config())
+    except (ImportError, RuntimeError):  # outside a graph run
+        return {}
+
+
+def run_task() -> Any:
+    """The task named in the run's metadata (``config={"metadata": {"atlas_task": ...}}``), or None."""
+    return (_graph_config().get("metadata") or {}).get(RUN_TASK_KEY)
 
 
 def default_session_key(request: ModelRequest) -> str:
@@ -186,6 +202,9 @@ class AtlasAgentMiddleware(AgentMiddleware):
         if request.tool_choice is not None:
             params["tool_choice"] = request.tool_choice
         params["atlas"] = {"session_id": self.session_key(request)}
+        task = run_task()
+        if task is not None:
+            params["atlas"]["task"] = task
         return model_name(request.model), dicts, params, binding
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:

@@ -21,6 +21,7 @@ class LedgerQuery(BaseModel):
     until: datetime | None = None
     student_model: str | None = None
     session_id: str | None = None
+    task_family: str | None = None
     limit: int | None = None
 
 

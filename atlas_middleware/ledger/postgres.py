@@ -34,7 +34,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 log = logging.getLogger("atlas_middleware.ledger")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # An arbitrary constant: the advisory lock that serialises schema set-up across replicas.
 _SCHEMA_LOCK_KEY = 0x61746C61  # "atla"
 
@@ -53,6 +53,7 @@ calls_table = sa.Table(
     sa.Column("teacher_model", sa.Text),
     sa.Column("policy", sa.Text, nullable=False),
     sa.Column("session_id", sa.Text, index=True),
+    sa.Column("task_family", sa.Text, index=True),
     sa.Column("decision", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("failed", sa.Boolean, nullable=False),
@@ -75,7 +76,13 @@ _COLUMNS = tuple(c.name for c in calls_table.columns if c.name != "seq")
 
 # version -> statements that bring a database from version-1 to version. Version 1 is the
 # ``create_all`` above; later versions append ALTERs here and bump SCHEMA_VERSION.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: ()}
+# They run after ``create_all``, which makes a new database at the latest version at once:
+# each statement must therefore be a no-op where its change is already there.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (),
+    2: ("ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS task_family TEXT",
+        "CREATE INDEX IF NOT EXISTS ix_atlas_calls_task_family ON atlas_calls (task_family)"),
+}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -177,6 +184,8 @@ class PostgresLedger:
             stmt = stmt.where(calls_table.c.student_model == q.student_model)
         if q.session_id:
             stmt = stmt.where(calls_table.c.session_id == q.session_id)
+        if q.task_family:
+            stmt = stmt.where(calls_table.c.task_family == q.task_family)
         if q.limit:
             stmt = stmt.limit(q.limit)
         try:

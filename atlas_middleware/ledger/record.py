@@ -31,6 +31,8 @@ class LedgerRecord(BaseModel):
     teacher_model: str | None
     policy: str
     session_id: str | None
+    task_family: str | None = None
+    """``CallReport.task_family``; None for records written before families existed."""
     decision: str
     reason: str
     failed: bool
@@ -73,6 +75,7 @@ class LedgerRecord(BaseModel):
             teacher_model=report.teacher_model,
             policy=report.policy,
             session_id=report.session_id,
+            task_family=report.task_family,
             decision=report.decision,
             reason=report.reason.value,
             failed=report.failed,

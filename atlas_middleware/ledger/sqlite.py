@@ -15,22 +15,31 @@ from ..errors import LedgerError
 from .base import LedgerQuery
 from .record import LedgerRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = (
-    "call_id", "created_at", "student_model", "teacher_model", "policy", "session_id",
+    "call_id", "created_at", "student_model", "teacher_model", "policy", "session_id", "task_family",
     "decision", "reason", "failed", "tokens", "tokens_saved", "net_tokens", "cost_usd",
     "latency_ms", "teacher_latency_ms", "errors", "prompt_sha256", "prompt_chars",
     "answer_sha256", "answer_chars", "prompt_text", "answer_text", "report_json",
 )
+_ADDED_BY_MIGRATIONS = ("task_family",)  # not in version 1's CREATE TABLE: see MIGRATIONS
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS atlas_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS atlas_calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    {", ".join(c + (" TEXT UNIQUE NOT NULL" if c == "call_id" else "") for c in _COLUMNS)}
+    {", ".join(c + (" TEXT UNIQUE NOT NULL" if c == "call_id" else "") for c in _COLUMNS if c not in _ADDED_BY_MIGRATIONS)}
 );
 CREATE INDEX IF NOT EXISTS atlas_calls_created ON atlas_calls (created_at);
 CREATE INDEX IF NOT EXISTS atlas_calls_session ON atlas_calls (session_id);
 """
+# version -> statements that bring a ledger from version-1 to version, applied in one
+# transaction when the ledger is opened. A new ledger is created at version 1 by ``_SCHEMA``
+# (without the columns added since) and migrated like any other.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (),
+    2: ("ALTER TABLE atlas_calls ADD COLUMN task_family TEXT",
+        "CREATE INDEX IF NOT EXISTS atlas_calls_family ON atlas_calls (task_family)"),
+}
 
 
 # How long a write waits for another writer's lock. Writes run on the user's call path (the
@@ -60,13 +69,38 @@ class SQLiteLedger:
                 raise LedgerError(f"cannot create the ledger folder for {self.path}: {exc}") from exc
         try:
             conn = self._conn()
-            with self._lock, self._waiting(READ_TIMEOUT_S), conn:
+            with self._lock, self._waiting(READ_TIMEOUT_S):
                 conn.executescript(_SCHEMA)
-                conn.execute(
-                    "INSERT OR IGNORE INTO atlas_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
+                self._migrate(conn)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the SQLite ledger at {self.path}: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to ``SCHEMA_VERSION`` in one write transaction (another process
+        opening the same file waits, then finds it done); refuse a newer file."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR IGNORE INTO atlas_meta VALUES ('schema_version', '1')")
+            version = int(conn.execute("SELECT value FROM atlas_meta WHERE key = 'schema_version'").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"the ledger at {self.path} has schema version {version}, newer than this "
+                    f"atlas-middleware knows ({SCHEMA_VERSION}); upgrade atlas-middleware"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[v]:
+                    conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute("UPDATE atlas_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._conn().execute("SELECT value FROM atlas_meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0])
 
     def _conn(self) -> sqlite3.Connection:
         if self._conn_ is None:
@@ -125,6 +159,9 @@ class SQLiteLedger:
         if q.session_id:
             where.append("session_id = ?")
             args.append(q.session_id)
+        if q.task_family:
+            where.append("task_family = ?")
+            args.append(q.task_family)
         sql = f"SELECT {', '.join(_COLUMNS)} FROM atlas_calls"
         if where:
             sql += " WHERE " + " AND ".join(where)

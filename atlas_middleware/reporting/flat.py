@@ -14,7 +14,7 @@ COLUMNS: tuple[str, ...] = (
     "total_tokens", "measured_calls", "tokens_saved", "saved_rate", "net_tokens", "net_rate",
     "cost_usd", "cost_unknown_calls", "teacher_tried", "teacher_errors", "teacher_error_rate",
     "error_rate", "latency_p50_ms", "latency_p95_ms", "teacher_latency_p50_ms",
-    "teacher_latency_p95_ms",
+    "teacher_latency_p95_ms", "taught", "taught_share",
 )
 
 
@@ -32,7 +32,7 @@ def flat_row(g: GroupSummary) -> dict[str, Any]:
         teacher_errors=g.teacher_errors, teacher_error_rate=g.teacher_error_rate,
         error_rate=g.error_rate, latency_p50_ms=g.latency_ms.p50, latency_p95_ms=g.latency_ms.p95,
         teacher_latency_p50_ms=g.teacher_latency_ms.p50,
-        teacher_latency_p95_ms=g.teacher_latency_ms.p95,
+        teacher_latency_p95_ms=g.teacher_latency_ms.p95, taught=g.taught, taught_share=g.taught_share,
     )
     return row
 

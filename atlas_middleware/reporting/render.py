@@ -49,6 +49,24 @@ TABLE_HEADERS: tuple[str, ...] = (
 )
 
 
+FAMILY_HEADERS: tuple[str, ...] = ("task family", "calls", "taught", "taught %", "net", "net %")
+
+
+def family_row(g: GroupSummary) -> list[str]:
+    return [g.key, fmt_int(g.calls), fmt_int(g.taught), fmt_share(g.taught_share),
+            fmt_signed(g.net_tokens), fmt_rate(g.net_rate)]
+
+
+def family_table(summary: Summary) -> Table:
+    """Calls, taught share and net tokens per task family (``--group-by family``: every figure)."""
+    table = Table(title="by task family", show_lines=False)
+    for i, header in enumerate(FAMILY_HEADERS):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    for g in summary.families:
+        table.add_row(*family_row(g))
+    return table
+
+
 def render_table(summary: Summary, width: int | None = None) -> str:
     title = f"atlas-middleware savings - {summary.ledger}"
     if summary.filters:
@@ -61,6 +79,8 @@ def render_table(summary: Summary, width: int | None = None) -> str:
     table.add_row(*table_row(summary.overall), style="bold", end_section=False)
     console = Console(file=io.StringIO(), width=width or 400, record=True, color_system=None)
     console.print(table)
+    if summary.families:
+        console.print(family_table(summary))
     notes = [
         "saved = baseline completion - delivered completion (positive: shorter answers); "
         "net = all tokens spent - student alone (negative: the middleware saved tokens). "

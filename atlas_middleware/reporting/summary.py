@@ -16,6 +16,13 @@ Definitions (``CallReport``'s sign conventions, summed):
 * ``cost_usd``: the sum of the known prices (``None`` if none); ``cost_unknown_calls`` says how many calls had
   none (an unknown cost is not zero).
 * ``teacher_error_rate``: calls whose teacher path failed / calls that tried the teacher.
+* ``taught``: calls in which the student answered with guidance (a guided call ran, with
+  fresh or reused guidance), whichever answer was delivered; ``taught_share`` = ``taught``
+  / ``calls``.
+
+Per task family (``families``, always there; ``--group-by family`` for every figure): the
+groups keyed by ``task_family`` (``teaching/families.py``); records written before
+families existed fall under ``(none)``.
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ from ..ledger.record import LedgerRecord
 from ..report import TEACHER_PATH_FAILURES
 from ..usage import ROLES
 
-GroupBy = Literal["day", "model", "session", "decision"]
-GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "session", "decision")
+GroupBy = Literal["day", "model", "session", "decision", "family"]
+GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "session", "decision", "family")
 DECISIONS: tuple[str, ...] = ("guided", "baseline", "student_only")
 # Reasons that mean "the teacher path was tried and failed" (the call then fell back).
 TEACHER_FAILURES = frozenset(r.value for r in TEACHER_PATH_FAILURES)
 NO_SESSION = "(none)"
+NO_FAMILY = "(none)"
 
 
 class RoleTokens(BaseModel):
@@ -84,6 +92,8 @@ class GroupSummary(BaseModel):
     teacher_tried: int = 0
     teacher_errors: int = 0
     teacher_error_rate: float | None = None
+    taught: int = 0
+    taught_share: float | None = None
     error_rate: float | None = None
     latency_ms: Distribution = Field(default_factory=Distribution)
     teacher_latency_ms: Distribution = Field(default_factory=Distribution)
@@ -115,6 +125,8 @@ class Summary(BaseModel):
     groups: list[GroupSummary] = Field(default_factory=list)
     daily: list[GroupSummary] = Field(default_factory=list)
     """Always grouped by day: the charts plot savings over time whatever ``group_by`` is."""
+    families: list[GroupSummary] = Field(default_factory=list)
+    """Always grouped by task family (the table's family section)."""
     top_calls: list[TopCall] = Field(default_factory=list)
     latencies_ms: list[float] = Field(default_factory=list)
     teacher_latencies_ms: list[float] = Field(default_factory=list)
@@ -174,12 +186,14 @@ def summarize_group(records: list[LedgerRecord], key: str = "all") -> GroupSumma
         if failed_teacher or r.tokens.get("teacher", {}).get("calls", 0) > 0:
             g.teacher_tried += 1
             g.teacher_errors += int(failed_teacher)
+        g.taught += int(r.tokens.get("guided", {}).get("calls", 0) > 0)
         g.first_call = r.created_at if g.first_call is None else min(g.first_call, r.created_at)
         g.last_call = r.created_at if g.last_call is None else max(g.last_call, r.created_at)
     g.total_tokens = sum(t.total for t in g.tokens.values())
     g.saved_rate = _ratio(g.tokens_saved, g.baseline_completion_tokens)
     g.net_rate = _ratio(g.net_tokens, g.baseline_total_tokens)
     g.teacher_error_rate = _ratio(g.teacher_errors, g.teacher_tried)
+    g.taught_share = _ratio(g.taught, g.calls)
     g.error_rate = _ratio(g.failed, g.calls)
     g.latency_ms = distribution(r.latency_ms for r in records)
     g.teacher_latency_ms = distribution(
@@ -199,6 +213,7 @@ def group_key(group_by: GroupBy) -> Callable[[LedgerRecord], str]:
         "model": lambda r: r.student_model,
         "session": lambda r: r.session_id or NO_SESSION,
         "decision": lambda r: r.decision,
+        "family": lambda r: r.task_family or NO_FAMILY,
     }
     return keys[group_by]
 
@@ -242,6 +257,7 @@ def summarize(
         overall=summarize_group(records),
         groups=grouped(records, group_by) if group_by else [],
         daily=grouped(records, "day"),
+        families=grouped(records, "family"),
         top_calls=top_calls(records, top),
         latencies_ms=[r.latency_ms for r in records],
         teacher_latencies_ms=[r.teacher_latency_ms for r in records if r.teacher_latency_ms is not None],

@@ -86,6 +86,8 @@ class CallOptions:
     prior_guidance: str | None = None
     session_id: str | None = None
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
+    task_family: str | None = None
+    """The call's family key (``families.py``): ``CallReport.task_family``."""
     stream: bool = False
     """The caller reads the answer as a stream: one delivered without a comparison is made
     as a live ``Stream``."""
@@ -111,6 +113,7 @@ def teach(
         policy=settings.policy,
         protocol=settings.protocol.name,
         session_id=options.session_id,
+        task_family=options.task_family,
     )
     if options.keep_answers and report.answers is None:
         report.answers = {}
