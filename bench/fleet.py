@@ -15,6 +15,7 @@ exports ``TEST_REDIS_URL`` and ``TEST_POSTGRES_URL``.
 
     python bench/fleet.py                        # 1/2/3 replicas x 64/256 clients, 10 s each
     python bench/fleet.py --replicas 1 2 4 --seconds 20 --workers 2
+    python bench/fleet.py --quick                # 1 and 2 replicas, 8 clients, 3 s (CI runs this)
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="workers per replica")
+    parser.add_argument("--quick", action="store_true", help="1 and 2 replicas, 8 clients, 3 s")
     args = parser.parse_args()
+    if args.quick:
+        args.replicas, args.clients, args.seconds = [1, 2], [8], 3.0
     started = time.monotonic()
     rows = run(args.replicas, args.clients, args.seconds, args.workers)
     print(f"\n{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "

@@ -249,7 +249,7 @@ def test_metrics_endpoint(client: Any, proxy: ProxyProcess, backend: ScriptedBac
     for role in ("probe", "teacher", "guided", "baseline"):
         assert _metric(text, "atlas_tokens_total", role=role) > _metric(before, "atlas_tokens_total", role=role)
     assert _metric(text, "atlas_teacher_latency_seconds_count") >= 1
-    assert re.search(r"^atlas_tokens_saved ", text, re.M)
+    assert re.search(r"^atlas_tokens_saved\{replica=\"[^\"]+\"\} ", text, re.M)
 
 
 def test_bundled_config_carries_the_same_lines(proxy: ProxyProcess) -> None:
