@@ -192,7 +192,9 @@ class Atlas:
             if policy not in POLICIES:
                 raise InvalidRequestError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
             settings = dataclasses.replace(settings, policy=policy)
-        options = CallOptions(session_id=opts.get("session_id"), keep_answers=bool(opts.get("keep_answers")),
+        # A ledger that stores texts keeps both answers too (a training export compares them).
+        keep = bool(opts.get("keep_answers")) or self.config.store_texts
+        options = CallOptions(session_id=opts.get("session_id"), keep_answers=keep,
                               timeout=timeout, task_family=family_of(messages, kwargs, opts.get("task")))
         if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
             options.teach = False

@@ -126,6 +126,9 @@ class CallReport(BaseModel):
     ``f:<12 hex>`` derived from the request (``teaching/families.py``)."""
     decision: Decision = "student_only"
     reason: Reason = Reason.STUDENT_ERROR
+    probe: str | None = None
+    """The student's own approach, as its probe stated it (thinking removed): what the
+    teacher diagnosed. Kept in a ledger only with ``store_texts``."""
     diagnosis: DiagnosisInfo | None = None
     guidance: str | None = None
     guidance_reused: bool = False
@@ -142,8 +145,9 @@ class CallReport(BaseModel):
     failed: bool = False
     """True when the user got the student's error instead of an answer."""
     answers: dict[str, KeptAnswer] | None = None
-    """The guided and baseline answers by role, kept only when the call passed
-    ``atlas={"keep_answers": True}`` (the evaluation grades both); never stored in a ledger."""
+    """The guided and baseline answers by role, kept when the call passed
+    ``atlas={"keep_answers": True}`` (the evaluation grades both) or the middleware stores
+    texts (``store_texts``: a ledger that keeps them can train a teacher, ``learning/export.py``)."""
 
     def summary(self) -> str:
         saved = "n/a" if self.tokens_saved is None else f"{self.tokens_saved:+d}"

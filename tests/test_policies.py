@@ -489,3 +489,18 @@ def test_kept_answers_never_reach_the_ledger(make_atlas, call) -> None:
     assert r.answers is not None
     (row,) = atlas.ledger.records()
     assert row.report().answers is None and "The answer is 42" not in row.report_json
+
+
+def test_stored_texts_keep_probe_and_both_answers(make_atlas, call) -> None:
+    """A ledger that stores texts holds what a teacher-training export reads: the probe's
+    plan and both student answers; without store_texts none of them."""
+    atlas, *_ = make_atlas(ledger="sqlite:///:memory:", store_texts=True)
+    r = call(atlas).atlas
+    assert r.probe and r.answers is not None and set(r.answers) == {"guided", "baseline"}
+    (row,) = atlas.ledger.records()
+    kept = row.report()
+    assert kept.probe == r.probe and kept.answers == r.answers
+    private, *_ = make_atlas(ledger="sqlite:///:memory:")
+    call(private)
+    (row,) = private.ledger.records()
+    assert row.report().probe is None and row.report().answers is None

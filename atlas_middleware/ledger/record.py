@@ -1,8 +1,9 @@
 """What the ledger keeps of one call: flat columns for reports, the report as JSON.
 
 Texts are private by default: the prompt and the delivered answer are kept as a SHA-256
-hash and a length; the teacher's diagnosis and guidance (which paraphrase the prompt) are
-dropped. ``store_texts=True`` keeps all of them.
+hash and a length; the student's probe, the teacher's diagnosis and guidance (which
+paraphrase the prompt) and the guided and baseline answers are dropped. ``store_texts=True``
+keeps all of them (what ``atlas-middleware export`` needs to train a teacher).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class LedgerRecord(BaseModel):
     def from_report(
         cls, report: CallReport, prompt: str, answer: str | None, store_texts: bool
     ) -> LedgerRecord:
-        # Answers kept for an evaluation are working data, never ledger content.
-        kept = report.model_copy(update={"answers": None}) if store_texts else report.model_copy(
-            update={"guidance": None, "answers": None,
+        # Without store_texts every text the model wrote about the prompt goes: it may quote it.
+        kept = report if store_texts else report.model_copy(
+            update={"guidance": None, "answers": None, "probe": None,
                     "diagnosis": report.diagnosis and report.diagnosis.model_copy(update={"text": ""})}
         )
         tokens: dict[str, dict[str, int]] = {}

@@ -190,6 +190,7 @@ def _guidance(
         report.reason = Reason.PROBE_EMPTY
         report.errors.append(ErrorInfo(role="probe", type="EmptyProbe", message=_empty_probe(probe, s)))
         return None
+    report.probe = plan
 
     teacher_req = ChatRequest(
         model=s.teacher_model or "",
