@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,10 +35,12 @@ from .config import AtlasConfig
 from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .errors import ConfigError, InvalidRequestError
 from .judges import Judge, resolve_judge
+from .learning.gate import TeachingGate
+from .learning.rebuild import rebuild
 from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
 from .messages import ChatRequest, validate_messages
-from .redact import register_secret
+from .redact import redact, register_secret
 from .report import CallReport, Reason
 from .state import BreakerStore, SessionStore, SharedState, open_state
 from .teaching.deadline import seconds_of
@@ -121,10 +124,26 @@ class Atlas:
             cooldown=config.circuit_cooldown, timeout=config.state_timeout, prefix=config.state_prefix)
         self.breaker: BreakerStore = self.state.breaker
         self.sessions: SessionStore = self.state.sessions
+        # Per task family: the learned gate and guidance reuse (learning/gate.py).
+        self.gate = TeachingGate(self.state.families, config.gate_rule(), learned=config.gate == "learned",
+                                 reuse=config.reuse == "family", audit_rate=config.audit_rate)
+        if self.gate.active:
+            self._rebuild_gate()
         self._owned = [b for b in (None if student_backend else self.backends["student"],
                                     None if teacher_backend else teacher_inner) if b is not None]
         self._sync = SyncDriver(self.backends)
         self._async = AsyncDriver(self.backends)
+
+    def _rebuild_gate(self) -> None:
+        """The gate's evidence from the ledger (``learning/rebuild.py``); a ledger that
+        cannot be read costs the gate its history, never the start."""
+        if isinstance(self.ledger, NullLedger):
+            return
+        try:
+            rebuild(self.gate, self.ledger, self.config.gate_rebuild)
+        except Exception as exc:
+            log.warning("teaching gate: could not rebuild its evidence from the ledger; starting from none: %s",
+                        redact(f"{type(exc).__name__}: {exc}"))
 
     # -- the two entry points -------------------------------------------------------------
 
@@ -132,7 +151,7 @@ class Atlas:
         request, settings, options, stream = self._prepare(model, messages, kwargs)
         options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
-        delivered = self._sync.run(flow, lambda report, out: self._record(report, request, out))
+        delivered = self._sync.run(flow, lambda report, out: self._done(report, request, out))
         self._observe(delivered.report, _permitted(options))
         return self._finish(delivered, stream)
 
@@ -144,7 +163,7 @@ class Atlas:
         async def done(report: CallReport, out: Delivered) -> None:
             import asyncio  # loaded: this runs on its event loop (see drivers.py)
 
-            await asyncio.to_thread(self._record, report, request, out)
+            await asyncio.to_thread(self._done, report, request, out)
 
         delivered = await self._async.run(flow, done)
         await self._off_loop(self._observe, delivered.report, _permitted(options))
@@ -207,9 +226,27 @@ class Atlas:
                 else:
                     options.teach, options.skip_reason = False, Reason.STRONG_STUDENT
                 return request, settings, options, stream
-        if not self.breaker.allow():
+        if self.gate.active and options.task_family:
+            settings = self._admit(options, settings)
+        if _permitted(options) and not self.breaker.allow():
             options.teach, options.skip_reason = False, Reason.CIRCUIT_OPEN
         return request, settings, options, stream
+
+    def _admit(self, options: CallOptions, settings: LoopSettings) -> LoopSettings:
+        """The gate's word on this call (``learning/gate.py``): skipped, measured under
+        ``strict``, or given its family's guidance; the settings it runs under."""
+        assert options.task_family is not None
+        options.call_id = uuid.uuid4().hex  # the gate's coins are drawn from it
+        admission = self.gate.admit(options.task_family, options.call_id, settings.policy)
+        options.gate = admission.info
+        if not admission.teach:
+            options.teach, options.skip_reason = False, Reason.GATE_SKIPPED
+            return settings
+        if admission.guidance:
+            options.prior_guidance, options.reused_from = admission.guidance, admission.reused_from
+        if admission.measure and settings.policy != "strict":
+            return dataclasses.replace(settings, policy="strict")
+        return settings
 
     def _observe(self, report: CallReport, permitted: bool) -> None:
         """Update the breaker and the session cache from a delivered call.
@@ -269,6 +306,16 @@ class Atlas:
         except (AttributeError, TypeError, ValueError):
             object.__setattr__(out, "atlas", report)
         return out
+
+    def _done(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
+        """The call is over (its audit too): record it, and let the gate learn from it."""
+        self._record(report, request, delivered)
+        if self.gate.active:
+            try:
+                self.gate.observe(report)
+            except Exception as exc:  # the answer is delivered; learning from it is a bonus
+                log.warning("teaching gate: could not learn from call %s: %s", report.call_id,
+                            redact(f"{type(exc).__name__}: {exc}"))
 
     def _record(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
         if isinstance(self.ledger, NullLedger):

@@ -31,11 +31,25 @@ variable                       field                                            
 ``ATLAS_STATE``                ``state``: sessions and breaker, memory | redis://  memory
 ``ATLAS_STATE_TIMEOUT``        ``state_timeout``: seconds per Redis operation     0.1
 ``ATLAS_STATE_PREFIX``         ``state_prefix``: prefix of every Redis key        atlas:
+``ATLAS_GATE``                 ``gate``: always | learned                         always
+``ATLAS_GATE_THRESHOLD``       ``gate_threshold``: close below this probability   0.05
+``ATLAS_GATE_REOPEN``          ``gate_reopen``: re-open at this probability       0.2
+``ATLAS_GATE_MIN_GAIN``        ``gate_min_gain``: improvement rate worth teaching  0.05
+``ATLAS_GATE_EXPLORE``         ``gate_explore``: closed families' calls taught     0.1
+``ATLAS_GATE_HORIZON``         ``gate_horizon``: outcomes before evidence fades   200
+``ATLAS_GATE_MIN_EVIDENCE``    ``gate_min_evidence``: outcomes before closing      10
+``ATLAS_GATE_MAX_NET_TOKENS``  ``gate_max_net_tokens``: budget per call, or unset  unset
+``ATLAS_GATE_REBUILD``         ``gate_rebuild``: ledger records replayed at start 5000
+``ATLAS_REUSE``                ``reuse``: none | family                           none
 =============================  ================================================  =========
 
 Per protocol (``teaching/protocols/``): ``atlas`` 2048 teacher tokens and 60 s, room for
 ATLAS-8B-Thinking's reasoning; ``structured`` 1024 tokens and 30 s. ``judge: auto`` is the
 teacher as a pairwise judge (``judges.py``).
+
+``gate`` and ``reuse`` learn per task family from the calls' own comparisons
+(``learning/gate.py`` has the rule); their evidence lives in ``state`` and is rebuilt from
+the ledger's last ``gate_rebuild`` records when a process starts.
 
 ``state`` is where agent sessions and the teacher's circuit breaker live: ``memory`` (this
 process) or a ``redis://`` / ``rediss://`` URL shared by every replica; when Redis fails or
@@ -50,9 +64,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+from .learning.gate import GateMode, GateRule, ReuseMode
 from .teaching.flow import POLICIES, LeakAction, LoopSettings, Policy
 from .teaching.protocols import Placement, ProtocolName, protocol_for
 
@@ -101,6 +124,18 @@ class AtlasConfig(BaseModel):
     state_timeout: float = Field(default=0.1, gt=0, le=10)
     """Seconds a Redis operation may take before process memory answers instead."""
     state_prefix: str = Field(default="atlas:", min_length=1)
+    gate: GateMode = "always"
+    """``learned``: skip probe and teacher for task families where teaching does not pay."""
+    gate_threshold: float = Field(default=0.05, gt=0, lt=1)
+    gate_reopen: float = Field(default=0.2, gt=0, lt=1)
+    gate_min_gain: float = Field(default=0.05, ge=0, lt=1)
+    gate_explore: float = Field(default=0.1, ge=0, le=1)
+    gate_horizon: float = Field(default=200.0, ge=1)
+    gate_min_evidence: float = Field(default=10.0, ge=0)
+    gate_max_net_tokens: float | None = None
+    gate_rebuild: int = Field(default=5000, ge=0)
+    reuse: ReuseMode = "none"
+    """``family``: reuse guidance that won a comparison for the family's next calls."""
     context_chars: int = Field(default=12000, ge=200)
     lean_http: bool = True
     """Call OpenAI-compatible endpoints directly over httpx instead of through LiteLLM."""
@@ -111,6 +146,26 @@ class AtlasConfig(BaseModel):
         if isinstance(v, str) and v.lower() not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("gate", "reuse", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _gate_consistent(self) -> AtlasConfig:
+        if self.gate_reopen < self.gate_threshold:
+            raise ValueError(f"gate_reopen ({self.gate_reopen}) must not be below gate_threshold "
+                             f"({self.gate_threshold}): a family would re-open before it could close")
+        if self.gate == "learned" and self.policy == "off":
+            raise ValueError("gate: learned learns from comparisons, and policy off makes none: "
+                             "choose policy strict, audit or verify")
+        return self
+
+    def gate_rule(self) -> GateRule:
+        return GateRule(threshold=self.gate_threshold, reopen=self.gate_reopen, min_gain=self.gate_min_gain,
+                        explore=self.gate_explore, horizon=self.gate_horizon,
+                        min_evidence=self.gate_min_evidence, max_net_tokens=self.gate_max_net_tokens)
 
     @field_validator("state", mode="before")
     @classmethod

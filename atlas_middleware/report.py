@@ -57,6 +57,7 @@ class Reason(StrEnum):
     STUDENT_ERROR = "student_error"  # nothing could be delivered; the student's error raised
     OPTED_OUT = "opted_out"  # the request asked for no teaching
     CIRCUIT_OPEN = "circuit_open"  # the teacher kept failing; skipped without calling it
+    GATE_SKIPPED = "gate_skipped"  # the learned gate: teaching this task family does not pay
 
 
 TEACHER_PATH_FAILURES = frozenset({
@@ -101,6 +102,25 @@ class AuditInfo(BaseModel):
     """True when the baseline was judged better than the delivered guided answer."""
 
 
+class GateInfo(BaseModel):
+    """The learned gate's view of the call's task family when the call came (``gate: learned``)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    state: Literal["learning", "open", "closed"]
+    """``learning``: too little evidence yet; ``closed``: teaching the family does not pay."""
+    p_gain: float
+    """P(teaching improves more of the family's calls than it degrades), from its posterior."""
+    p_effect: float
+    """P(teaching improves more than ``gate_min_gain`` of the family's calls)."""
+    evidence: float
+    """The (discounted) number of compared calls behind the two probabilities."""
+    explored: bool = False
+    """A closed family's call taught anyway (``gate_explore``), run as ``strict`` to measure."""
+    measured: bool = False
+    """A ``verify`` call run as ``strict`` so that the gate learns from it (``audit_rate``)."""
+
+
 class KeptAnswer(BaseModel):
     """A student answer kept on the report for evaluation (opt-in, see ``CallReport.answers``)."""
 
@@ -132,6 +152,10 @@ class CallReport(BaseModel):
     diagnosis: DiagnosisInfo | None = None
     guidance: str | None = None
     guidance_reused: bool = False
+    reused_from: str | None = None
+    """``reuse: family``: the call id whose teacher wrote the guidance this call reused."""
+    gate: GateInfo | None = None
+    """``gate: learned``: the gate's view of the family, and why this call was (not) taught."""
     guidance_leak: Literal["stripped", "withheld", "allowed"] | None = None
     """What was done with guidance that stated an answer (``leak_action``); None: no leak."""
     judge: JudgeInfo | None = None

@@ -233,7 +233,7 @@ def test_audit_records_what_the_sample_found(make_atlas, call, verdict: str, win
 def test_the_audit_coin_is_the_call_ids_hash() -> None:
     import hashlib
 
-    from atlas_middleware.teaching.flow import _sampled
+    from atlas_middleware.teaching.flow import sampled as _sampled
 
     for cid in ("a", "b" * 32, "0123456789abcdef"):
         u = int.from_bytes(hashlib.sha256(cid.encode()).digest()[:8], "big") / 2**64

@@ -6,6 +6,9 @@ Only a call that compared the guided answer with the student's own says anything
 the call                               outcome            because
 =====================================  =================  ==================================
 ``agreement``, ``judge_tie``           ``unchanged``      same answer, or judged equal
+``strong_student``, ``no_guidance``    ``unchanged``      the teacher had nothing to add: the
+                                                          student's own answer, for the
+                                                          price of probe and teacher
 ``judge_preferred_guided``             ``improved``       the judge preferred the guided one
 ``judge_preferred_baseline``,          ``degraded``       the guided answer was worse (or
 ``guided_invalid_tool_call``                              called a tool wrongly)
@@ -37,6 +40,8 @@ OUTCOMES: tuple[Outcome, ...] = ("improved", "degraded", "unchanged")
 _BY_REASON: dict[str, Outcome] = {
     Reason.AGREEMENT.value: "unchanged",
     Reason.JUDGE_TIE.value: "unchanged",
+    Reason.STRONG_STUDENT.value: "unchanged",
+    Reason.NO_GUIDANCE.value: "unchanged",
     Reason.JUDGE_GUIDED.value: "improved",
     Reason.JUDGE_BASELINE.value: "degraded",
     Reason.INVALID_TOOL_CALL.value: "degraded",

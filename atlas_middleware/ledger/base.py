@@ -23,6 +23,10 @@ class LedgerQuery(BaseModel):
     session_id: str | None = None
     task_family: str | None = None
     limit: int | None = None
+    """The first ``limit`` matching records."""
+    last: int | None = None
+    """The last ``last`` matching records (still returned oldest first); with ``limit``, the
+    first ``limit`` of those."""
 
 
 @runtime_checkable

@@ -175,7 +175,7 @@ class PostgresLedger:
     def records(self, query: LedgerQuery | None = None) -> list[LedgerRecord]:
         q = query or LedgerQuery()
         cols = [calls_table.c[c] for c in _COLUMNS]
-        stmt = sa.select(*cols).order_by(calls_table.c.seq)
+        stmt = sa.select(calls_table.c.seq, *cols).order_by(calls_table.c.seq)
         if q.since:
             stmt = stmt.where(calls_table.c.created_at >= _aware(q.since))
         if q.until:
@@ -186,6 +186,9 @@ class PostgresLedger:
             stmt = stmt.where(calls_table.c.session_id == q.session_id)
         if q.task_family:
             stmt = stmt.where(calls_table.c.task_family == q.task_family)
+        if q.last:  # the newest ``last``, then oldest first again
+            newest = stmt.order_by(None).order_by(calls_table.c.seq.desc()).limit(q.last).subquery()
+            stmt = sa.select(*[newest.c[c] for c in _COLUMNS]).order_by(newest.c.seq)
         if q.limit:
             stmt = stmt.limit(q.limit)
         try:

@@ -162,9 +162,11 @@ class SQLiteLedger:
         if q.task_family:
             where.append("task_family = ?")
             args.append(q.task_family)
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM atlas_calls"
+        sql = f"SELECT seq, {', '.join(_COLUMNS)} FROM atlas_calls"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        if q.last:  # the newest ``last``, then oldest first again
+            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT {int(q.last)})"
         sql += " ORDER BY seq"
         if q.limit:
             sql += f" LIMIT {int(q.limit)}"
@@ -173,7 +175,7 @@ class SQLiteLedger:
                 rows = self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger read failed: {exc}") from exc
-        return [_record(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+        return [_record(dict(zip(_COLUMNS, r[1:], strict=True))) for r in rows]
 
     def close(self) -> None:
         with self._lock:

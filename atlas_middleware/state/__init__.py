@@ -1,4 +1,5 @@
-"""The state replicas share: agent-session guidance and the teacher's circuit breaker.
+"""The state replicas share: agent-session guidance, the teacher's circuit breaker and the
+evidence per task family (the learned gate, family guidance reuse).
 
 ``open_state`` builds it from the ``state`` setting:
 
@@ -7,12 +8,21 @@
   in ``FallbackState`` (``fallback.py``) so that a Redis outage degrades to process memory
   instead of failing or slowing calls.
 
-``base.py`` holds the protocols; a backend is storage, features are wrappers.
+``base.py`` holds the protocols; ``families.py`` the memory store of family evidence; a
+backend is storage, features are wrappers.
 """
 
 from __future__ import annotations
 
-from .base import BREAKER_STATES, BreakerStore, SessionStore, SharedState, StateStatus
+from .base import (
+    BREAKER_STATES,
+    BreakerStore,
+    FamilyEvidence,
+    FamilyStore,
+    SessionStore,
+    SharedState,
+    StateStatus,
+)
 from .fallback import FallbackState
 from .memory import MemoryState
 
@@ -20,6 +30,8 @@ __all__ = [
     "BREAKER_STATES",
     "BreakerStore",
     "FallbackState",
+    "FamilyEvidence",
+    "FamilyStore",
     "MemoryState",
     "SessionStore",
     "SharedState",

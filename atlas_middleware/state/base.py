@@ -1,10 +1,12 @@
 """What a replica shares with the rest of the fleet: the protocol every state backend meets.
 
-Two pieces of ``Atlas``'s memory decide whether a call pays for the teacher, and both are
+Three pieces of ``Atlas``'s memory decide whether a call pays for the teacher, and both are
 wrong when each replica keeps its own: the session guidance (an agent's next step may land
 on another replica, which would pay for a second diagnosis) and the circuit breaker (a dead
 teacher would cost every replica its own ``circuit_failures`` slow calls, and each would send
-its own half-open trial). The protocols are as small as ``Atlas`` uses them, so that a
+its own half-open trial), and the evidence per task family that the learned gate and family
+guidance reuse decide on (``learning/gate.py``: one replica's evidence would be a fraction of
+the fleet's, and every replica would explore a closed family on its own). The protocols are as small as ``Atlas`` uses them, so that a
 backend is a few lines of storage and a feature (the Redis fallback) is a wrapper.
 
 Audit sampling is not here on purpose: it is a hash of the call id (``teaching/flow.py``),
@@ -15,7 +17,7 @@ of a network call on every audit call; the estimate does not need it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 BREAKER_STATES = ("closed", "open", "half-open")
@@ -56,6 +58,77 @@ class BreakerStore(Protocol):
     def release(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class FamilyEvidence:
+    """What a task family's calls have shown about teaching it (``learning/gate.py``).
+
+    Counts are discounted, so recent calls weigh more: each new outcome first multiplies
+    the three outcome counts by ``discount`` (``1 - 1/gate_horizon``), each new net-token
+    figure does the same to the two net sums. A store applies ``observed`` atomically.
+    """
+
+    improved: float = 0.0
+    degraded: float = 0.0
+    unchanged: float = 0.0
+    net_tokens: float = 0.0
+    """Discounted sum of the net tokens of the family's taught calls that measured a baseline."""
+    net_calls: float = 0.0
+    """Discounted count of those calls: ``net_tokens / net_calls`` is the mean."""
+    closed: bool = False
+    """The gate's state: True while teaching the family does not pay (only exploration teaches)."""
+    guidance: str | None = None
+    """Guidance that won a comparison for this family (``reuse: family``); None: none kept."""
+    guidance_from: str | None = None
+    """The call id whose teacher wrote ``guidance``."""
+
+    @property
+    def outcomes(self) -> float:
+        return self.improved + self.degraded + self.unchanged
+
+    def observed(self, outcome: str | None, net_tokens: float | None, discount: float) -> FamilyEvidence:
+        """This evidence after one more call: its outcome and net tokens, either may be None."""
+        out = self
+        if outcome is not None:
+            counts = {k: getattr(self, k) * discount for k in ("improved", "degraded", "unchanged")}
+            counts[outcome] += 1.0
+            out = replace(out, **counts)
+        if net_tokens is not None:
+            out = replace(out, net_tokens=self.net_tokens * discount + net_tokens,
+                          net_calls=self.net_calls * discount + 1.0)
+        return out
+
+
+@runtime_checkable
+class FamilyStore(Protocol):
+    """Evidence and reusable guidance per task family, shared like the sessions."""
+
+    def get(self, family: str) -> FamilyEvidence | None: ...
+
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
+                discount: float) -> FamilyEvidence:
+        """Add one call (``FamilyEvidence.observed``, atomically); the evidence after it."""
+        ...
+
+    def set_closed(self, family: str, closed: bool) -> None: ...
+
+    def keep_guidance(self, family: str, guidance: str, call_id: str) -> None: ...
+
+    def drop_guidance(self, family: str, call_id: str) -> None:
+        """Forget the family's guidance if it is still the one ``call_id`` wrote (a newer
+        winner stored meanwhile, by another replica, stays)."""
+        ...
+
+    def load(self, families: dict[str, FamilyEvidence]) -> None:
+        """Replace these families' evidence (rebuilt from the ledger at start)."""
+        ...
+
+    def claim_rebuild(self) -> bool:
+        """Whether this process should rebuild the evidence from the ledger: always for one
+        process's memory; for a fleet, only the first replica to ask since the shared store
+        was last empty."""
+        ...
+
+
 @dataclass
 class StateStatus:
     """What the metrics export: which backend serves, and how often memory stood in for it."""
@@ -70,13 +143,16 @@ class StateStatus:
 
 @runtime_checkable
 class SharedState(Protocol):
-    """Sessions and breaker of one ``Atlas``, and how to reach them."""
+    """Sessions, breaker and family evidence of one ``Atlas``, and how to reach them."""
 
     @property
     def sessions(self) -> SessionStore: ...
 
     @property
     def breaker(self) -> BreakerStore: ...
+
+    @property
+    def families(self) -> FamilyStore: ...
 
     @property
     def blocking(self) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..redact import redact
-from .base import SharedState, StateStatus
+from .base import FamilyEvidence, SharedState, StateStatus
 
 log = logging.getLogger("atlas_middleware.state")
 T = TypeVar("T")
@@ -54,6 +54,7 @@ class FallbackState:
         self._unwarned = 0
         self.sessions = _Sessions(self)
         self.breaker = _Breaker(self)
+        self.families = _Families(self)
 
     def run(self, op: str, call: Callable[[SharedState], T]) -> T:
         """``call`` on the shared backend if it is up (or due for a retry), else on memory."""
@@ -155,3 +156,30 @@ class _Breaker:
 
     def release(self) -> None:
         self._run("breaker_release", lambda s: s.breaker.release())
+
+
+class _Families:
+    def __init__(self, owner: FallbackState) -> None:
+        self._run = owner.run
+
+    def get(self, family: str) -> FamilyEvidence | None:
+        return self._run("family_get", lambda s: s.families.get(family))
+
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
+                discount: float) -> FamilyEvidence:
+        return self._run("family_observe", lambda s: s.families.observe(family, outcome, net_tokens, discount))
+
+    def set_closed(self, family: str, closed: bool) -> None:
+        self._run("family_set_closed", lambda s: s.families.set_closed(family, closed))
+
+    def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
+        self._run("family_keep_guidance", lambda s: s.families.keep_guidance(family, guidance, call_id))
+
+    def drop_guidance(self, family: str, call_id: str) -> None:
+        self._run("family_drop_guidance", lambda s: s.families.drop_guidance(family, call_id))
+
+    def load(self, families: dict[str, FamilyEvidence]) -> None:
+        self._run("family_load", lambda s: s.families.load(families))
+
+    def claim_rebuild(self) -> bool:
+        return self._run("family_claim_rebuild", lambda s: s.families.claim_rebuild())

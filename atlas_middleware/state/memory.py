@@ -1,8 +1,9 @@
 """Process memory: one replica's state, exactly as ``Atlas`` kept it before shared state.
 
 The default, and what the Redis backend falls back to while Redis is unreachable. The
-stores are the historical ``SessionCache`` and ``CircuitBreaker`` themselves, so their
-semantics (and their tests) are the reference the shared backends are held to.
+stores are the historical ``SessionCache`` and ``CircuitBreaker`` themselves and
+``MemoryFamilies``, so their semantics (and their tests) are the reference the shared
+backends are held to.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from ..breaker import CircuitBreaker
 from ..sessions import SessionCache
 from .base import StateStatus
+from .families import MemoryFamilies
 
 
 class MemoryState:
@@ -18,6 +20,7 @@ class MemoryState:
     def __init__(self, *, session_ttl: float = 3600.0, failures: int = 5, cooldown: float = 30.0) -> None:
         self.sessions = SessionCache(ttl=session_ttl)
         self.breaker = CircuitBreaker(failures, cooldown)
+        self.families = MemoryFamilies()
 
     def status(self) -> StateStatus:
         return StateStatus(backend="memory")

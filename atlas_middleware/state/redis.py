@@ -13,6 +13,15 @@ can serve):
   ``trial_until`` (present while the fleet's one half-open trial call is out; the ms until
   which it holds the slot).
 
+* ``<prefix>family:<family key>``: one hash per task family (``state.FamilyEvidence``): the
+  discounted outcome counts ``improved``, ``degraded``, ``unchanged``, the net-token sums
+  ``net_tokens`` and ``net_calls``, the gate's ``closed`` (``1``/``0``), and the reusable
+  ``guidance`` with ``guidance_from``. Each call's update is one Lua script (decay and add
+  together, so two replicas' calls never lose one another's), and every write renews a TTL
+  of ``family_ttl`` (30 days): a template nobody uses any more is forgotten.
+* ``<prefix>families:rebuilt``: set by the first replica that rebuilt the evidence from the
+  ledger; the others find it and do not count the ledger a second time.
+
 The scripts make each breaker step atomic across the fleet: in half-open state the first
 ``allow()`` anywhere takes the trial slot and every other replica is refused until the
 trial's verdict. The slot is a lease (``trial_lease`` seconds, by default the longer of the
@@ -28,7 +37,7 @@ from typing import Any
 
 from ..errors import ConfigError, MissingExtraError
 from ..redact import register_secret
-from .base import StateStatus
+from .base import FamilyEvidence, StateStatus
 
 # Redis's clock in ms, inside a script: every replica measures the cool-down alike.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -60,6 +69,51 @@ if not opened then return 'closed' end
 if now - tonumber(opened) >= tonumber(ARGV[1]) then return 'half-open' end
 return 'open'
 """
+
+
+# observe: ARGV[1] outcome ('' none), ARGV[2] net tokens ('' none), ARGV[3] discount,
+# ARGV[4] TTL ms -> the hash after the update (HGETALL's flat list).
+_OBSERVE = """
+local g = tonumber(ARGV[3])
+local function num(x) return string.format('%.17g', x) end
+if ARGV[1] ~= '' then
+  local names = {'improved', 'degraded', 'unchanged'}
+  local v = redis.call('HMGET', KEYS[1], unpack(names))
+  for k = 1, 3 do
+    local x = (tonumber(v[k]) or 0) * g
+    if names[k] == ARGV[1] then x = x + 1 end
+    redis.call('HSET', KEYS[1], names[k], num(x))
+  end
+end
+if ARGV[2] ~= '' then
+  local v = redis.call('HMGET', KEYS[1], 'net_tokens', 'net_calls')
+  redis.call('HSET', KEYS[1], 'net_tokens', num((tonumber(v[1]) or 0) * g + tonumber(ARGV[2])),
+             'net_calls', num((tonumber(v[2]) or 0) * g + 1))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# drop guidance: ARGV[1] the call id whose guidance it must still be.
+_DROP_GUIDANCE = """
+if redis.call('HGET', KEYS[1], 'guidance_from') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'guidance', 'guidance_from')
+  return 1
+end
+return 0
+"""
+
+_FLOATS = ("improved", "degraded", "unchanged", "net_tokens", "net_calls")
+
+
+def evidence_of(fields: dict[str, str]) -> FamilyEvidence:
+    """A family's hash as ``FamilyEvidence``."""
+    return FamilyEvidence(
+        **{k: float(fields[k]) for k in _FLOATS if k in fields},
+        closed=fields.get("closed") == "1",
+        guidance=fields.get("guidance"),
+        guidance_from=fields.get("guidance_from"),
+    )
 
 
 def connect(url: str, timeout: float) -> Any:
@@ -132,8 +186,62 @@ class RedisBreaker:
         self._failure(keys=[self._key], args=[self.failures])
 
 
+class RedisFamilies:
+    def __init__(self, client: Any, prefix: str, ttl: float = 30 * 86400.0) -> None:
+        self._client = client
+        self._prefix = prefix + "family:"
+        self._rebuilt = prefix + "families:rebuilt"
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self._observe = client.register_script(_OBSERVE)
+        self._drop = client.register_script(_DROP_GUIDANCE)
+
+    def get(self, family: str) -> FamilyEvidence | None:
+        fields = self._client.hgetall(self._prefix + family)
+        return evidence_of(fields) if fields else None
+
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
+                discount: float) -> FamilyEvidence:
+        flat = self._observe(keys=[self._prefix + family],
+                             args=[outcome or "", "" if net_tokens is None else repr(float(net_tokens)),
+                                   repr(float(discount)), self._ttl_ms])
+        return evidence_of(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def set_closed(self, family: str, closed: bool) -> None:
+        key = self._prefix + family
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(key, "closed", "1" if closed else "0")
+        pipe.pexpire(key, self._ttl_ms)
+        pipe.execute()
+
+    def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
+        key = self._prefix + family
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(key, mapping={"guidance": guidance, "guidance_from": call_id})
+        pipe.pexpire(key, self._ttl_ms)
+        pipe.execute()
+
+    def drop_guidance(self, family: str, call_id: str) -> None:
+        self._drop(keys=[self._prefix + family], args=[call_id])
+
+    def load(self, families: dict[str, FamilyEvidence]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for family, e in families.items():
+            key = self._prefix + family
+            mapping = {k: repr(float(getattr(e, k))) for k in _FLOATS}
+            mapping["closed"] = "1" if e.closed else "0"
+            if e.guidance is not None and e.guidance_from is not None:
+                mapping.update(guidance=e.guidance, guidance_from=e.guidance_from)
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, self._ttl_ms)
+        pipe.execute()
+
+    def claim_rebuild(self) -> bool:
+        return bool(self._client.set(self._rebuilt, "1", nx=True))
+
+
 class RedisState:
-    """Sessions and breaker in one Redis. Every operation may raise (wrap it in ``FallbackState``)."""
+    """Sessions, breaker and family evidence in one Redis. Every operation may raise (wrap it in ``FallbackState``)."""
 
     blocking = True
 
@@ -142,6 +250,7 @@ class RedisState:
         self.client = client
         self.sessions = RedisSessions(client, prefix, session_ttl)
         self.breaker = RedisBreaker(client, prefix, failures, cooldown, trial_lease)
+        self.families = RedisFamilies(client, prefix)
 
     def status(self) -> StateStatus:
         return StateStatus(backend="redis")

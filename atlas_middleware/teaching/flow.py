@@ -33,7 +33,7 @@ from ..errors import JudgeError, TeacherOutputError, TeacherTruncatedError, is_t
 from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import ChatRequest, ChatResponse
 from ..redact import redact
-from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, JudgeInfo, KeptAnswer, Reason
+from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, GateInfo, JudgeInfo, KeptAnswer, Reason
 from . import prompts
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Stream, Wait
 from .deadline import Deadline
@@ -84,6 +84,12 @@ class CallOptions:
     teach: bool = True
     skip_reason: Reason = Reason.OPTED_OUT
     prior_guidance: str | None = None
+    reused_from: str | None = None
+    """The call whose guidance ``prior_guidance`` is (``reuse: family``); None for a session's."""
+    gate: GateInfo | None = None
+    """The learned gate's view of the family (``learning/gate.py``), put on the report."""
+    call_id: str | None = None
+    """The report's call id, when the caller drew it before the flow (the gate's coins)."""
     session_id: str | None = None
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
     task_family: str | None = None
@@ -114,7 +120,10 @@ def teach(
         protocol=settings.protocol.name,
         session_id=options.session_id,
         task_family=options.task_family,
+        gate=options.gate,
     )
+    if options.call_id:
+        report.call_id = options.call_id
     if options.keep_answers and report.answers is None:
         report.answers = {}
     deadline = None
@@ -378,9 +387,10 @@ def _student_alone(
     return report
 
 
-def _sampled(call_id: str, rate: float) -> bool:
-    """A deterministic coin from the call id, so an audit decision can be reproduced."""
-    digest = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+def sampled(call_id: str, rate: float, salt: str = "") -> bool:
+    """A deterministic coin from the call id, so an audit decision can be reproduced;
+    ``salt`` makes an independent coin for another purpose (the gate's exploration)."""
+    digest = int.from_bytes(hashlib.sha256((salt + call_id).encode()).digest()[:8], "big")
     return digest / 2**64 < rate
 
 
@@ -404,6 +414,7 @@ def _teach(
     if options.prior_guidance:
         guidance: str | None = options.prior_guidance
         report.guidance_reused = True
+        report.reused_from = options.reused_from
     else:
         guidance = yield from _guidance(request, s, report)
     if guidance is None:
@@ -500,9 +511,9 @@ def _audit(
 
 def _audit_reason(report: CallReport, rate: float) -> Reason:
     """Whether this call is sampled for an audit, recorded on the report."""
-    sampled = _sampled(report.call_id, rate)
-    report.audit = AuditInfo(sampled=sampled)
-    return Reason.AUDIT_SAMPLED if sampled else Reason.AUDIT_UNCHECKED
+    chosen = sampled(report.call_id, rate)
+    report.audit = AuditInfo(sampled=chosen)
+    return Reason.AUDIT_SAMPLED if chosen else Reason.AUDIT_UNCHECKED
 
 
 def _audit_after(

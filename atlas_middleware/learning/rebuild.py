@@ -1,0 +1,53 @@
+"""The gate's evidence replayed from the ledger when a process starts.
+
+The state backend is the gate's memory; the ledger is its history. Process memory starts
+empty, and a Redis that restarted is empty too, so at start ``rebuild`` replays the last
+``gate_rebuild`` ledger records through the very ``TeachingGate.observe`` the live calls go
+through (into a scratch memory store), then loads the result into the state backend. There
+is one copy of the rule: a replayed ledger gives the evidence the live calls gave, up to
+the records left out by ``gate_rebuild`` and outcomes the ledger cannot show (none today).
+
+With Redis, only the first replica to start since Redis was last empty replays
+(``FamilyStore.claim_rebuild``); the others find the evidence there. Reuse needs texts: a
+ledger written without ``store_texts`` holds no guidance to reuse, so only the gate's
+evidence comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from ..ledger.base import Ledger, LedgerQuery
+from ..report import CallReport
+from ..state.base import FamilyEvidence
+from ..state.families import MemoryFamilies
+from .gate import TeachingGate
+
+log = logging.getLogger("atlas_middleware.learning")
+
+
+def replay(reports: Iterable[CallReport], gate: TeachingGate) -> dict[str, FamilyEvidence]:
+    """The evidence ``reports`` (oldest first) give ``gate``'s rule, from nothing."""
+    scratch = TeachingGate(MemoryFamilies(max_families=1 << 30), gate.rule, learned=gate.learned,
+                           reuse=gate.reuse, audit_rate=gate.audit_rate, log_changes=False)
+    for report in reports:
+        scratch.observe(report)
+    assert isinstance(scratch.store, MemoryFamilies)
+    return scratch.store.snapshot()
+
+
+def rebuild(gate: TeachingGate, ledger: Ledger, records: int) -> int:
+    """Load the evidence of the ledger's last ``records`` records into ``gate``'s store;
+    the number of records replayed (0 when another replica has done it)."""
+    if records <= 0 or not gate.store.claim_rebuild():
+        return 0
+    t0 = time.perf_counter()
+    rows = [r for r in ledger.records(LedgerQuery(last=records)) if r.task_family]
+    evidence = replay((r.report() for r in rows), gate)
+    gate.store.load(evidence)
+    closed = sum(e.closed for e in evidence.values())
+    log.info("teaching gate rebuilt from %d ledger records in %.2f s: %d families, %d closed",
+             len(rows), time.perf_counter() - t0, len(evidence), closed)
+    return len(rows)
