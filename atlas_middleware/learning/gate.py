@@ -29,8 +29,8 @@ Two probabilities follow exactly from its Beta marginals (``posterior.py``):
 ``learning`` and taught. Otherwise it is **closed** when ``p_gain < threshold`` (teaching
 hurts) or ``p_effect < threshold`` (teaching changes too little to pay for probe and
 teacher), or when its mean net tokens per measured call exceed ``max_net_tokens`` while
-``p_gain < 0.5`` (costly, with no measured gain); a closed family **re-opens** when both
-probabilities reach ``reopen`` (above ``threshold``: hysteresis, so a family at the
+``p_gain < 1 - threshold`` (costly, and no gain measured with that confidence); a closed
+family **re-opens** when both probabilities reach ``reopen`` (above ``threshold``: hysteresis, so a family at the
 boundary does not flap) and the budget rule no longer holds. A closed family's calls skip
 probe and teacher (reason ``gate_skipped``), except an ``explore`` share (an independent
 call-id coin) that is taught, run as ``strict`` so that it measures, and keeps the evidence
@@ -119,7 +119,7 @@ def should_close(e: FamilyEvidence, rule: GateRule) -> bool:
     p_gain, p_effect = probabilities(e, rule)
     mean_net = _mean_net(e)
     over_budget = rule.max_net_tokens is not None and mean_net is not None and mean_net > rule.max_net_tokens
-    if over_budget and p_gain < 0.5:
+    if over_budget and p_gain < 1.0 - rule.threshold:
         return True
     if e.closed:
         return not (p_gain >= rule.reopen and p_effect >= rule.reopen)
