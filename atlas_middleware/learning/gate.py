@@ -30,8 +30,8 @@ Two probabilities follow exactly from its Beta marginals (``posterior.py``):
 hurts) or ``p_effect < threshold`` (teaching changes too little to pay for probe and
 teacher), or when its mean net tokens per measured call exceed ``max_net_tokens`` while
 ``p_gain < 1 - threshold`` (costly, and no gain measured with that confidence); a closed
-family **re-opens** when both probabilities reach ``reopen`` (above ``threshold``: hysteresis, so a family at the
-boundary does not flap) and the budget rule no longer holds. A closed family's calls skip
+family **re-opens** when both probabilities reach ``reopen`` (above ``threshold``:
+hysteresis, so a family at the boundary does not flap) and the budget rule no longer holds. A closed family's calls skip
 probe and teacher (reason ``gate_skipped``), except an ``explore`` share (an independent
 call-id coin) that is taught, run as ``strict`` so that it measures, and keeps the evidence
 coming: that is how a closed family is re-opened.
