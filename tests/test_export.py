@@ -400,6 +400,14 @@ def test_hf_format_is_a_dataset_dict(taught, db, tmp_path) -> None:
     assert json.loads(row["messages"]) == [{"role": "user", "content": "What is 20 + 22?"}]
     assert row["teaching"] == "Carry the one." and row["reward_basis"] == "compared"
     assert set(row) == set(Example.model_fields)
+    # an empty split is a split with the same columns and no rows
+    empty = tmp_path / "hf-empty"
+    result = runner.invoke(app, ["export", "--ledger", db, "--out", str(empty), "--format", "hf",
+                                 "--validation-share", "0"])
+    assert result.exit_code == 0, result.output
+    loaded = datasets.load_from_disk(str(empty))
+    assert (loaded["train"].num_rows, loaded["validation"].num_rows) == (4, 0)
+    assert loaded["validation"].column_names == loaded["train"].column_names
 
 
 def test_hf_format_names_its_extra_when_datasets_is_missing(taught, db, tmp_path, monkeypatch) -> None:

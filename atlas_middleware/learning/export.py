@@ -574,10 +574,16 @@ def write_export(examples: list[Example], fmt: Format, out: Path,
         except ImportError as exc:
             raise MissingExtraError("--format hf", "export", "datasets") from exc
         features = hf_features()
-        dataset = DatasetDict({s: Dataset.from_list([hf_row(e) for e in rows], features=features)
-                               for s, rows in by_split.items()})
+        columns = list(features)  # by column, so that an empty split keeps its columns too
+
+        def table(rows: list[Example]) -> Any:
+            flat = [hf_row(e) for e in rows]
+            return Dataset.from_dict({c: [r[c] for r in flat] for c in columns}, features=features)
+
+        dataset = DatasetDict({s: table(rows) for s, rows in by_split.items()})
         out.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(out))
+        # One shard for an empty split: with none, ``load_from_disk`` fails on it (datasets 5.2).
+        dataset.save_to_disk(str(out), num_shards={s: 1 for s, rows in by_split.items() if not rows})
         paths = [out / "dataset_dict.json"]
     else:
         make_row = rcl_row if fmt == "rcl" else (lambda e: e.model_dump(mode="json"))
