@@ -10,7 +10,9 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 * ``session_id``: share one diagnosis across an agent's successive calls;
 * ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``;
 * ``task``: name the task this call is an instance of (its family, ``t:<task>``); without
-  it the family is derived from the request (``teaching/families.py``).
+  it the family is derived from the request (``teaching/families.py``);
+* ``learn``: ``False`` keeps the gate from learning from this call when it ends; the caller
+  reports a better outcome itself with ``Atlas.learn`` (the evaluation's graded answers).
 
 ``stream=True`` returns a stream of OpenAI chunks with the report as ``.atlas``. When the
 delivered answer is one nothing is compared with first (``off``, ``audit``, the student's
@@ -36,6 +38,7 @@ from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDr
 from .errors import ConfigError, InvalidRequestError
 from .judges import Judge, resolve_judge
 from .learning.gate import TeachingGate
+from .learning.outcomes import Outcome
 from .learning.rebuild import rebuild
 from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
@@ -55,6 +58,11 @@ _GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Rea
 _GUIDANCE_FAILED = _GUIDANCE_LOST | {Reason.GUIDED_ERROR}
 _TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
 T = TypeVar("T")
+
+
+def _is_false(value: Any) -> bool:
+    """A per-call switch set off: ``False``, or ``"false"``/``"0"``/``"off"``/``"no"`` (headers)."""
+    return value is False or str(value).lower() in ("false", "0", "off", "no")
 
 
 def _permitted(options: CallOptions) -> bool:
@@ -151,7 +159,7 @@ class Atlas:
         request, settings, options, stream = self._prepare(model, messages, kwargs)
         options.stream = stream is not None
         flow = teach(request, settings, self.judge, options)
-        delivered = self._sync.run(flow, lambda report, out: self._done(report, request, out))
+        delivered = self._sync.run(flow, lambda report, out: self._done(report, request, out, options.learn))
         self._observe(delivered.report, _permitted(options))
         return self._finish(delivered, stream)
 
@@ -163,7 +171,7 @@ class Atlas:
         async def done(report: CallReport, out: Delivered) -> None:
             import asyncio  # loaded: this runs on its event loop (see drivers.py)
 
-            await asyncio.to_thread(self._done, report, request, out)
+            await asyncio.to_thread(self._done, report, request, out, options.learn)
 
         delivered = await self._async.run(flow, done)
         await self._off_loop(self._observe, delivered.report, _permitted(options))
@@ -215,7 +223,8 @@ class Atlas:
         keep = bool(opts.get("keep_answers")) or self.config.store_texts
         options = CallOptions(session_id=opts.get("session_id"), keep_answers=keep,
                               timeout=timeout, task_family=family_of(messages, kwargs, opts.get("task")))
-        if opts.get("teach") is False or str(opts.get("teach")).lower() in ("false", "0", "off", "no"):
+        options.learn = not _is_false(opts.get("learn"))
+        if _is_false(opts.get("teach")):
             options.teach = False
             return request, settings, options, stream
         if options.session_id:
@@ -307,15 +316,32 @@ class Atlas:
             object.__setattr__(out, "atlas", report)
         return out
 
-    def _done(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
+    def _done(self, report: CallReport, request: ChatRequest, delivered: Delivered, learn: bool = True) -> None:
         """The call is over (its audit too): record it, and let the gate learn from it."""
         self._record(report, request, delivered)
-        if self.gate.active:
-            try:
-                self.gate.observe(report)
-            except Exception as exc:  # the answer is delivered; learning from it is a bonus
-                log.warning("teaching gate: could not learn from call %s: %s", report.call_id,
-                            redact(f"{type(exc).__name__}: {exc}"))
+        if learn:
+            self.learn(report)
+
+    def learn(self, report: CallReport, graded: Outcome | None = None) -> None:
+        """Teach the gate (``gate: learned``, ``reuse: family``) what a finished call showed.
+
+        Calls do this themselves when they end. Call it for a call made with
+        ``atlas={"learn": False}`` once you know better than its comparison did: ``graded``
+        is the outcome of grading both answers against a gold answer
+        (``learning.outcomes.from_grades``), as ``atlas-middleware eval`` does. Never raises:
+        the answer is delivered, learning from it is a bonus.
+        """
+        if not self.gate.active:
+            return
+        try:
+            self.gate.observe(report, graded)
+        except Exception as exc:
+            log.warning("teaching gate: could not learn from call %s: %s", report.call_id,
+                        redact(f"{type(exc).__name__}: {exc}"))
+
+    async def alearn(self, report: CallReport, graded: Outcome | None = None) -> None:
+        """``learn`` for async callers (off the event loop when the state is Redis)."""
+        await self._off_loop(self.learn, report, graded)
 
     def _record(self, report: CallReport, request: ChatRequest, delivered: Delivered) -> None:
         if isinstance(self.ledger, NullLedger):

@@ -142,6 +142,25 @@ def check_fleet(out: str) -> None:
     in_range(rows[1]["vs 1 replica"], 0.05, 100)
 
 
+def check_learned_gate(out: str) -> None:
+    runs, families = tables(out)
+    assert [(r["policy"], r["gate"]) for r in runs] == [
+        (p, g) for p in ("strict", "audit") for g in ("always", "learned", "learned + reuse")]
+    by = {(r["policy"], r["gate"]): r for r in runs}
+    for r in runs:
+        in_range(r["delivered accuracy"], 0, 100)
+        in_range(r["teacher calls"], 0, 1)
+        # NDR kept: never below always-teach under the same policy
+        assert number(r["NDR"]) >= number(by[(r["policy"], "always")]["NDR"]), r
+    strict = by[("strict", "learned")]
+    assert number(strict["calls skipped by the gate"]) > 0 and number(strict["vs always"]) < 0
+    assert number(by[("strict", "learned + reuse")]["teacher calls avoided by reuse"]) > 0
+    reached = {(r["policy"], r["gate"], r["family"]): r for r in families}
+    for family, right in (("helps", "taught"), ("harms", "closed"), ("inert", "closed")):
+        row = reached[("strict", "learned", family)]
+        assert row["right state"] == right and row["final state"] == right, row
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in dict(globals()).items() if name.startswith("check_")}
 
 

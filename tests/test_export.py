@@ -460,3 +460,31 @@ def test_a_local_tokenizer_folder_counts_the_teaching(taught, db, tmp_path) -> N
     assert row["teaching_tokens_counted_by"] == f"hf:{folder.name}"
     assert row["teaching_tokens"] == expected
     assert row["reward"] == pytest.approx(1 + 100 / (100 + expected))
+
+
+def test_an_evaluations_results_file_is_a_grades_file(db, tmp_path) -> None:
+    """``atlas-middleware eval`` keeps each sample's call id: its results.jsonl joins the ledger."""
+    from atlas_middleware import Atlas
+    from atlas_middleware.eval import EvalSettings, Problem, evaluate
+    from atlas_middleware.learning.export import read_grades
+    from atlas_middleware.testing import ScriptedBackend, teacher_reply
+
+    student = ScriptedBackend({"probe": "I add.", "baseline": "The answer is 5.", "guided": "The answer is 4."})
+    atlas = Atlas(student_backend=student, teacher_backend=ScriptedBackend({"teacher": teacher_reply("Carry the one.")}),
+                  teacher="scripted-teacher", ledger=db, store_texts=True,
+                  judge=lambda messages, answer: 1.0 if "5." in answer else 0.0)  # a judge that is wrong
+    try:
+        evaluate(atlas, EvalSettings(dataset="g", student="s", samples=2, concurrency=1), tmp_path / "eval",
+                 problems=[Problem(id="q", question="What is 2 + 2?", answer="4")], progress=False, plots=False)
+    finally:
+        atlas.close()
+    grades = read_grades(tmp_path / "eval" / "results.jsonl")
+    assert len(grades) == 2 and all(g.guided_correct and not g.baseline_correct for g in grades.values())
+    examples, _ = examples_of(db, grades=grades)
+    assert {e.id for e in examples} == set(grades)
+    for ex in examples:  # the gold answer wins over the judge, which preferred the baseline
+        assert (ex.reward_basis, ex.outcome, ex.reward) == ("graded", "improved", pytest.approx(1 + EFF))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"call_id": "x", "guided_correct": true}\n')
+    with pytest.raises(ConfigError, match="line 1"):
+        read_grades(bad)

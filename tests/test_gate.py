@@ -348,3 +348,40 @@ def test_settings_are_checked() -> None:
         AtlasConfig.build({"gate": "sometimes"})
     c = AtlasConfig.load(env={"ATLAS_GATE": "LEARNED", "ATLAS_REUSE": "family", "ATLAS_GATE_EXPLORE": "0.25"})
     assert (c.gate, c.reuse, c.gate_rule().explore) == ("learned", "family", 0.25)
+
+
+def test_an_evaluation_teaches_the_gate_with_its_grades(tmp_path) -> None:
+    """The judge here is wrong (it prefers the baseline's wrong answer); the gold answer says
+    the guidance helped, and that is what the gate learns."""
+    from atlas_middleware import Atlas
+    from atlas_middleware.eval import EvalSettings, Problem, evaluate
+    from atlas_middleware.testing import ScriptedBackend
+
+    problems = [Problem(id=f"q{i}", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(1, 5)]
+    student = ScriptedBackend({"probe": "I add.", "baseline": lambda r: "The answer is 999.",
+                               "guided": lambda r: f"The answer is {2 * int(str(r.messages).split('What is ')[1][0])}."})
+    atlas = Atlas(student_backend=student, teacher_backend=ScriptedBackend(TEACHER), ledger="none",
+                  teacher="scripted-teacher", gate="learned", judge=lambda m, a: 1.0 if "999" in a else 0.0)
+    try:
+        evaluate(atlas, EvalSettings(dataset="gate", student="s", samples=2, concurrency=1), tmp_path,
+                 problems=problems, progress=False, plots=False)
+        from atlas_middleware.eval.records import ResultsFile
+
+        records = list(ResultsFile(tmp_path / "results.jsonl").records.values())
+        assert len(records) == 8 and all(r.guided.correct and not r.alone.correct for r in records)
+        (family,) = set(atlas.gate.store.snapshot())  # type: ignore[attr-defined]
+        e = atlas.gate.store.get(family)
+        assert e is not None and e.degraded == 0 and e.improved == pytest.approx(sum(0.995 ** k for k in range(8)))
+        assert all(r.reason == "judge_preferred_baseline" for r in records)
+    finally:
+        atlas.close()
+
+
+def test_a_call_that_does_not_learn_leaves_it_to_the_caller(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **GATED)
+    (r,) = [call(atlas, messages=[{"role": "user", "content": "harm: 20 + 22?"}],
+                 atlas={"task": "harm", "learn": "false"}).atlas]
+    assert r.reason == Reason.JUDGE_BASELINE and atlas.gate.store.get("t:harm") is None
+    atlas.learn(r, "improved")  # the caller knows better: a gold answer said the guidance helped
+    e = atlas.gate.store.get("t:harm")
+    assert e is not None and (e.improved, e.degraded) == (1, 0)

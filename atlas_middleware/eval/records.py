@@ -44,6 +44,9 @@ class SampleRecord(BaseModel):
     problem_id: str
     sample: int
     seed: int
+    call_id: str | None = None
+    """The middleware call's id (its ledger row); None when the call failed outright, and in
+    records written before it was kept. ``atlas-middleware export --grades`` joins on it."""
     difficulty: str | None = None
     gold: str
     alone: Arm

@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..errors import MissingExtraError
-from ..report import CallReport
+from ..learning.outcomes import from_grades
+from ..report import CallReport, Reason
 from ..usage import ROLES, Usage
 from .checking import grade
 from .datasets import Problem
@@ -108,9 +109,11 @@ async def evaluate_sample(atlas: Any, problem: Problem, sample: int, settings: E
               "temperature": settings.resolved_temperature(), "seed": seed}
     base: dict[str, Any] = {"problem_id": problem.id, "sample": sample, "seed": seed,
                             "difficulty": problem.difficulty, "gold": problem.answer}
+    # A learning gate learns from the graded answers below, not from the call's comparison.
+    learning = bool(getattr(getattr(atlas, "gate", None), "active", False))
     try:
         response = await atlas.acompletion(
-            model=settings.student, messages=messages, atlas={"keep_answers": True}, **params
+            model=settings.student, messages=messages, atlas={"keep_answers": True, "learn": not learning}, **params
         )
     except Exception as exc:  # the student failed on every path: a failed sample, not a crash
         failed = Arm(error=f"{type(exc).__name__}: {exc}"[:500])
@@ -136,12 +139,17 @@ async def evaluate_sample(atlas: Any, problem: Problem, sample: int, settings: E
     else:  # no guidance was given: teacher + student answered as the student alone did
         guided_arm = alone_arm.model_copy(update={"latency_ms": round(teaching_ms + alone.latency, 3)})
 
+    if learning:
+        # Teaching ran (guided, or the teacher saw nothing to add): the grades say what it did.
+        ran = "guided" in kept or report.reason in (Reason.STRONG_STUDENT, Reason.NO_GUIDANCE)
+        await atlas.alearn(report, from_grades(guided_arm.correct, alone_arm.correct) if ran else None)
+
     text, finish = _delivered_text(response)
     role_usage = report.usage.guided if report.decision == "guided" else report.usage.baseline
     delivered_arm = _arm(problem, text, finish, role_usage, lat.get("total", 0.0))
 
     return SampleRecord(
-        **base, alone=alone_arm, guided=guided_arm, delivered=delivered_arm,
+        **base, call_id=report.call_id, alone=alone_arm, guided=guided_arm, delivered=delivered_arm,
         taught="guided" in kept, guidance_leak=report.guidance_leak, decision=report.decision,
         reason=report.reason.value,
         usage={role: _usage(getattr(report.usage, role)) for role in ROLES},

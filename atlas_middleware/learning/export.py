@@ -453,8 +453,26 @@ def build_examples(
     return examples, summary
 
 
+def _grades_of(line: str) -> Grades:
+    """A grades line, or an evaluation's sample record (``results.jsonl``) with its call id."""
+    try:
+        return Grades.model_validate_json(line)
+    except ValidationError:
+        from ..eval.records import SampleRecord
+
+        try:
+            sample = SampleRecord.model_validate_json(line)
+        except ValidationError:
+            raise  # the grades line's error says more than the sample record's
+        if sample.call_id is None:
+            raise
+        return Grades(call_id=sample.call_id, guided_correct=sample.guided.correct,
+                      baseline_correct=sample.alone.correct)
+
+
 def read_grades(path: Path) -> dict[str, Grades]:
-    """A JSONL file of ``{"call_id", "guided_correct", "baseline_correct"}`` lines."""
+    """A JSONL file of ``{"call_id", "guided_correct", "baseline_correct"}`` lines, or an
+    evaluation's ``results.jsonl`` (each sample's graded answers, by its call id)."""
     out: dict[str, Grades] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -464,7 +482,7 @@ def read_grades(path: Path) -> dict[str, Grades]:
         if not line.strip():
             continue
         try:
-            g = Grades.model_validate_json(line)
+            g = _grades_of(line)
         except ValidationError as exc:
             raise ConfigError(f"{path}, line {n}: not a grades line "
                               f'({{"call_id", "guided_correct", "baseline_correct"}}): {exc}') from None

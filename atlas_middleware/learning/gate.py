@@ -184,11 +184,14 @@ class TeachingGate:
             out.guidance, out.reused_from = evidence.guidance, evidence.guidance_from
         return out
 
-    def observe(self, report: CallReport) -> None:
+    def observe(self, report: CallReport, graded: Outcome | None = None) -> None:
+        """Learn from a finished call: its comparison's outcome when the gate counts it
+        (``counted_outcome``), or ``graded``, the outcome of grading both answers against a
+        gold answer (an evaluation grades every sample, so it is always counted)."""
         family = report.task_family
         if not family or report.reason == Reason.GATE_SKIPPED:
             return
-        outcome = counted_outcome(report, self.audit_rate)
+        outcome = graded if graded is not None else counted_outcome(report, self.audit_rate)
         if self.learned and outcome is not None:
             evidence = self.store.observe(family, outcome, report.net_tokens, self.rule.discount)
             closed = should_close(evidence, self.rule)
@@ -207,7 +210,8 @@ class TeachingGate:
 
     def _reuse(self, report: CallReport, family: str, outcome: Outcome | None) -> None:
         if report.reused_from is not None:
-            lost = report.reason in _LOST or (report.audit is not None and report.audit.degraded is True)
+            lost = (outcome == "degraded" or report.reason in _LOST
+                    or (report.audit is not None and report.audit.degraded is True))
             if lost:
                 self.store.drop_guidance(family, report.reused_from)
         elif report.guidance and not report.guidance_reused and outcome == "improved":

@@ -92,6 +92,9 @@ class CallOptions:
     """The report's call id, when the caller drew it before the flow (the gate's coins)."""
     session_id: str | None = None
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
+    learn: bool = True
+    """Let the gate learn from this call when it ends; False: the caller will, with a
+    better outcome (``Atlas.learn``, the evaluation's grades)."""
     task_family: str | None = None
     """The call's family key (``families.py``): ``CallReport.task_family``."""
     stream: bool = False
