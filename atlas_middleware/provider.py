@@ -11,7 +11,8 @@ Sync, async and ``stream=True`` calls run the teaching loop around the student n
 ``atlas/``. Teacher, policy and ledger come from the provider's configuration (keywords, an
 ``AtlasConfig``, YAML or ``ATLAS_*`` variables, as for ``Atlas``). Per-request options go
 in ``metadata={"atlas": {"teach": False, "policy": "verify", "session_id": "...", "task": "..."}}``
-(or the ``x-atlas-teach``, ``x-atlas-policy``, ``x-atlas-session-id``, ``x-atlas-task`` headers).
+(or the ``x-atlas-teach``, ``x-atlas-policy``, ``x-atlas-session-id``, ``x-atlas-task``,
+``x-atlas-learn`` headers).
 
 Accounting, so that LiteLLM's own callbacks count each user call exactly once:
 
@@ -62,7 +63,7 @@ NO_LOG = {"no-log": True}
 REPORT_KEY = "atlas_report"
 # Request headers a client (or the proxy) may set instead of ``metadata["atlas"]``.
 HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id",
-                  "x-atlas-task": "task"}
+                  "x-atlas-task": "task", "x-atlas-learn": "learn"}
 _FALSE = frozenset({"false", "0", "off", "no"})
 
 
@@ -76,8 +77,10 @@ class RequestOptions(BaseModel):
     session_id: str | None = None
     task: Any = None
     """The task's name (its family); checked by ``Atlas``, so a bad one is a 400."""
+    learn: bool | None = None
+    """False: the gate does not learn from this call (the caller reports a graded outcome)."""
 
-    @field_validator("teach", mode="before")
+    @field_validator("teach", "learn", mode="before")
     @classmethod
     def _teach(cls, v: Any) -> Any:
         if isinstance(v, str):

@@ -228,6 +228,8 @@ def test_request_options_from_headers_and_metadata() -> None:
     assert RequestOptions.from_litellm(None, {"atlas": {"teach": "yes"}}).teach is True
     assert RequestOptions.from_litellm({}, {}).as_call_options() == {}
     assert RequestOptions.from_litellm({"metadata": {"headers": {"X-Atlas-Task": "faq"}}}, {}).task == "faq"
+    assert RequestOptions.from_litellm({"metadata": {"headers": {"x-atlas-learn": "false"}}}, {}).learn is False
+    assert RequestOptions.from_litellm({"metadata": {"atlas": {"learn": False}}}, {}).as_call_options() == {"learn": False}
 
 
 def test_the_task_comes_from_a_header_or_metadata(provider: AtlasLLM, upstream: OpenAITestServer,

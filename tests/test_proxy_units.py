@@ -11,6 +11,7 @@ pytest.importorskip("prometheus_client")
 
 from atlas_middleware.proxy.headers import report_body, report_headers  # noqa: E402
 from atlas_middleware.proxy.metrics import AtlasMetrics  # noqa: E402
+from atlas_middleware.report import GateInfo  # noqa: E402
 
 
 def _report(**changes: object) -> CallReport:
@@ -28,8 +29,12 @@ def test_headers_and_body() -> None:
     assert headers["x-atlas-decision"] == "guided" and headers["x-atlas-reason"] == "agreement"
     assert headers["x-atlas-tokens-saved"] == "-3" and headers["x-atlas-net-tokens"] == "120"
     assert report_headers(_report(tokens_saved=None))["x-atlas-tokens-saved"] == ""
-    body = report_body(report)
-    assert "guidance" not in body and body["call_id"] == report.call_id
+    assert headers["x-atlas-gate"] == headers["x-atlas-reused-from"] == ""
+    gated = report_headers(_report(task_family="t:faq", reused_from="c1", gate=GateInfo(
+        state="closed", p_gain=0.01, p_effect=0.2, evidence=12.0)))
+    assert (gated["x-atlas-task-family"], gated["x-atlas-gate"], gated["x-atlas-reused-from"]) == ("t:faq", "closed", "c1")
+    body = report_body(report.model_copy(update={"probe": "my plan: add 20 and 22"}))
+    assert "guidance" not in body and "probe" not in body and body["call_id"] == report.call_id
     assert body["usage"]["teacher"]["prompt_tokens"] == 100
 
 
