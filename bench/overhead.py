@@ -13,6 +13,7 @@ Variants:
   taught async, lean   Atlas.acompletion(strict) over HTTP, direct aiohttp (the proxy's path)
   taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
   middleware only      Atlas(strict) with in-process backends that do no work: the loop's own work
+                       (also with the learned gate and family reuse on, in process memory)
 
     python bench/overhead.py            # full: 300 calls per variant
     python bench/overhead.py --quick    # seconds: 20 calls per variant (CI runs this)
@@ -105,12 +106,14 @@ def main() -> None:
             return self.response
 
     student, teacher = Constant("The answer is 42"), Constant(teacher_reply("Check the carry."))
-    for label, ledger in (("middleware only", "none"), ("middleware + SQLite ledger", None)):
+    learned = {"gate": "learned", "reuse": "family", "gate_explore": 1.0}  # every call taught: the gate's cost
+    for label, ledger, extra in (("middleware only", "none", {}), ("middleware + SQLite ledger", None, {}),
+                                 ("middleware only, gate learned + reuse family", "none", learned)):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             atlas = Atlas(teacher="t", student_backend=student, teacher_backend=teacher, policy="strict",
-                          ledger=ledger or f"sqlite:///{tmp}/l.db")
+                          ledger=ledger or f"sqlite:///{tmp}/l.db", **extra)
             rows.append((label, *measure(lambda a=atlas: a.completion(model="s", messages=QUESTION), n)))  # type: ignore[misc]
             atlas.close()
 
