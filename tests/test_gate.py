@@ -385,3 +385,19 @@ def test_a_call_that_does_not_learn_leaves_it_to_the_caller(make_atlas, call) ->
     atlas.learn(r, "improved")  # the caller knows better: a gold answer said the guidance helped
     e = atlas.gate.store.get("t:harm")
     assert e is not None and (e.improved, e.degraded) == (1, 0)
+
+
+def test_replicas_share_the_evidence_and_the_gate(make_atlas, call, state) -> None:
+    """Two ``Atlas`` on one state: the outcomes of either close the family for both (with
+    memory state, each replica is on its own)."""
+    a, *_ = make_atlas(STUDENT, TEACHER, **GATED, **state)
+    b, _, teacher_b = make_atlas(STUDENT, TEACHER, **GATED, **state)
+    for _ in range(6):
+        ask(call, a, "harm")
+        ask(call, b, "harm")
+    (r,) = ask(call, b, "harm")
+    shared = bool(state)
+    assert (r.reason == Reason.GATE_SKIPPED) is shared
+    # shared: the 11th outcome of the two together closed it (and b's 6th call was skipped)
+    counted = 11 if shared else 6
+    assert r.gate is not None and r.gate.evidence == pytest.approx(sum(0.995 ** k for k in range(counted)), abs=0.01)
