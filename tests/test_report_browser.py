@@ -171,6 +171,11 @@ def test_html_report_loads_cleanly_in_chromium(browser: DevTools, tmp_path: Path
     sizes = evaluate(browser, "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
     assert sizes == [[True, 800, 400]] * 5
     assert evaluate(browser, "document.querySelector('tr.total td').textContent") == "all"
+    # The per-family chart is inline SVG: laid out at its size, one row per family in the table.
+    box = evaluate(browser, "(b => [b.width, b.height])(document.querySelector('svg.family-chart').getBoundingClientRect())")
+    assert box[0] > 400 and box[1] > 100, box
+    assert evaluate(browser, "document.querySelectorAll('svg.family-chart g.family').length") == evaluate(
+        browser, "document.querySelectorAll('table.families tbody tr').length") > 0
     shot = ARTIFACTS / "report-html-screenshot.png"
     screenshot(browser, shot)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000

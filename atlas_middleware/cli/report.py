@@ -52,7 +52,8 @@ def report(
     flush: Annotated[bool, typer.Option("--flush", help="First write spooled records to the ledger.")] = False,
     top: Annotated[int, typer.Option("--top", min=0, help="How many of the costliest calls to list.")] = 10,
 ) -> None:
-    """Calls, decisions, tokens by role, tokens saved and net tokens, cost, teacher latency and errors."""
+    """Calls, decisions, tokens by role, tokens saved and net tokens, cost, teacher latency and errors;
+    per task family, what teaching delivered (with 95% intervals), reuse and the learned gate's state."""
     fmt = "json" if as_json else fmt.lower()
     if fmt not in FORMATS:
         raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
@@ -77,6 +78,8 @@ def report(
             summary = summarize(
                 records, ledger=store.url, group_by=group_by,
                 filters=filters, pending_spooled=writer.pending(), top=top,
+                gate_rule=cfg.gate_rule(), audit_rate=cfg.audit_rate, gate_records=cfg.gate_rebuild,
+                gate_mode=cfg.gate,
             )
         finally:
             store.close()

@@ -1,4 +1,5 @@
-"""One self-contained HTML file: inline CSS, charts as base64 PNG, no script, no links out.
+"""One self-contained HTML file: inline CSS, charts as base64 PNG (the per-family chart as
+inline SVG), no script, no links out.
 
 Nothing is fetched when the page opens, so it can be mailed, attached to a ticket or
 opened offline; every number in it comes from the same ``Summary`` as the other formats.
@@ -10,9 +11,9 @@ import base64
 from html import escape
 
 from ..usage import ROLES
-from .charts import CHART_TITLES, render_charts
+from .charts import CHART_TITLES, family_svg, render_charts
 from .flat import fmt_cost, fmt_int, fmt_ms, fmt_rate, fmt_share, fmt_signed
-from .render import TABLE_HEADERS, table_row
+from .render import FAMILY_HEADERS, TABLE_HEADERS, family_note, family_row, table_row
 from .summary import Summary
 
 _CSS = """
@@ -29,6 +30,7 @@ tr.total td { font-weight: 600; border-top: 2px solid #999; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }
 .charts img { width: 100%; border: 1px solid #eee; }
 .note { color: #555; font-size: .85rem; }
+.family-chart { max-width: 100%; height: auto; border: 1px solid #eee; }
 """
 
 
@@ -59,6 +61,19 @@ def _table(s: Summary) -> str:
     rows.append('<tr class="total" data-group="all">'
                 + "".join(f"<td>{escape(c)}</td>" for c in table_row(s.overall)) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _families(s: Summary) -> str:
+    if not s.families:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in FAMILY_HEADERS)
+    rows = "".join(
+        f'<tr data-family="{escape(g.key)}">' + "".join(f"<td>{escape(c)}</td>" for c in family_row(g)) + "</tr>"
+        for g in s.families
+    )
+    return (f"<h2>By task family</h2><figure>{family_svg(s)}</figure>"
+            f'<div class="wide"><table class="families"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+            f'</table></div><p class="note">{escape(family_note(s))}</p>')
 
 
 def _top(s: Summary) -> str:
@@ -96,6 +111,7 @@ grouped by {escape(summary.group_by or "nothing")}.</p>
 <p class="note">Tokens by role: {escape(roles)}. Saved = baseline completion - delivered completion
 (positive: shorter answers). Net = everything spent - the student alone (negative: saved). Rates use
 the {summary.overall.measured_calls} of {summary.overall.calls} calls that measured a baseline.</p>
+{_families(summary)}
 <h2>The calls that cost most</h2>{_top(summary)}
 </body></html>
 """

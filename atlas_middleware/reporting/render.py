@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from ..usage import ROLES
-from .flat import COLUMNS, flat_row, fmt_cost, fmt_int, fmt_ms, fmt_rate, fmt_share, fmt_signed
+from .flat import (
+    COLUMNS,
+    flat_row,
+    fmt_cost,
+    fmt_int,
+    fmt_interval,
+    fmt_ms,
+    fmt_rate,
+    fmt_share,
+    fmt_signed,
+    fmt_tokens,
+)
 from .summary import GroupSummary, Summary
 
 FORMATS = ("table", "csv", "json", "html")
@@ -49,16 +60,42 @@ TABLE_HEADERS: tuple[str, ...] = (
 )
 
 
-FAMILY_HEADERS: tuple[str, ...] = ("task family", "calls", "taught", "taught %", "net", "net %")
+FAMILY_HEADERS: tuple[str, ...] = (
+    "task family", "calls", "taught", "taught %", "net", "net %", "net/call", "compared",
+    "delivered better [95%]", "delivered worse [95%]", "teacher avoided", "gate skipped",
+    "gate (P gain, P effect)",
+)
+
+
+def fmt_gate(g: GroupSummary) -> str:
+    if g.gate is None:
+        return "n/a"
+    return f"{g.gate.state} ({g.gate.p_gain:.2f}, {g.gate.p_effect:.2f})"
 
 
 def family_row(g: GroupSummary) -> list[str]:
     return [g.key, fmt_int(g.calls), fmt_int(g.taught), fmt_share(g.taught_share),
-            fmt_signed(g.net_tokens), fmt_rate(g.net_rate)]
+            fmt_signed(g.net_tokens), fmt_rate(g.net_rate), fmt_tokens(g.net_tokens_per_call),
+            fmt_int(g.compared), fmt_interval(g.delivered_improvement), fmt_interval(g.delivered_degradation),
+            fmt_int(g.teacher_calls_avoided), fmt_int(g.gate_skipped), fmt_gate(g)]
+
+
+FAMILY_NOTE = (
+    "compared = calls whose guided answer was compared with the student's own in an unbiased sample "
+    "(every strict comparison, the audit sample); delivered better / worse = of those, the calls whose "
+    "delivered answer was judged better / worse than the student's own, with the 95% Beta interval; "
+    "teacher avoided = calls that reused earlier guidance; gate = the learned gate's state after "
+    "replaying the last {n} records with the configured rule{mode}."
+)
+
+
+def family_note(summary: Summary) -> str:
+    mode = "" if summary.gate_mode in (None, "learned") else f" (gate is '{summary.gate_mode}': what it would decide)"
+    return FAMILY_NOTE.format(n=summary.gate_records, mode=mode)
 
 
 def family_table(summary: Summary) -> Table:
-    """Calls, taught share and net tokens per task family (``--group-by family``: every figure)."""
+    """What teaching did per task family (``--group-by family``: every figure)."""
     table = Table(title="by task family", show_lines=False)
     for i, header in enumerate(FAMILY_HEADERS):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
@@ -79,9 +116,11 @@ def render_table(summary: Summary, width: int | None = None) -> str:
     table.add_row(*table_row(summary.overall), style="bold", end_section=False)
     console = Console(file=io.StringIO(), width=width or 400, record=True, color_system=None)
     console.print(table)
+    notes = []
     if summary.families:
         console.print(family_table(summary))
-    notes = [
+        notes.append(family_note(summary))
+    notes += [
         "saved = baseline completion - delivered completion (positive: shorter answers); "
         "net = all tokens spent - student alone (negative: the middleware saved tokens). "
         f"Rates use the {summary.overall.measured_calls} of {summary.overall.calls} calls "

@@ -20,23 +20,68 @@ Definitions (``CallReport``'s sign conventions, summed):
   fresh or reused guidance), whichever answer was delivered; ``taught_share`` = ``taught``
   / ``calls``.
 
+What teaching did (every group; the point of the per-family view, ``learning/``):
+
+* ``compared``: the calls whose comparison of the guided answer with the student's own is an
+  unbiased sample of the group's calls, the very calls the learned gate counts
+  (``learning.gate.counted_outcome``): every ``strict`` call that compared (including the
+  teacher's "strong student", an ``unchanged``), and the ``audit`` calls in the audit sample.
+  A ``verify`` call is never one (only a failing grade is compared: a sample biased towards
+  degradation), unless the gate ran it as ``strict`` to measure it.
+* ``improved`` / ``degraded`` / ``unchanged``: the teaching effect, ``outcome_of`` those
+  calls (``learning/outcomes.py``), guided against the student alone whatever was delivered:
+  what the gate sees.
+* ``delivered_improvement``: compared calls whose *delivered* answer was judged better than
+  the student's own (outcome ``improved`` and the guided answer delivered: the judge's
+  pick under ``strict``, an audit won by the guided answer).
+* ``delivered_degradation``: compared calls whose delivered answer was judged worse than the
+  student's own (outcome ``degraded`` and the guided answer delivered: an audit that
+  preferred the baseline after the guided answer had gone out). Under ``strict`` the judge
+  delivers the baseline when it prefers it, so a strict call is never one.
+* Each of those is a ``Rate``: the count, the share of ``compared`` and its 95% interval,
+  the equal-tailed Beta credible interval from a uniform prior
+  (``learning.posterior.beta_interval``; not Wilson's score interval), ``None`` with no
+  compared call.
+* ``net_tokens_per_call``: ``net_tokens`` / ``measured_calls`` (the calls with a baseline).
+* ``gate_skipped``: calls the learned gate did not teach (reason ``gate_skipped``).
+* ``teacher_calls_avoided``: calls that used earlier guidance instead of probe and teacher
+  (``guidance_reused``): ``reused_family`` (``reuse: family``; ``reused_from`` counts the
+  calls per call id whose guidance was reused) and ``reused_session`` (an agent session's).
+
 Per task family (``families``, always there; ``--group-by family`` for every figure): the
 groups keyed by ``task_family`` (``teaching/families.py``); records written before
-families existed fall under ``(none)``.
+families existed fall under ``(none)``. A family group also has ``gate``: the learned gate's
+state, ``p_gain``, ``p_effect`` and evidence after replaying the last ``gate_records`` of
+the summarised records through ``TeachingGate.observe`` with the configured rule
+(``learning/rebuild.replay``): what a process starting now would rebuild, whether or not the
+gate is on (``gate_mode``). A family none of those records counted is ``learning``.
+
+One pass: each record's ``report_json`` is read once, for the two fields the columns lack
+(``audit``, ``reused_from``), and only when it has them (a strict call without reuse is read
+from its columns alone); only the records replayed become ``CallReport`` objects.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..learning.gate import GateRule, GateState, TeachingGate, assess, counted_outcome
+from ..learning.outcomes import Outcome
+from ..learning.posterior import beta_interval
+from ..learning.rebuild import replay
 from ..ledger.record import LedgerRecord
-from ..report import TEACHER_PATH_FAILURES
-from ..usage import ROLES
+from ..report import TEACHER_PATH_FAILURES, AuditInfo, CallReport, Reason
+from ..state.families import MemoryFamilies
+from ..usage import ROLES, UsageByRole
 
 GroupBy = Literal["day", "model", "session", "decision", "family"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "session", "decision", "family")
@@ -71,6 +116,27 @@ class Distribution(BaseModel):
     max: float | None = None
 
 
+class Rate(BaseModel):
+    """A count of compared calls, its share of them, and the share's 95% interval."""
+
+    count: int = 0
+    rate: float | None = None
+    low: float | None = None
+    """Equal-tailed 95% Beta credible interval, uniform prior; None with no compared call."""
+    high: float | None = None
+
+
+class FamilyGate(BaseModel):
+    """The learned gate's view of a family, from the replayed records (module docstring)."""
+
+    state: GateState
+    p_gain: float
+    p_effect: float
+    evidence: float
+    """The discounted number of counted outcomes behind the two probabilities."""
+    mean_net_tokens: float | None = None
+
+
 class GroupSummary(BaseModel):
     key: str = "all"
     calls: int = 0
@@ -99,6 +165,21 @@ class GroupSummary(BaseModel):
     teacher_latency_ms: Distribution = Field(default_factory=Distribution)
     first_call: datetime | None = None
     last_call: datetime | None = None
+    compared: int = 0
+    improved: Rate = Field(default_factory=Rate)
+    degraded: Rate = Field(default_factory=Rate)
+    unchanged: Rate = Field(default_factory=Rate)
+    delivered_improvement: Rate = Field(default_factory=Rate)
+    delivered_degradation: Rate = Field(default_factory=Rate)
+    net_tokens_per_call: float | None = None
+    gate_skipped: int = 0
+    reused_family: int = 0
+    reused_session: int = 0
+    teacher_calls_avoided: int = 0
+    reused_from: dict[str, int] = Field(default_factory=dict)
+    """``reuse: family``: the calls whose guidance was reused, and how many calls reused it."""
+    gate: FamilyGate | None = None
+    """Family groups only (module docstring)."""
 
 
 class TopCall(BaseModel):
@@ -127,6 +208,11 @@ class Summary(BaseModel):
     """Always grouped by day: the charts plot savings over time whatever ``group_by`` is."""
     families: list[GroupSummary] = Field(default_factory=list)
     """Always grouped by task family (the table's family section)."""
+    gate_mode: str | None = None
+    """The configured ``gate`` (``always``/``learned``); the families' ``gate`` is what the
+    learned gate would decide either way."""
+    gate_records: int = 0
+    """How many of the records were replayed for the families' ``gate``."""
     top_calls: list[TopCall] = Field(default_factory=list)
     latencies_ms: list[float] = Field(default_factory=list)
     teacher_latencies_ms: list[float] = Field(default_factory=list)
@@ -156,45 +242,171 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else num / den
 
 
-def summarize_group(records: list[LedgerRecord], key: str = "all") -> GroupSummary:
-    g = GroupSummary(key=key)
+DEFAULT_AUDIT_RATE = 0.1
+_AUDIT = re.compile(r'"audit":(null|\{[^{}]*\})')
+_REUSED_FROM = re.compile(r'"reused_from":(null|"[0-9A-Za-z_-]*")')
+_REASONS = {r.value: r for r in Reason}
+_NOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """What one record says about teaching (module docstring), read once per record."""
+
+    outcome: Outcome | None = None
+    """The outcome if the gate counts the call (``compared``), else None."""
+    delivered_guided: bool = False
+    reused: bool = False
+    reused_from: str | None = None
+    audit: AuditInfo | None = None
+
+
+def _report_fields(report_json: str) -> tuple[AuditInfo | None, bool, str | None]:
+    """``audit``, ``guidance_reused`` and ``reused_from`` of a record's report.
+
+    ``model_dump_json`` writes compact JSON in field order, and a key's quotes inside a
+    string value are escaped, so ``"audit":null`` can only be the field itself: the common
+    record (no audit, nothing reused) is answered without parsing. Anything unexpected is
+    parsed in full."""
+    if '"audit":null' in report_json and '"guidance_reused":false' in report_json:
+        return None, False, None
+    audit_m, from_m = _AUDIT.search(report_json), _REUSED_FROM.search(report_json)
+    reused = '"guidance_reused":true' in report_json
+    if audit_m is None or from_m is None or (not reused and '"guidance_reused":false' not in report_json):
+        data = json.loads(report_json)
+        audit_data, reused, reused_from = data.get("audit"), bool(data.get("guidance_reused")), data.get("reused_from")
+    else:
+        audit_data = json.loads(audit_m.group(1))
+        reused_from = json.loads(from_m.group(1))
+    audit = AuditInfo.model_validate(audit_data) if audit_data is not None else None
+    return audit, reused, reused_from
+
+
+def light_report(r: LedgerRecord, learning: Learning) -> CallReport:
+    """The parts of a record's ``CallReport`` the gate reads, without validating the JSON."""
+    return CallReport.model_construct(
+        call_id=r.call_id, created_at=_NOW, student_model=r.student_model, policy=r.policy,
+        task_family=r.task_family, decision=r.decision, reason=_REASONS[r.reason],
+        audit=learning.audit, guidance_reused=learning.reused, reused_from=learning.reused_from,
+        guidance=None, net_tokens=r.net_tokens, tokens_saved=r.tokens_saved, usage=UsageByRole(),
+        latency_ms={}, errors=[],
+    )
+
+
+def learn(records: Sequence[LedgerRecord], audit_rate: float = DEFAULT_AUDIT_RATE) -> list[Learning]:
+    """Each record's ``Learning``: ``counted_outcome`` (the gate's own rule) of its report,
+    memoised on what that rule reads, so most records build no ``CallReport``."""
+    memo: dict[tuple[Any, ...], Outcome | None] = {}
+    out = []
     for r in records:
-        g.calls += 1
-        g.failed += int(r.failed)
-        g.decisions[r.decision] = g.decisions.get(r.decision, 0) + 1
-        g.reasons[r.reason] = g.reasons.get(r.reason, 0) + 1
-        for role in ROLES:
-            t = r.tokens.get(role, {})
-            acc = g.tokens[role]
-            acc.prompt += t.get("prompt", 0)
-            acc.completion += t.get("completion", 0)
-            acc.calls += t.get("calls", 0)
-            acc.reasoning += t.get("reasoning", 0)
-            acc.cached += t.get("cached", 0)
-        if r.tokens_saved is not None and r.net_tokens is not None:
-            base = r.tokens.get("baseline", {})
-            g.measured_calls += 1
-            g.tokens_saved += r.tokens_saved
-            g.net_tokens += r.net_tokens
-            g.baseline_completion_tokens += base.get("completion", 0)
-            g.baseline_total_tokens += base.get("prompt", 0) + base.get("completion", 0)
-        if r.cost_usd is None:
-            g.cost_unknown_calls += 1
+        audit, reused, reused_from = _report_fields(r.report_json)
+        partial = Learning(reused=reused, reused_from=reused_from, audit=audit)
+        if r.reason not in _REASONS:  # a reason this version does not know compared nothing it can read
+            outcome = None
+        elif r.policy == "audit" and audit is None:  # the audit's coin: drawn from the call id
+            outcome = counted_outcome(light_report(r, partial), audit_rate)
         else:
-            g.cost_usd = (g.cost_usd or 0.0) + r.cost_usd
+            key = (r.policy, r.reason, None if audit is None else (audit.sampled, audit.winner, audit.degraded))
+            if key not in memo:
+                memo[key] = counted_outcome(light_report(r, partial), audit_rate)
+            outcome = memo[key]
+        out.append(Learning(outcome, r.decision == "guided", reused, reused_from, audit))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _interval(count: int, n: int) -> tuple[float, float]:
+    return beta_interval(count, n - count)
+
+
+def rate(count: int, n: int) -> Rate:
+    if n == 0:
+        return Rate(count=count)
+    low, high = _interval(count, n)
+    return Rate(count=count, rate=count / n, low=low, high=high)
+
+
+def _learning_figures(g: GroupSummary, learnings: Iterable[Learning]) -> None:
+    counts = dict.fromkeys(("improved", "degraded", "unchanged"), 0)
+    better = worse = by_session = 0
+    reused_from: dict[str, int] = {}
+    for x in learnings:
+        if x.outcome is not None:
+            counts[x.outcome] += 1
+            better += x.outcome == "improved" and x.delivered_guided
+            worse += x.outcome == "degraded" and x.delivered_guided
+        if x.reused:
+            if x.reused_from is not None:
+                reused_from[x.reused_from] = reused_from.get(x.reused_from, 0) + 1
+            else:
+                by_session += 1
+    n = g.compared = sum(counts.values())
+    g.improved, g.degraded, g.unchanged = (rate(counts[k], n) for k in ("improved", "degraded", "unchanged"))
+    g.delivered_improvement, g.delivered_degradation = rate(better, n), rate(worse, n)
+    g.reused_from, g.reused_family, g.reused_session = reused_from, sum(reused_from.values()), by_session
+    g.teacher_calls_avoided = g.reused_family + g.reused_session
+
+
+def summarize_group(records: list[LedgerRecord], key: str = "all",
+                    learnings: Sequence[Learning] | None = None) -> GroupSummary:
+    """The figures of one group; ``learnings``: ``learn(records)``, when already read.
+
+    Sums are kept in locals and set on the model once: a pydantic attribute write costs
+    more than the addition, and a big ledger makes millions of them."""
+    decisions: dict[str, int] = dict.fromkeys(DECISIONS, 0)
+    reasons: dict[str, int] = {}
+    parts = ("prompt", "completion", "calls", "reasoning", "cached")
+    role_sums = {role: dict.fromkeys(parts, 0) for role in ROLES}
+    failed = measured = saved = net = base_completion = base_total = 0
+    unpriced = tried = teacher_errors = taught = skipped = 0
+    cost: float | None = None
+    first: datetime | None = None
+    last: datetime | None = None
+    for r in records:
+        failed += r.failed
+        decisions[r.decision] = decisions.get(r.decision, 0) + 1
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        tokens = r.tokens
+        for role, acc in role_sums.items():
+            t = tokens.get(role)
+            if t:
+                for part in parts:
+                    acc[part] += t.get(part, 0)
+        if r.tokens_saved is not None and r.net_tokens is not None:
+            base = tokens.get("baseline", {})
+            measured += 1
+            saved += r.tokens_saved
+            net += r.net_tokens
+            base_completion += base.get("completion", 0)
+            base_total += base.get("prompt", 0) + base.get("completion", 0)
+        if r.cost_usd is None:
+            unpriced += 1
+        else:
+            cost = (cost or 0.0) + r.cost_usd
         failed_teacher = r.reason in TEACHER_FAILURES
-        if failed_teacher or r.tokens.get("teacher", {}).get("calls", 0) > 0:
-            g.teacher_tried += 1
-            g.teacher_errors += int(failed_teacher)
-        g.taught += int(r.tokens.get("guided", {}).get("calls", 0) > 0)
-        g.first_call = r.created_at if g.first_call is None else min(g.first_call, r.created_at)
-        g.last_call = r.created_at if g.last_call is None else max(g.last_call, r.created_at)
+        if failed_teacher or tokens.get("teacher", {}).get("calls", 0) > 0:
+            tried += 1
+            teacher_errors += failed_teacher
+        taught += tokens.get("guided", {}).get("calls", 0) > 0
+        skipped += r.reason == "gate_skipped"
+        first = r.created_at if first is None else min(first, r.created_at)
+        last = r.created_at if last is None else max(last, r.created_at)
+    g = GroupSummary(
+        key=key, calls=len(records), failed=failed, decisions=decisions, reasons=reasons,
+        tokens={role: RoleTokens(**acc) for role, acc in role_sums.items()},
+        measured_calls=measured, tokens_saved=saved, net_tokens=net,
+        baseline_completion_tokens=base_completion, baseline_total_tokens=base_total,
+        cost_usd=cost, cost_unknown_calls=unpriced, teacher_tried=tried, teacher_errors=teacher_errors,
+        taught=taught, gate_skipped=skipped, first_call=first, last_call=last,
+    )
     g.total_tokens = sum(t.total for t in g.tokens.values())
     g.saved_rate = _ratio(g.tokens_saved, g.baseline_completion_tokens)
     g.net_rate = _ratio(g.net_tokens, g.baseline_total_tokens)
     g.teacher_error_rate = _ratio(g.teacher_errors, g.teacher_tried)
     g.taught_share = _ratio(g.taught, g.calls)
     g.error_rate = _ratio(g.failed, g.calls)
+    g.net_tokens_per_call = _ratio(g.net_tokens, g.measured_calls)
+    _learning_figures(g, learn(records) if learnings is None else learnings)
     g.latency_ms = distribution(r.latency_ms for r in records)
     g.teacher_latency_ms = distribution(
         r.teacher_latency_ms for r in records if r.teacher_latency_ms is not None
@@ -218,12 +430,39 @@ def group_key(group_by: GroupBy) -> Callable[[LedgerRecord], str]:
     return keys[group_by]
 
 
-def grouped(records: list[LedgerRecord], group_by: GroupBy) -> list[GroupSummary]:
+def grouped(records: list[LedgerRecord], group_by: GroupBy, learnings: Sequence[Learning] | None = None,
+            gates: dict[str, FamilyGate] | None = None) -> list[GroupSummary]:
+    """One summary per group, sorted by key; ``gates``: the family groups' gate views."""
     key = group_key(group_by)
-    buckets: dict[str, list[LedgerRecord]] = {}
-    for r in records:
-        buckets.setdefault(key(r), []).append(r)
-    return [summarize_group(rs, k) for k, rs in sorted(buckets.items())]
+    learnings = learn(records) if learnings is None else learnings
+    buckets: dict[str, tuple[list[LedgerRecord], list[Learning]]] = {}
+    for r, x in zip(records, learnings, strict=True):
+        rs, xs = buckets.setdefault(key(r), ([], []))
+        rs.append(r)
+        xs.append(x)
+    out = [summarize_group(rs, k, xs) for k, (rs, xs) in sorted(buckets.items())]
+    if group_by == "family" and gates is not None:
+        for g in out:
+            g.gate = gates.get(g.key) if g.key != NO_FAMILY else None
+    return out
+
+
+def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning], rule: GateRule,
+                 audit_rate: float, last: int) -> dict[str, FamilyGate]:
+    """Every family's gate view after replaying the last ``last`` records (module docstring)."""
+    tail = range(max(0, len(records) - last), len(records)) if last > 0 else range(0)
+    # Only counted calls change the evidence (``TeachingGate.observe``), so only they are built.
+    reports = (light_report(records[i], learnings[i]) for i in tail
+               if records[i].task_family and learnings[i].outcome is not None)
+    gate = TeachingGate(MemoryFamilies(), rule, learned=True, reuse=False, audit_rate=audit_rate, log_changes=False)
+    evidence = replay(reports, gate)
+    families = {r.task_family for r in records if r.task_family}
+    out = {}
+    for family in families:
+        a = assess(evidence.get(family), rule)
+        out[family] = FamilyGate(state=a.state, p_gain=a.p_gain, p_effect=a.p_effect, evidence=a.evidence,
+                                 mean_net_tokens=a.mean_net_tokens)
+    return out
 
 
 def top_calls(records: list[LedgerRecord], n: int = 10) -> list[TopCall]:
@@ -248,16 +487,27 @@ def summarize(
     filters: dict[str, str] | None = None,
     pending_spooled: int = 0,
     top: int = 10,
+    gate_rule: GateRule | None = None,
+    audit_rate: float = DEFAULT_AUDIT_RATE,
+    gate_records: int = 5000,
+    gate_mode: str | None = None,
 ) -> Summary:
+    """``records`` oldest first (as ledgers return them); ``gate_rule``, ``audit_rate`` and
+    ``gate_records`` are the configuration's (``gate_*``, ``audit_rate``, ``gate_rebuild``)."""
+    learnings = learn(records, audit_rate)
+    rule = gate_rule or GateRule()
+    gates = family_gates(records, learnings, rule, audit_rate, gate_records)
     return Summary(
         ledger=ledger,
         filters=dict(filters or {}),
         group_by=group_by,
         pending_spooled=pending_spooled,
-        overall=summarize_group(records),
-        groups=grouped(records, group_by) if group_by else [],
-        daily=grouped(records, "day"),
-        families=grouped(records, "family"),
+        overall=summarize_group(records, learnings=learnings),
+        groups=grouped(records, group_by, learnings, gates) if group_by else [],
+        daily=grouped(records, "day", learnings),
+        families=grouped(records, "family", learnings, gates),
+        gate_mode=gate_mode,
+        gate_records=min(len(records), max(gate_records, 0)),
         top_calls=top_calls(records, top),
         latencies_ms=[r.latency_ms for r in records],
         teacher_latencies_ms=[r.teacher_latency_ms for r in records if r.teacher_latency_ms is not None],
