@@ -17,7 +17,7 @@ of a network call on every audit call; the estimate does not need it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 BREAKER_STATES = ("closed", "open", "half-open")
@@ -87,15 +87,16 @@ class FamilyEvidence:
 
     def observed(self, outcome: str | None, net_tokens: float | None, discount: float) -> FamilyEvidence:
         """This evidence after one more call: its outcome and net tokens, either may be None."""
-        out = self
+        improved, degraded, unchanged = self.improved, self.degraded, self.unchanged
         if outcome is not None:
-            counts = {k: getattr(self, k) * discount for k in ("improved", "degraded", "unchanged")}
-            counts[outcome] += 1.0
-            out = replace(out, **counts)
+            improved, degraded, unchanged = (improved * discount + (outcome == "improved"),
+                                             degraded * discount + (outcome == "degraded"),
+                                             unchanged * discount + (outcome == "unchanged"))
+        net, net_calls = self.net_tokens, self.net_calls
         if net_tokens is not None:
-            out = replace(out, net_tokens=self.net_tokens * discount + net_tokens,
-                          net_calls=self.net_calls * discount + 1.0)
-        return out
+            net, net_calls = net * discount + net_tokens, net_calls * discount + 1.0
+        return FamilyEvidence(improved, degraded, unchanged, net, net_calls, self.closed, self.guidance,
+                              self.guidance_from)
 
 
 @runtime_checkable
