@@ -236,17 +236,23 @@ class Atlas:
                     options.teach, options.skip_reason = False, Reason.STRONG_STUDENT
                 return request, settings, options, stream
         if self.gate.active and options.task_family:
-            settings = self._admit(options, settings)
+            settings = self._admit(model, options, settings)
         if _permitted(options) and not self.breaker.allow():
             options.teach, options.skip_reason = False, Reason.CIRCUIT_OPEN
         return request, settings, options, stream
 
-    def _admit(self, options: CallOptions, settings: LoopSettings) -> LoopSettings:
+    def _admit(self, model: str, options: CallOptions, settings: LoopSettings) -> LoopSettings:
         """The gate's word on this call (``learning/gate.py``): skipped, measured under
-        ``strict``, or given its family's guidance; the settings it runs under."""
+        ``strict``, or given its family's guidance; the settings it runs under. A gate that
+        fails says nothing: the call is taught as without it."""
         assert options.task_family is not None
         options.call_id = uuid.uuid4().hex  # the gate's coins are drawn from it
-        admission = self.gate.admit(options.task_family, options.call_id, settings.policy)
+        try:
+            admission = self.gate.admit(model, options.task_family, options.call_id, settings.policy)
+        except Exception as exc:
+            log.warning("teaching gate: could not decide for call %s, teaching it: %s", options.call_id,
+                        redact(f"{type(exc).__name__}: {exc}"))
+            return settings
         options.gate = admission.info
         if not admission.teach:
             options.teach, options.skip_reason = False, Reason.GATE_SKIPPED

@@ -160,6 +160,13 @@ class AtlasConfig(BaseModel):
         if self.gate == "learned" and self.policy == "off":
             raise ValueError("gate: learned learns from comparisons, and policy off makes none: "
                              "choose policy strict, audit or verify")
+        if self.gate == "learned" and self.policy in ("audit", "verify") and self.audit_rate == 0:
+            raise ValueError(f"gate: learned under policy {self.policy} learns from the audit_rate share of "
+                             "calls, and audit_rate is 0: it would never learn")
+        if self.gate_horizon <= self.gate_min_evidence:
+            raise ValueError(f"gate_horizon ({self.gate_horizon:g}) must exceed gate_min_evidence "
+                             f"({self.gate_min_evidence:g}): discounted evidence never reaches the horizon, "
+                             "so no family would ever leave 'learning'")
         return self
 
     def gate_rule(self) -> GateRule:

@@ -156,6 +156,9 @@ class CallReport(BaseModel):
     """``reuse: family``: the call id whose teacher wrote the guidance this call reused."""
     gate: GateInfo | None = None
     """``gate: learned``: the gate's view of the family, and why this call was (not) taught."""
+    learn: bool = True
+    """False when the caller kept the gate from learning from this call (``atlas={"learn":
+    False}``); the rebuild from the ledger skips it too."""
     guidance_leak: Literal["stripped", "withheld", "allowed"] | None = None
     """What was done with guidance that stated an answer (``leak_action``); None: no leak."""
     judge: JudgeInfo | None = None

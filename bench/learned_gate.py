@@ -22,7 +22,7 @@ calls per request; per family, the gate's final state and the number of the fami
 after which it stayed in the right state (closed for ``harms`` and ``inert``, taught for
 ``helps``).
 
-    python bench/learned_gate.py              # 3 x 800 calls, about two minutes
+    python bench/learned_gate.py              # 3 x 800 calls, about 25 s on 2 cores
     python bench/learned_gate.py --quick      # 3 x 150 calls (CI runs this)
 """
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from atlas_middleware.learning.gate import GateRule, TeachingGate, assess, probabilities, should_close
+from atlas_middleware.learning.gate import (
+    GateRule,
+    TeachingGate,
+    assess,
+    gate_key,
+    probabilities,
+    should_close,
+)
 from atlas_middleware.learning.outcomes import outcome_of
 from atlas_middleware.learning.posterior import beta_cdf
 from atlas_middleware.learning.rebuild import replay
@@ -24,6 +31,7 @@ from atlas_middleware.report import AuditInfo, CallReport, Reason
 from atlas_middleware.state.base import FamilyEvidence
 from atlas_middleware.state.families import MemoryFamilies
 from atlas_middleware.testing import teacher_reply
+from atlas_middleware.usage import Usage
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 RIGHT, WRONG = "20 + 22 = 42. The answer is 42", "20 + 22 = 41. The answer is 41"
@@ -63,6 +71,10 @@ def state(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     for key in client.scan_iter(prefix + "*"):
         client.delete(key)
     client.close()
+
+
+def key(family: str, model: str = "student-model") -> str:
+    return gate_key(model, family)
 
 
 def ask(call: Any, atlas: Any, family: str, n: int = 1) -> list[CallReport]:
@@ -137,7 +149,13 @@ def test_evidence_fades_with_the_horizon() -> None:
 
 
 def _report(family: str, reason: Reason, policy: str = "strict", **kw: Any) -> CallReport:
-    return CallReport(student_model="s", policy=policy, task_family=family, reason=reason, **kw)
+    """A finished call that asked the teacher (``teacher_calls=0``: one served from a session)."""
+    report = CallReport(student_model="s", policy=policy, task_family=family, reason=reason, **kw)
+    report.usage.add("teacher", Usage(prompt_tokens=1, completion_tokens=1, calls=1))
+    return report
+
+
+F, G = gate_key("s", "f"), gate_key("s", "g")
 
 
 def test_scripted_outcomes_drive_the_gate_both_ways() -> None:
@@ -146,21 +164,21 @@ def test_scripted_outcomes_drive_the_gate_both_ways() -> None:
                         audit_rate=0.1)
     for _ in range(10):  # discounted, ten outcomes weigh 9.78: still learning
         gate.observe(_report("f", Reason.JUDGE_BASELINE))
-    assert gate.admit("f", "c", "strict").info.state == "learning"  # type: ignore[union-attr]
+    assert gate.admit("s", "f", "c", "strict").info.state == "learning"  # type: ignore[union-attr]
     gate.observe(_report("f", Reason.JUDGE_BASELINE))
-    blocked = gate.admit("f", uuid.uuid4().hex, "strict")
+    blocked = gate.admit("s", "f", uuid.uuid4().hex, "strict")
     assert not blocked.teach and blocked.info is not None and blocked.info.state == "closed"
     held = False  # a step where P(gain>0) passed the threshold but not the reopen level
     for _ in range(30):
         gate.observe(_report("f", Reason.JUDGE_GUIDED))
-        e = gate.store.get("f")
+        e = gate.store.get(F)
         assert e is not None
         a = assess(e, gate.rule)
         if not e.closed:
             break
         held = held or gate.rule.threshold < a.p_gain < gate.rule.reopen
     assert held and a.p_gain >= gate.rule.reopen and a.p_effect >= gate.rule.reopen
-    assert gate.admit("f", "c", "strict").info.state == "open"  # type: ignore[union-attr]
+    assert gate.admit("s", "f", "c", "strict").info.state == "open"  # type: ignore[union-attr]
 
 
 def test_only_unbiased_comparisons_are_counted() -> None:
@@ -169,11 +187,11 @@ def test_only_unbiased_comparisons_are_counted() -> None:
     gate.observe(_report("f", Reason.AUDIT_UNCHECKED, policy="audit", audit=AuditInfo(sampled=False)))
     gate.observe(_report("f", Reason.NO_EVIDENCE))  # compared, nothing learnt
     gate.observe(_report("f", Reason.TEACHER_TIMEOUT))  # the breaker's business
-    assert gate.store.get("f") is None
+    assert gate.store.get(F) is None
     gate.observe(_report("f", Reason.AUDIT_SAMPLED, policy="audit",
                          audit=AuditInfo(sampled=True, winner="baseline", degraded=True)))
     gate.observe(_report("f", Reason.STRONG_STUDENT))
-    e = gate.store.get("f")
+    e = gate.store.get(F)
     assert e is not None and (e.improved, e.degraded, e.unchanged) == (0, pytest.approx(0.995), 1)
     # A strong-student audit call counts only when the audit's own coin would have chosen it.
     from atlas_middleware.teaching.flow import sampled
@@ -181,7 +199,7 @@ def test_only_unbiased_comparisons_are_counted() -> None:
     ids = [uuid.uuid4().hex for _ in range(400)]
     for cid in ids:
         gate.observe(_report("g", Reason.STRONG_STUDENT, policy="audit", call_id=cid))
-    counted = gate.store.get("g")
+    counted = gate.store.get(G)
     assert counted is not None
     chosen = sum(sampled(c, 0.1) for c in ids)
     assert 10 < chosen < 80 and counted.unchanged == pytest.approx(sum(0.995 ** k for k in range(chosen)))
@@ -235,7 +253,7 @@ def test_verify_calls_are_measured_as_strict_at_the_audit_rate(make_atlas, call,
     measured = [r for r in reports if r.gate and r.gate.measured]
     assert 5 <= len(measured) <= 25 and all(r.policy == "strict" for r in measured)
     assert all(r.policy == "verify" for r in reports if r not in measured)
-    e = atlas.gate.store.get("t:help")
+    e = atlas.gate.store.get(key("t:help"))
     assert e is not None and e.improved == pytest.approx(sum(0.995 ** k for k in range(len(measured))))
 
 
@@ -244,18 +262,18 @@ def test_the_gate_is_rebuilt_from_the_ledger(make_atlas, call, tmp_path, state) 
     atlas, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED)
     ask(call, atlas, "harm", 12)
     ask(call, atlas, "help", 12)
-    live = atlas.gate.store.get("t:harm")
+    live = atlas.gate.store.get(key("t:harm"))
     assert live is not None and live.closed
     atlas.close()
     again, _, teacher = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED, **state)
-    rebuilt = again.gate.store.get("t:harm")
+    rebuilt = again.gate.store.get(key("t:harm"))
     assert rebuilt is not None and rebuilt.closed and rebuilt.degraded == pytest.approx(live.degraded)
     (r,) = ask(call, again, "harm")
     assert r.reason == Reason.GATE_SKIPPED and not teacher.calls
     assert ask(call, again, "help")[0].decision == "guided"
     # The replay is the live rule: the same reports give the same evidence.
     records = [x.report() for x in again.ledger.records()]
-    assert replay(records[:24], again.gate)["t:harm"] == live
+    assert replay(records[:24], again.gate)[key("t:harm")] == live
 
 
 def test_one_replica_rebuilds_a_shared_store(make_atlas, tmp_path) -> None:
@@ -270,7 +288,7 @@ def test_one_replica_rebuilds_a_shared_store(make_atlas, tmp_path) -> None:
     shared = {"state": REDIS_URL, "state_prefix": prefix}
     a, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED, **shared)
     b, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED, **shared)
-    e = b.gate.store.get("t:harm")
+    e = b.gate.store.get(key("t:harm", "m"))
     # eleven outcomes closed the family (the twelfth call was skipped), replayed once, not twice
     assert e is not None and e.closed and e.degraded == pytest.approx(sum(0.995 ** k for k in range(11)))
     assert a.gate.store.claim_rebuild() is False
@@ -295,9 +313,9 @@ def test_winning_guidance_is_reused_for_the_family_and_dropped_when_it_loses(mak
     assert lost.reused_from == first.call_id and lost.reason == Reason.JUDGE_BASELINE
     assert fresh.reused_from is None and fresh.usage.teacher.calls == 1
     # Unchanged or degraded fresh guidance is never kept.
-    assert (atlas.gate.store.get("t:help") or FamilyEvidence()).guidance is None
+    assert (atlas.gate.store.get(key("t:help")) or FamilyEvidence()).guidance is None
     ask(call, atlas, "same", 2)
-    assert (atlas.gate.store.get("t:same") or FamilyEvidence()).guidance is None
+    assert (atlas.gate.store.get(key("t:same")) or FamilyEvidence()).guidance is None
 
 
 def test_a_drop_spares_a_newer_winner(state) -> None:
@@ -381,9 +399,9 @@ def test_a_call_that_does_not_learn_leaves_it_to_the_caller(make_atlas, call) ->
     atlas, *_ = make_atlas(STUDENT, TEACHER, **GATED)
     (r,) = [call(atlas, messages=[{"role": "user", "content": "harm: 20 + 22?"}],
                  atlas={"task": "harm", "learn": "false"}).atlas]
-    assert r.reason == Reason.JUDGE_BASELINE and atlas.gate.store.get("t:harm") is None
+    assert r.reason == Reason.JUDGE_BASELINE and atlas.gate.store.get(key("t:harm")) is None
     atlas.learn(r, "improved")  # the caller knows better: a gold answer said the guidance helped
-    e = atlas.gate.store.get("t:harm")
+    e = atlas.gate.store.get(key("t:harm"))
     assert e is not None and (e.improved, e.degraded) == (1, 0)
 
 
@@ -401,3 +419,123 @@ def test_replicas_share_the_evidence_and_the_gate(make_atlas, call, state) -> No
     # shared: the 11th outcome of the two together closed it (and b's 6th call was skipped)
     counted = 11 if shared else 6
     assert r.gate is not None and r.gate.evidence == pytest.approx(sum(0.995 ** k for k in range(counted)), abs=0.01)
+
+
+# -- what the review found -----------------------------------------------------------------
+
+def test_evidence_is_per_student_model(make_atlas, call) -> None:
+    """One template, two students: the one teaching harms is closed, the other still taught."""
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **GATED)
+    for _ in range(14):
+        call(atlas, model="strong", messages=[{"role": "user", "content": "harm: 20 + 22?"}], atlas={"task": "sum"})
+    weak = call(atlas, model="weak", messages=[{"role": "user", "content": "help: 20 + 22?"}], atlas={"task": "sum"})
+    assert weak.atlas.reason == Reason.JUDGE_GUIDED and weak.atlas.gate.state == "learning"
+    strong = call(atlas, model="strong", messages=[{"role": "user", "content": "harm: 20 + 22?"}],
+                  atlas={"task": "sum"})
+    assert strong.atlas.reason == Reason.GATE_SKIPPED
+
+
+def test_a_teacher_whose_work_is_never_usable_is_not_paid_for_ever(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(STUDENT, {"teacher": "I would rather not say."}, teacher_protocol="structured",
+                           **GATED)
+    reports = ask(call, atlas, "help", 20)
+    assert reports[0].reason == Reason.TEACHER_UNPARSEABLE
+    assert reports[-1].reason == Reason.GATE_SKIPPED  # nothing usable, at the price of probe and teacher
+
+
+def test_session_steps_served_from_the_cache_are_one_sample(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(STUDENT, {"teacher": teacher_reply("", level=5)}, **GATED)
+    for _ in range(15):
+        call(atlas, messages=[{"role": "user", "content": "same: 20 + 22?"}],
+             atlas={"task": "same", "session_id": "agent-1"})
+    e = atlas.gate.store.get(key("t:same"))
+    assert e is not None and e.unchanged == 1.0  # one diagnosis ("strong student"), fifteen steps
+
+
+def test_learning_twice_from_one_call_counts_once(make_atlas, call) -> None:
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **GATED)
+    (r,) = ask(call, atlas, "help")
+    atlas.learn(r)
+    atlas.learn(r, "improved")
+    e = atlas.gate.store.get(key("t:help"))
+    assert e is not None and e.improved == 1.0
+
+
+def test_a_failing_gate_store_teaches_the_call(make_atlas, call, caplog) -> None:
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **GATED)
+
+    class Broken(MemoryFamilies):
+        def get(self, family: str) -> FamilyEvidence | None:
+            raise RuntimeError("store on fire")
+
+    atlas.gate.store = Broken()
+    (r,) = ask(call, atlas, "help")
+    assert r.decision == "guided" and r.gate is None
+    assert "could not decide" in caplog.text
+
+
+def test_the_rebuild_skips_calls_kept_from_learning(make_atlas, call, tmp_path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'l.db'}"
+    atlas, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED)
+    for _ in range(3):
+        call(atlas, messages=[{"role": "user", "content": "harm: 20 + 22?"}], atlas={"task": "harm", "learn": False})
+    ask(call, atlas, "harm", 2)
+    atlas.close()
+    again, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED)
+    e = again.gate.store.get(key("t:harm"))
+    assert e is not None and e.degraded == pytest.approx(1.995)
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="TEST_REDIS_URL is not set")
+def test_a_failed_rebuild_gives_the_claim_back(make_atlas, tmp_path) -> None:
+    from atlas_middleware.learning.rebuild import rebuild
+    from atlas_middleware.ledger import open_ledger
+
+    ledger = f"sqlite:///{tmp_path / 'l.db'}"
+    first, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED)
+    for _ in range(12):
+        first.completion(model="m", messages=[{"role": "user", "content": "harm: 20 + 22?"}], atlas={"task": "harm"})
+    first.close()
+    shared = {"state": REDIS_URL, "state_prefix": f"atlas-test:{uuid.uuid4().hex}:", "gate_rebuild": 0}
+    a, *_ = make_atlas(STUDENT, TEACHER, ledger=ledger, **GATED, **shared)
+
+    class Unreadable:
+        def records(self, query: Any = None) -> list[Any]:
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        rebuild(a.gate, Unreadable(), 5000)  # type: ignore[arg-type]
+    assert rebuild(a.gate, open_ledger(ledger), 5000) == 12  # the claim was given back
+    assert a.gate.store.get(key("t:harm", "m")).closed  # type: ignore[union-attr]
+    assert rebuild(a.gate, open_ledger(ledger), 5000) == 0  # done: for good
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="TEST_REDIS_URL is not set")
+def test_a_closed_family_stays_closed_while_redis_is_away(make_atlas, call) -> None:
+    """Replica ``atlas`` only ever read the evidence another replica wrote; it keeps it."""
+    prefix = f"atlas-test:{uuid.uuid4().hex}:"
+    other, *_ = make_atlas(STUDENT, TEACHER, state=REDIS_URL, state_prefix=prefix, **GATED)
+    ask(call, other, "harm", 12)
+    atlas, *_ = make_atlas(STUDENT, TEACHER, state=REDIS_URL, state_prefix=prefix, **GATED)
+    assert ask(call, atlas, "harm")[0].reason == Reason.GATE_SKIPPED
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Redis is away")
+
+    families = atlas.state.primary.families
+    for name in ("get", "observe", "set_closed", "keep_guidance", "drop_guidance"):
+        setattr(families, name, down)
+    later = ask(call, atlas, "harm", 3)
+    assert all(r.reason == Reason.GATE_SKIPPED for r in later)
+    assert atlas.state.status().degraded
+
+
+def test_settings_that_would_never_learn_are_refused() -> None:
+    from atlas_middleware.config import AtlasConfig
+    from atlas_middleware.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gate_horizon"):
+        AtlasConfig.build({"gate": "learned", "gate_horizon": 10, "gate_min_evidence": 10})
+    with pytest.raises(ConfigError, match="audit_rate is 0"):
+        AtlasConfig.build({"gate": "learned", "policy": "audit", "audit_rate": 0})
+    AtlasConfig.build({"gate": "learned", "policy": "strict", "audit_rate": 0})  # strict counts every call

@@ -31,10 +31,17 @@ hurts) or ``p_effect < threshold`` (teaching changes too little to pay for probe
 teacher), or when its mean net tokens per measured call exceed ``max_net_tokens`` while
 ``p_gain < 1 - threshold`` (costly, and no gain measured with that confidence); a closed
 family **re-opens** when both probabilities reach ``reopen`` (above ``threshold``:
-hysteresis, so a family at the boundary does not flap) and the budget rule no longer holds. A closed family's calls skip
-probe and teacher (reason ``gate_skipped``), except an ``explore`` share (an independent
-call-id coin) that is taught, run as ``strict`` so that it measures, and keeps the evidence
-coming: that is how a closed family is re-opened.
+hysteresis, so a family at the boundary does not flap) and the budget rule no longer holds.
+A closed family's calls skip probe and teacher (reason ``gate_skipped``), except an
+``explore`` share (an independent call-id coin) that is taught, run as ``strict`` so that it
+measures, and keeps the evidence coming: that is how a closed family is re-opened.
+
+The rule is the same under every policy on purpose. Under ``strict`` the judge delivers the
+student's own answer when it sees the guided one is worse, so one could teach any family
+whose improvements pay; but the judge is wrong some of the time, and a family where
+guidance is more often worse than better is where its mistakes reach the user. Closing such
+a family forgoes the few calls guidance did fix there (``bench/learned_gate.py`` measures
+both sides).
 
 **Reuse** (``reuse: family``): fresh guidance whose call came out ``improved`` is kept as the
 family's guidance; the family's next calls use it instead of probe and teacher
@@ -43,13 +50,16 @@ one under ``strict``, the audit sample under ``audit``), and it is dropped the f
 loses (``judge_preferred_baseline``, an invalid tool call, ``no_evidence``, or a degraded
 audit). A newer winner replaces it.
 
-Nothing here waits on anything but the state backend, and a state failure never fails a
-call (``state/fallback.py``).
+Evidence is kept per student model and family (``gate_key``): what teaching does for a task
+depends on the student. Nothing here waits on anything but the state backend, and a state
+failure never fails a call (``state/fallback.py``; ``Atlas`` guards the rest).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,6 +79,7 @@ GateState = Literal["learning", "open", "closed"]
 
 # A reused guidance is dropped the first time it loses (as a session's is, client.py).
 _LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
+_SEEN = 100_000  # call ids remembered against learning twice from one call
 _EXPLORE_SALT = "explore:"
 _MEASURE_SALT = "measure:"
 
@@ -159,6 +170,8 @@ class TeachingGate:
                  audit_rate: float, log_changes: bool = True) -> None:
         self.store = store
         self.log_changes = log_changes
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
         self.rule = rule
         self.learned = learned
         self.reuse = reuse
@@ -168,8 +181,8 @@ class TeachingGate:
     def active(self) -> bool:
         return self.learned or self.reuse
 
-    def admit(self, family: str, call_id: str, policy: str) -> Admission:
-        evidence = self.store.get(family)
+    def admit(self, model: str, family: str, call_id: str, policy: str) -> Admission:
+        evidence = self.store.get(gate_key(model, family))
         out = Admission()
         if self.learned:
             a = assess(evidence, self.rule)
@@ -188,18 +201,31 @@ class TeachingGate:
         """Learn from a finished call: its comparison's outcome when the gate counts it
         (``counted_outcome``), or ``graded``, the outcome of grading both answers against a
         gold answer (an evaluation grades every sample, so it is always counted)."""
-        family = report.task_family
-        if not family or report.reason == Reason.GATE_SKIPPED:
+        if not report.task_family or report.reason == Reason.GATE_SKIPPED:
             return
+        if not self._first_time(report.call_id):
+            return
+        key = gate_key(report.student_model, report.task_family)
         outcome = graded if graded is not None else counted_outcome(report, self.audit_rate)
         if self.learned and outcome is not None:
-            evidence = self.store.observe(family, outcome, report.net_tokens, self.rule.discount)
+            evidence = self.store.observe(key, outcome, report.net_tokens, self.rule.discount)
             closed = should_close(evidence, self.rule)
             if closed != evidence.closed:
-                self.store.set_closed(family, closed)
-                self._changed(family, closed, evidence)
+                self.store.set_closed(key, closed)
+                self._changed(key, closed, evidence)
         if self.reuse:
-            self._reuse(report, family, outcome)
+            self._reuse(report, key, outcome)
+
+    def _first_time(self, call_id: str) -> bool:
+        """Whether this process has not learned from ``call_id`` yet (``Atlas.learn`` twice on
+        one call must not count it twice); the last ``_SEEN`` call ids are remembered."""
+        with self._lock:
+            if call_id in self._seen:
+                return False
+            self._seen[call_id] = None
+            if len(self._seen) > _SEEN:
+                self._seen.popitem(last=False)
+            return True
 
     def _changed(self, family: str, closed: bool, evidence: FamilyEvidence) -> None:
         if self.log_changes:
@@ -218,10 +244,20 @@ class TeachingGate:
             self.store.keep_guidance(family, report.guidance, report.call_id)
 
 
+def gate_key(model: str, family: str) -> str:
+    """Where a family's evidence is kept: per student model, since what teaching does for a
+    task depends on who is taught (one proxy may serve a strong and a weak model alike)."""
+    return f"{model}|{family}"
+
+
 def counted_outcome(report: CallReport, audit_rate: float) -> Outcome | None:
     """The call's outcome if the gate counts it: an unbiased sample of its family's calls
     (module docstring); None otherwise. An ``audit`` call that never reached the audit (the
-    teacher saw a strong student) is counted when the audit's own coin would have chosen it."""
+    teacher saw a strong student) is counted when the audit's own coin would have chosen it.
+    A call served from an agent session's cache (its guidance, or its "strong student") is
+    not a new sample: one diagnosis would be counted once per step."""
+    if not (report.usage.probe.calls or report.usage.teacher.calls or report.reused_from):
+        return None  # no probe, no teacher, no family guidance: nothing about teaching was tried
     if report.policy == "strict":
         return outcome_of(report)
     if report.policy == "audit":

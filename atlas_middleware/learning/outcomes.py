@@ -9,6 +9,11 @@ the call                               outcome            because
 ``strong_student``, ``no_guidance``    ``unchanged``      the teacher had nothing to add: the
                                                           student's own answer, for the
                                                           price of probe and teacher
+``teacher_unparseable``,               ``unchanged``      the teacher's work could not be
+``teacher_truncated``,                                    used: the student's own answer,
+``guidance_leaks_answer``,                                for the same price (a family whose
+``probe_empty``                                           teacher never helps is one to stop
+                                                          paying for)
 ``judge_preferred_guided``             ``improved``       the judge preferred the guided one
 ``judge_preferred_baseline``,          ``degraded``       the guided answer was worse (or
 ``guided_invalid_tool_call``                              called a tool wrongly)
@@ -17,7 +22,9 @@ baseline / tie                         ``degraded`` /
                                        ``unchanged``
 anything else                          None               no comparison, or one that taught
                                                           nothing (``no_evidence``, a judge
-                                                          error, a failed call)
+                                                          error, a failed call, a teacher
+                                                          that timed out or failed: the
+                                                          circuit breaker's business)
 =====================================  =================  ==================================
 
 ``no_evidence`` is not counted on purpose: the answers differed and nothing said which was
@@ -42,6 +49,10 @@ _BY_REASON: dict[str, Outcome] = {
     Reason.JUDGE_TIE.value: "unchanged",
     Reason.STRONG_STUDENT.value: "unchanged",
     Reason.NO_GUIDANCE.value: "unchanged",
+    Reason.TEACHER_UNPARSEABLE.value: "unchanged",
+    Reason.TEACHER_TRUNCATED.value: "unchanged",
+    Reason.GUIDANCE_LEAKS_ANSWER.value: "unchanged",
+    Reason.PROBE_EMPTY.value: "unchanged",
     Reason.JUDGE_GUIDED.value: "improved",
     Reason.JUDGE_BASELINE.value: "degraded",
     Reason.INVALID_TOOL_CALL.value: "degraded",

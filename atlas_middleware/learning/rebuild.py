@@ -8,7 +8,10 @@ is one copy of the rule: a replayed ledger gives the evidence the live calls gav
 the records left out by ``gate_rebuild`` and outcomes the ledger cannot show (none today).
 
 With Redis, only the first replica to start since Redis was last empty replays
-(``FamilyStore.claim_rebuild``); the others find the evidence there. Reuse needs texts: a
+(``FamilyStore.claim_rebuild``, a lease made permanent once the evidence is in Redis); the
+others find the evidence there. Calls the caller kept from learning (``learn: False``) are
+skipped, as they were live; so are an evaluation's, whose grades (``Atlas.learn``) are not
+in the ledger. Reuse needs texts: a
 ledger written without ``store_texts`` holds no guidance to reuse, so only the gate's
 evidence comes back.
 """
@@ -33,7 +36,8 @@ def replay(reports: Iterable[CallReport], gate: TeachingGate) -> dict[str, Famil
     scratch = TeachingGate(MemoryFamilies(max_families=1 << 30), gate.rule, learned=gate.learned,
                            reuse=gate.reuse, audit_rate=gate.audit_rate, log_changes=False)
     for report in reports:
-        scratch.observe(report)
+        if report.learn:  # a call made with learn: False taught the gate only what its caller said
+            scratch.observe(report)
     assert isinstance(scratch.store, MemoryFamilies)
     return scratch.store.snapshot()
 
@@ -44,9 +48,14 @@ def rebuild(gate: TeachingGate, ledger: Ledger, records: int) -> int:
     if records <= 0 or not gate.store.claim_rebuild():
         return 0
     t0 = time.perf_counter()
-    rows = [r for r in ledger.records(LedgerQuery(last=records)) if r.task_family]
-    evidence = replay((r.report() for r in rows), gate)
-    gate.store.load(evidence)
+    try:
+        rows = [r for r in ledger.records(LedgerQuery(last=records)) if r.task_family]
+        evidence = replay((r.report() for r in rows), gate)
+        gate.store.load(evidence)
+    except BaseException:
+        gate.store.finish_rebuild(False)  # the next replica to start tries again
+        raise
+    gate.store.finish_rebuild(True)
     closed = sum(e.closed for e in evidence.values())
     log.info("teaching gate rebuilt from %d ledger records in %.2f s: %d families, %d closed",
              len(rows), time.perf_counter() - t0, len(evidence), closed)

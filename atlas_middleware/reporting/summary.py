@@ -66,6 +66,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,14 +75,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..learning.gate import GateRule, GateState, TeachingGate, assess, counted_outcome
+from ..learning.gate import GateRule, GateState, TeachingGate, assess, counted_outcome, gate_key
 from ..learning.outcomes import Outcome
 from ..learning.posterior import beta_interval
 from ..learning.rebuild import replay
 from ..ledger.record import LedgerRecord
 from ..report import TEACHER_PATH_FAILURES, AuditInfo, CallReport, Reason
 from ..state.families import MemoryFamilies
-from ..usage import ROLES, UsageByRole
+from ..usage import ROLES, Usage, UsageByRole
 
 GroupBy = Literal["day", "model", "session", "decision", "family"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "session", "decision", "family")
@@ -135,6 +136,8 @@ class FamilyGate(BaseModel):
     evidence: float
     """The discounted number of counted outcomes behind the two probabilities."""
     mean_net_tokens: float | None = None
+    student_model: str | None = None
+    """The gate keeps evidence per student model: this family's most frequent one."""
 
 
 class GroupSummary(BaseModel):
@@ -288,9 +291,14 @@ def light_report(r: LedgerRecord, learning: Learning) -> CallReport:
         call_id=r.call_id, created_at=_NOW, student_model=r.student_model, policy=r.policy,
         task_family=r.task_family, decision=r.decision, reason=_REASONS[r.reason],
         audit=learning.audit, guidance_reused=learning.reused, reused_from=learning.reused_from,
-        guidance=None, net_tokens=r.net_tokens, tokens_saved=r.tokens_saved, usage=UsageByRole(),
-        latency_ms={}, errors=[],
+        guidance=None, net_tokens=r.net_tokens, tokens_saved=r.tokens_saved, latency_ms={}, errors=[],
+        usage=UsageByRole(probe=Usage(calls=_calls(r, "probe")), teacher=Usage(calls=_calls(r, "teacher"))),
+        learn='"learn":false' not in r.report_json,
     )
+
+
+def _calls(r: LedgerRecord, role: str) -> int:
+    return int(r.tokens.get(role, {}).get("calls", 0))
 
 
 def learn(records: Sequence[LedgerRecord], audit_rate: float = DEFAULT_AUDIT_RATE) -> list[Learning]:
@@ -306,7 +314,9 @@ def learn(records: Sequence[LedgerRecord], audit_rate: float = DEFAULT_AUDIT_RAT
         elif r.policy == "audit" and audit is None:  # the audit's coin: drawn from the call id
             outcome = counted_outcome(light_report(r, partial), audit_rate)
         else:
-            key = (r.policy, r.reason, None if audit is None else (audit.sampled, audit.winner, audit.degraded))
+            tried = bool(_calls(r, "probe") or _calls(r, "teacher") or reused_from)
+            key = (r.policy, r.reason, tried,
+                   None if audit is None else (audit.sampled, audit.winner, audit.degraded))
             if key not in memo:
                 memo[key] = counted_outcome(light_report(r, partial), audit_rate)
             outcome = memo[key]
@@ -456,12 +466,18 @@ def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning],
                if records[i].task_family and learnings[i].outcome is not None)
     gate = TeachingGate(MemoryFamilies(), rule, learned=True, reuse=False, audit_rate=audit_rate, log_changes=False)
     evidence = replay(reports, gate)
-    families = {r.task_family for r in records if r.task_family}
+    # The gate keeps evidence per student model (``gate_key``): a family shows the view of
+    # the model that made most of its calls.
+    calls: dict[str, Counter[str]] = {}
+    for r in records:
+        if r.task_family:
+            calls.setdefault(r.task_family, Counter())[r.student_model] += 1
     out = {}
-    for family in families:
-        a = assess(evidence.get(family), rule)
+    for family, models in calls.items():
+        model = models.most_common(1)[0][0]
+        a = assess(evidence.get(gate_key(model, family)), rule)
         out[family] = FamilyGate(state=a.state, p_gain=a.p_gain, p_effect=a.p_effect, evidence=a.evidence,
-                                 mean_net_tokens=a.mean_net_tokens)
+                                 mean_net_tokens=a.mean_net_tokens, student_model=model)
     return out
 
 

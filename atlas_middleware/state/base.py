@@ -124,9 +124,14 @@ class FamilyStore(Protocol):
         ...
 
     def claim_rebuild(self) -> bool:
-        """Whether this process should rebuild the evidence from the ledger: always for one
-        process's memory; for a fleet, only the first replica to ask since the shared store
-        was last empty."""
+        """Whether this process should rebuild the evidence from the ledger: once for one
+        process's memory; for a fleet, only the replica that takes the claim (a lease, so a
+        replica that dies while rebuilding does not keep the others from it)."""
+        ...
+
+    def finish_rebuild(self, done: bool) -> None:
+        """End a claimed rebuild: ``done``, the evidence was loaded and later starts skip the
+        rebuild; else the claim is given back for the next start to try again."""
         ...
 
 

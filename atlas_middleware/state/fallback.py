@@ -28,10 +28,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from ..redact import redact
-from .base import FamilyEvidence, SharedState, StateStatus
+from .base import FamilyEvidence, FamilyStore, SharedState, StateStatus
 
 log = logging.getLogger("atlas_middleware.state")
 T = TypeVar("T")
@@ -58,6 +58,12 @@ class FallbackState:
 
     def run(self, op: str, call: Callable[[SharedState], T]) -> T:
         """``call`` on the shared backend if it is up (or due for a retry), else on memory."""
+        shared, out = self.attempt(op, call)
+        return cast(T, out) if shared else call(self.fallback)
+
+    def attempt(self, op: str, call: Callable[[SharedState], T]) -> tuple[bool, T | None]:
+        """``call`` on the shared backend only: ``(True, its value)``, or ``(False, None)``
+        when the backend is down (counted as served from memory: the caller does that)."""
         if self._shared_turn(op):
             try:
                 out = call(self.primary)
@@ -66,8 +72,8 @@ class FallbackState:
             else:
                 if self._degraded:
                     self._back()
-                return out
-        return call(self.fallback)
+                return True, out
+        return False, None
 
     def _shared_turn(self, op: str) -> bool:
         """Whether this operation goes to the shared backend. While it is lost, one operation
@@ -159,27 +165,66 @@ class _Breaker:
 
 
 class _Families:
+    """Family evidence: the shared store, mirrored in process memory.
+
+    Unlike sessions, the gate's evidence is worth keeping through an outage: a closed family
+    must stay closed while Redis is away. So every answer the shared store gives is copied
+    into memory, every change is made in both, and during an outage the gate goes on from
+    the last evidence it saw (its outcomes then stay in memory: not reconciled, as above).
+    """
+
     def __init__(self, owner: FallbackState) -> None:
-        self._run = owner.run
+        self._owner = owner
+        self._memory = owner.fallback.families
+        self._claimed_shared = False
+        self._loaded_shared = False
+
+    def _mirrored(self, op: str, family: str, call: Callable[[SharedState], FamilyEvidence | None],
+                  local: Callable[[], FamilyEvidence | None]) -> FamilyEvidence | None:
+        shared, evidence = self._owner.attempt(op, call)
+        if not shared:
+            return local()
+        if evidence is not None:
+            self._memory.load({family: evidence})
+        return evidence
 
     def get(self, family: str) -> FamilyEvidence | None:
-        return self._run("family_get", lambda s: s.families.get(family))
+        return self._mirrored("family_get", family, lambda s: s.families.get(family),
+                              lambda: self._memory.get(family))
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None,
                 discount: float) -> FamilyEvidence:
-        return self._run("family_observe", lambda s: s.families.observe(family, outcome, net_tokens, discount))
+        evidence = self._mirrored(
+            "family_observe", family, lambda s: s.families.observe(family, outcome, net_tokens, discount),
+            lambda: self._memory.observe(family, outcome, net_tokens, discount))
+        assert evidence is not None
+        return evidence
+
+    def _both(self, op: str, call: Callable[[FamilyStore], None]) -> None:
+        self._owner.attempt(op, lambda s: call(s.families))
+        call(self._memory)
 
     def set_closed(self, family: str, closed: bool) -> None:
-        self._run("family_set_closed", lambda s: s.families.set_closed(family, closed))
+        self._both("family_set_closed", lambda f: f.set_closed(family, closed))
 
     def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
-        self._run("family_keep_guidance", lambda s: s.families.keep_guidance(family, guidance, call_id))
+        self._both("family_keep_guidance", lambda f: f.keep_guidance(family, guidance, call_id))
 
     def drop_guidance(self, family: str, call_id: str) -> None:
-        self._run("family_drop_guidance", lambda s: s.families.drop_guidance(family, call_id))
+        self._both("family_drop_guidance", lambda f: f.drop_guidance(family, call_id))
 
     def load(self, families: dict[str, FamilyEvidence]) -> None:
-        self._run("family_load", lambda s: s.families.load(families))
+        self._loaded_shared, _ = self._owner.attempt("family_load", lambda s: s.families.load(families))
+        self._memory.load(families)
 
     def claim_rebuild(self) -> bool:
-        return self._run("family_claim_rebuild", lambda s: s.families.claim_rebuild())
+        shared, claimed = self._owner.attempt("family_claim_rebuild", lambda s: s.families.claim_rebuild())
+        self._claimed_shared = shared
+        return bool(claimed) if shared else self._memory.claim_rebuild()
+
+    def finish_rebuild(self, done: bool) -> None:
+        """A claim on the shared store becomes for good only if the evidence reached it."""
+        if self._claimed_shared:
+            kept = done and self._loaded_shared
+            self._owner.attempt("family_finish_rebuild", lambda s: s.families.finish_rebuild(kept))
+        self._memory.finish_rebuild(done)

@@ -28,7 +28,10 @@ class MemoryFamilies:
 
     def get(self, family: str) -> FamilyEvidence | None:
         with self._lock:
-            return self._data.get(family)
+            evidence = self._data.get(family)
+            if evidence is not None:  # in use: not the first to forget
+                self._data.move_to_end(family)
+            return evidence
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None,
                 discount: float) -> FamilyEvidence:
@@ -66,3 +69,7 @@ class MemoryFamilies:
         with self._lock:
             first, self._claimed = not self._claimed, True
             return first
+
+    def finish_rebuild(self, done: bool) -> None:
+        with self._lock:
+            self._claimed = self._claimed and done

@@ -19,8 +19,10 @@ can serve):
   ``guidance`` with ``guidance_from``. Each call's update is one Lua script (decay and add
   together, so two replicas' calls never lose one another's), and every write renews a TTL
   of ``family_ttl`` (30 days): a template nobody uses any more is forgotten.
-* ``<prefix>families:rebuilt``: set by the first replica that rebuilt the evidence from the
-  ledger; the others find it and do not count the ledger a second time.
+* ``<prefix>families:rebuilt``: ``claimed`` (a 5-minute lease) by the replica rebuilding the
+  evidence from the ledger, ``done`` once the evidence is in Redis; the others find it and
+  do not count the ledger a second time. A rebuild that failed gives the claim back, and one
+  whose replica died is retried when the lease ends.
 
 The scripts make each breaker step atomic across the fleet: in half-open state the first
 ``allow()`` anywhere takes the trial slot and every other replica is refused until the
@@ -187,11 +189,12 @@ class RedisBreaker:
 
 
 class RedisFamilies:
-    def __init__(self, client: Any, prefix: str, ttl: float = 30 * 86400.0) -> None:
+    def __init__(self, client: Any, prefix: str, ttl: float = 30 * 86400.0, claim_lease: float = 300.0) -> None:
         self._client = client
         self._prefix = prefix + "family:"
         self._rebuilt = prefix + "families:rebuilt"
         self._ttl_ms = max(1, round(ttl * 1000))
+        self._claim_ms = max(1, round(claim_lease * 1000))
         self._observe = client.register_script(_OBSERVE)
         self._drop = client.register_script(_DROP_GUIDANCE)
 
@@ -237,7 +240,13 @@ class RedisFamilies:
         pipe.execute()
 
     def claim_rebuild(self) -> bool:
-        return bool(self._client.set(self._rebuilt, "1", nx=True))
+        return bool(self._client.set(self._rebuilt, "claimed", nx=True, px=self._claim_ms))
+
+    def finish_rebuild(self, done: bool) -> None:
+        if done:
+            self._client.set(self._rebuilt, "done")  # for good (until Redis is emptied)
+        else:
+            self._client.delete(self._rebuilt)
 
 
 class RedisState:

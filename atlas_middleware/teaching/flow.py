@@ -124,6 +124,7 @@ def teach(
         session_id=options.session_id,
         task_family=options.task_family,
         gate=options.gate,
+        learn=options.learn,
     )
     if options.call_id:
         report.call_id = options.call_id
