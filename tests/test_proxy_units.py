@@ -55,7 +55,12 @@ def test_metrics_observe_reports() -> None:
     assert _sample(metrics, "atlas_net_tokens") == 120
     assert _sample(metrics, "atlas_teacher_latency_seconds_count") == 2
     assert _sample(metrics, "atlas_teacher_errors_total", reason="teacher_timeout") == 1
-    assert b'atlas_calls_total{decision="guided",reason="agreement",replica="proxy-a"} 1.0' in metrics.render()
+    metrics.observe(_report(guidance_reused=True, reused_from="c1"))
+    metrics.observe(_report(guidance_reused=True))
+    metrics.observe(_report(guidance_reused=True))
+    assert _sample(metrics, "atlas_guidance_reused_total", source="family") == 1
+    assert _sample(metrics, "atlas_guidance_reused_total", source="session") == 2
+    assert b'atlas_calls_total{decision="guided",reason="agreement",replica="proxy-a"} 4.0' in metrics.render()
 
 
 def test_every_series_names_its_replica_so_a_fleet_sums(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,6 +61,8 @@ class AtlasMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r).labels(me)
         self.teacher_errors = prom.Counter("atlas_teacher_errors", "Teacher failures by reason", ["replica", "reason"],
                                            registry=r)
+        self.reused = prom.Counter("atlas_guidance_reused", "Calls given earlier guidance instead of probe and "
+                                   "teacher, by where it came from", ["replica", "source"], registry=r)
         # When this process started: a counter that restarts from 0 is a new process, not a loss.
         prom.Gauge("atlas_process_start_time_seconds", "Start time of this replica's process (UNIX seconds)",
                    ["replica"], registry=r).labels(me).set_to_current_time()
@@ -81,6 +83,8 @@ class AtlasMetrics:
             self.teacher_latency.observe(report.latency_ms["teacher"] / 1000.0)
         if report.reason in TEACHER_FAILURES:
             self.teacher_errors.labels(me, report.reason.value).inc()
+        if report.guidance_reused:  # a teacher call avoided
+            self.reused.labels(me, "family" if report.reused_from else "session").inc()
 
     def watch_state(self, status_of: Callable[[], StateStatus | None]) -> None:
         """Export the shared state's fallbacks and health, read from ``status_of()`` (None:
