@@ -370,3 +370,33 @@ def test_beta_functions_match_scipy(seed: int) -> None:
         low, high = beta_interval(k, n)
         assert abs(low - special.betaincinv(1 + k, 1 + n, 0.025)) < 1e-8
         assert abs(high - special.betaincinv(1 + k, 1 + n, 0.975)) < 1e-8
+
+
+def test_a_tag_with_markup_is_shown_as_written(tmp_path: Path) -> None:
+    """A tag is the caller's text: rich must not read ``[red]`` (or fail on ``[/]``) in it."""
+    from atlas_middleware.report import CallReport
+
+    store = SQLiteLedger(tmp_path / "l.db")
+    for tag in ("t:[/]", "t:[red]alarm[/red]"):
+        store.append(LedgerRecord.from_report(
+            CallReport(student_model="s", policy="strict", task_family=tag), "p", None, False))
+    store.close()
+    out = cli("--ledger", f"sqlite:///{tmp_path / 'l.db'}")
+    assert "t:[/]" in out and "t:[red]alarm[/red]" in out
+
+
+def test_the_gate_view_is_the_model_the_gate_decides_on_now() -> None:
+    """Older calls of model A say teaching helps; the replayed recent ones, of model B, that it
+    hurts: the family shows B's (closed) view, and names B."""
+    from atlas_middleware.report import CallReport, Reason
+    from atlas_middleware.usage import Usage
+
+    def record(model: str, reason: Reason) -> LedgerRecord:
+        rep = CallReport(student_model=model, policy="strict", task_family="t:b", reason=reason, net_tokens=5)
+        rep.usage.add("teacher", Usage(prompt_tokens=1, completion_tokens=1, calls=1))
+        return LedgerRecord.from_report(rep, "p", None, False)
+
+    rows = [record("A", Reason.JUDGE_GUIDED) for _ in range(30)] + [record("B", Reason.JUDGE_BASELINE) for _ in range(20)]
+    summary = summarize(rows, ledger="x", group_by="family", gate_rule=GateRule(), audit_rate=0.1, gate_records=20)
+    (family,) = summary.families
+    assert family.gate is not None and (family.gate.student_model, family.gate.state) == ("B", "closed")

@@ -9,7 +9,7 @@ from .summary import DECISIONS, GroupSummary, Rate
 
 RATES: tuple[str, ...] = ("improved", "degraded", "unchanged", "delivered_improvement", "delivered_degradation")
 """The ``Rate`` figures; each gives four columns: the count, ``_rate``, ``_low``, ``_high``."""
-GATE_FIELDS: tuple[str, ...] = ("state", "p_gain", "p_effect", "evidence")
+GATE_FIELDS: tuple[str, ...] = ("state", "p_gain", "p_effect", "evidence", "student_model")
 
 COLUMNS: tuple[str, ...] = (
     "group", "calls", "failed",

@@ -8,6 +8,7 @@ import json
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..usage import ROLES
 from .flat import (
@@ -100,20 +101,26 @@ def family_table(summary: Summary) -> Table:
     for i, header in enumerate(FAMILY_HEADERS):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for g in summary.families:
-        table.add_row(*family_row(g))
+        table.add_row(*_plain(family_row(g)))
     return table
+
+
+def _plain(cells: list[str]) -> list[Text]:
+    """Cells as plain text: a family tag or model name is the caller's text, and rich would
+    read ``[red]`` in it as markup (or fail on ``[/]``)."""
+    return [Text(cell) for cell in cells]
 
 
 def render_table(summary: Summary, width: int | None = None) -> str:
     title = f"atlas-middleware savings - {summary.ledger}"
     if summary.filters:
         title += " (" + ", ".join(f"{k}={v}" for k, v in sorted(summary.filters.items())) + ")"
-    table = Table(title=title, show_lines=False)
+    table = Table(title=Text(title), show_lines=False)
     for i, header in enumerate(TABLE_HEADERS):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for g in summary.groups:
-        table.add_row(*table_row(g))
-    table.add_row(*table_row(summary.overall), style="bold", end_section=False)
+        table.add_row(*_plain(table_row(g)))
+    table.add_row(*_plain(table_row(summary.overall)), style="bold", end_section=False)
     console = Console(file=io.StringIO(), width=width or 400, record=True, color_system=None)
     console.print(table)
     notes = []
@@ -129,5 +136,5 @@ def render_table(summary: Summary, width: int | None = None) -> str:
         + (" (not yet in the ledger; they are written when it is reachable)" if summary.pending_spooled else ""),
     ]
     for note in notes:
-        console.print(note)
+        console.print(note, markup=False)
     return console.export_text()

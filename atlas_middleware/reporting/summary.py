@@ -467,11 +467,17 @@ def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning],
     gate = TeachingGate(MemoryFamilies(), rule, learned=True, reuse=False, audit_rate=audit_rate, log_changes=False)
     evidence = replay(reports, gate)
     # The gate keeps evidence per student model (``gate_key``): a family shows the view of
-    # the model that made most of its calls.
+    # the model with most of its replayed, counted calls (what the gate decides on now),
+    # else of the model that made most of its calls; ``student_model`` names it.
+    counted: dict[str, Counter[str]] = {}
+    for i in tail:
+        if records[i].task_family and learnings[i].outcome is not None:
+            counted.setdefault(records[i].task_family or "", Counter())[records[i].student_model] += 1
     calls: dict[str, Counter[str]] = {}
     for r in records:
         if r.task_family:
             calls.setdefault(r.task_family, Counter())[r.student_model] += 1
+    calls.update(counted)
     out = {}
     for family, models in calls.items():
         model = models.most_common(1)[0][0]
