@@ -297,9 +297,22 @@ def test_redaction_of_multipart_messages() -> None:
     from atlas_middleware.learning.export import _redacted
 
     messages = [{"role": "user", "content": [{"type": "text", "text": "mail a@b.io"},
-                                              {"type": "image_url", "image_url": {"url": "x"}}]}]
+                                              {"type": "image_url", "image_url": {"url": "x"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "tu_1", "name": "lookup",
+                                                   "input": {"id": "bob@secret.com", "phone": 442079460958}}]}]
     out = _redacted(messages, builtin_redact, "messages")
     assert out[0]["content"][0] == {"type": "text", "text": "mail [EMAIL]"} and out[0]["role"] == "user"
+    # ids and types of parts stay; a tool's input is the user's data, numbers included
+    part = out[1]["content"][0]
+    assert part["id"] == "tu_1" and part["type"] == "tool_use"
+    assert part["input"]["id"] == "[EMAIL]" and part["input"]["phone"] in ("[PHONE]", "[CARD]")
+    assert _redacted({"n": 42}, builtin_redact, "x") == {"n": 42}  # a number the hook leaves stays a number
+
+
+def test_a_tag_and_a_session_id_are_redacted_too(taught, db) -> None:
+    taught(RIGHT, WRONG, task="billing for jane@example.com")
+    (ex,), _ = examples_of(db, redact=builtin_redact)
+    assert ex.family == "t:billing for [EMAIL]"
 
 
 def test_builtin_redaction_masks_personal_data() -> None:
@@ -487,4 +500,27 @@ def test_an_evaluations_results_file_is_a_grades_file(db, tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"call_id": "x", "guided_correct": true}\n')
     with pytest.raises(ConfigError, match="line 1"):
+        read_grades(bad)
+
+
+def test_a_mistyped_ledger_or_out_path_is_an_error_not_an_empty_export(tmp_path) -> None:
+    typo = f"sqlite:///{tmp_path / 'typo' / 'none.db'}"
+    result = runner.invoke(app, ["export", "--ledger", typo, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no call is recorded in the ledger" in result.output
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        write_export([], "jsonl", tmp_path / "file")
+
+
+def test_a_bad_grades_line_names_the_grades_fields(tmp_path) -> None:
+    from atlas_middleware.learning.export import read_grades
+
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"call_id": "c", "guided_correct": "maybe", "baseline_correct": true}\n')
+    with pytest.raises(ConfigError) as err:
+        read_grades(bad)
+    assert "guided_correct" in str(err.value) and "problem_id" not in str(err.value)
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="--grades"):
         read_grades(bad)

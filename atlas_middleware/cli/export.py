@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..config import AtlasConfig
-from ..errors import AtlasError
+from ..errors import AtlasError, ConfigError
 from ..ledger import LedgerQuery, open_ledger
 from .app import app
 from .options import ConfigOpt, LedgerOpt
@@ -65,6 +65,11 @@ def export_command(
             url = store.url
         finally:
             store.close()
+        if not records and not (since or until or family):
+            # A mistyped path opens a new, empty ledger: say so and write nothing. (With
+            # filters, an empty selection is an answer: a daily export may find no call.)
+            raise ConfigError(f"no call is recorded in the ledger {url}: nothing to export "
+                              "(check --ledger / ATLAS_LEDGER)")
         examples, summary = ex.build_examples(records, counter, options, redact=hook, grades=graded)
         manifest = {
             "ledger": url, "since": since, "until": until, "family": family, "policy": policy,

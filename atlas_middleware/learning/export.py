@@ -233,20 +233,31 @@ def load_redactor(spec: str | None) -> Redactor | None:
 
 
 _TEXT_FIELDS = ("question", "probe", "diagnosis", "teaching", "guided_answer", "baseline_answer",
-                "delivered_answer")
+                "delivered_answer", "family", "session_id")
 _STRUCTURAL_KEYS = frozenset({"role", "type", "id", "tool_call_id"})
+_STRUCTURAL_DEPTH = 3
+"""Structural keys are kept as they are only down to a tool call or content part (messages
+list 0, message 1, its lists 2, a part or a call 3); deeper, in a tool's arguments or input,
+``{"id": "bob@example.com"}`` is the user's data like any other."""
 
 
-def _redacted(value: Any, hook: Redactor, name: str) -> Any:
+def _redacted(value: Any, hook: Redactor, name: str, depth: int = 0) -> Any:
     if isinstance(value, str):
         out = hook(value)
         if not isinstance(out, str):
             raise ConfigError(f"the redaction hook returned {type(out).__name__}, not a string ({name})")
         return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A phone or card number can be a JSON number: the hook sees it as text; the number
+        # stays a number unless the hook changed it.
+        text = str(value)
+        out = _redacted(text, hook, name)
+        return value if out == text else out
     if isinstance(value, list):
-        return [_redacted(v, hook, name) for v in value]
+        return [_redacted(v, hook, name, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {k: v if k in _STRUCTURAL_KEYS else _redacted(v, hook, name) for k, v in value.items()}
+        return {k: v if k in _STRUCTURAL_KEYS and depth <= _STRUCTURAL_DEPTH else _redacted(v, hook, name, depth + 1)
+                for k, v in value.items()}
     return value
 
 
@@ -457,15 +468,15 @@ def _grades_of(line: str) -> Grades:
     """A grades line, or an evaluation's sample record (``results.jsonl``) with its call id."""
     try:
         return Grades.model_validate_json(line)
-    except ValidationError:
+    except ValidationError as first:
         from ..eval.records import SampleRecord
 
         try:
             sample = SampleRecord.model_validate_json(line)
         except ValidationError:
-            raise  # the grades line's error says more than the sample record's
+            raise first from None  # the grades line's error says more than the sample record's
         if sample.call_id is None:
-            raise
+            raise first from None
         return Grades(call_id=sample.call_id, guided_correct=sample.guided.correct,
                       baseline_correct=sample.alone.correct)
 
@@ -476,7 +487,7 @@ def read_grades(path: Path) -> dict[str, Grades]:
     out: dict[str, Grades] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--grades {str(path)!r}: {exc}") from exc
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -585,6 +596,8 @@ def write_export(examples: list[Example], fmt: Format, out: Path,
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; the export writes a folder")
     by_split: dict[Split, list[Example]] = {s: [e for e in examples if e.split == s] for s in SPLITS}
     if fmt == "hf":
         try:
