@@ -118,7 +118,9 @@ def compared_outcome(r: LedgerRecord) -> str | None:
 
 
 def interval(k: int, n: int) -> tuple[float, float]:
-    return stats.beta.ppf(0.025, 1 + k, 1 + n - k), stats.beta.ppf(0.975, 1 + k, 1 + n - k)
+    """Equal-tailed, except that 0 of n reaches down to 0 and n of n up to 1."""
+    low, high = stats.beta.ppf(0.025, 1 + k, 1 + n - k), stats.beta.ppf(0.975, 1 + k, 1 + n - k)
+    return (0.0 if k == 0 else low), (1.0 if k == n else high)
 
 
 def expected(rows: list[LedgerRecord]) -> dict[str, Any]:

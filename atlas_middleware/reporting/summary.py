@@ -40,8 +40,8 @@ What teaching did (every group; the point of the per-family view, ``learning/``)
   delivers the baseline when it prefers it, so a strict call is never one.
 * Each of those is a ``Rate``: the count, the share of ``compared`` and its 95% interval,
   the equal-tailed Beta credible interval from a uniform prior
-  (``learning.posterior.beta_interval``; not Wilson's score interval), ``None`` with no
-  compared call.
+  (``learning.posterior.beta_interval``; not Wilson's score interval), reaching down to 0
+  at a count of 0 and up to 1 at a count of all; ``None`` with no compared call.
 * ``net_tokens_per_call``: ``net_tokens`` / ``measured_calls`` (the calls with a baseline).
 * ``gate_skipped``: calls the learned gate did not teach (reason ``gate_skipped``).
 * ``teacher_calls_avoided``: calls that used earlier guidance instead of probe and teacher
@@ -123,7 +123,8 @@ class Rate(BaseModel):
     count: int = 0
     rate: float | None = None
     low: float | None = None
-    """Equal-tailed 95% Beta credible interval, uniform prior; None with no compared call."""
+    """Equal-tailed 95% Beta credible interval, uniform prior (0 at a count of 0, 1 at all);
+    None with no compared call."""
     high: float | None = None
 
 
@@ -333,7 +334,10 @@ def rate(count: int, n: int) -> Rate:
     if n == 0:
         return Rate(count=count)
     low, high = _interval(count, n)
-    return Rate(count=count, rate=count / n, low=low, high=high)
+    # At 0 of n (n of n) the equal-tailed interval would leave out the observed 0% (100%):
+    # its bound there is the boundary itself, as for the Jeffreys interval (Brown, Cai and
+    # DasGupta, 2001).
+    return Rate(count=count, rate=count / n, low=0.0 if count == 0 else low, high=1.0 if count == n else high)
 
 
 def _learning_figures(g: GroupSummary, learnings: Iterable[Learning]) -> None:
