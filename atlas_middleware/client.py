@@ -44,7 +44,7 @@ from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
 from .messages import ChatRequest, validate_messages
 from .redact import redact, register_secret
-from .report import CallReport, Reason
+from .report import GUIDANCE_LOST, CallReport, Reason
 from .state import BreakerStore, SessionStore, SharedState, open_state
 from .teaching.deadline import seconds_of
 from .teaching.families import family_of
@@ -52,17 +52,20 @@ from .teaching.flow import POLICIES, CallOptions, LoopSettings, teach
 
 log = logging.getLogger("atlas_middleware")
 
-# When a reused guidance loses a comparison (or nothing shows it helped), the session is
-# taught afresh next time.
-_GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
-_GUIDANCE_FAILED = _GUIDANCE_LOST | {Reason.GUIDED_ERROR}
+# Guidance that lost (``GUIDANCE_LOST``: the session is taught afresh next time) or whose
+# guided call failed is never stored for a session.
+_GUIDANCE_FAILED = GUIDANCE_LOST | {Reason.GUIDED_ERROR}
 _TEACHER_DOWN = frozenset({Reason.TEACHER_TIMEOUT, Reason.TEACHER_ERROR})
 T = TypeVar("T")
 
 
+SWITCHED_OFF = frozenset({"false", "0", "off", "no"})
+"""How a per-call switch (``teach``, ``learn``) is turned off in text: headers, metadata."""
+
+
 def _is_false(value: Any) -> bool:
-    """A per-call switch set off: ``False``, or ``"false"``/``"0"``/``"off"``/``"no"`` (headers)."""
-    return value is False or str(value).lower() in ("false", "0", "off", "no")
+    """A per-call switch set off: ``False``, or one of ``SWITCHED_OFF`` (headers)."""
+    return value is False or str(value).lower() in SWITCHED_OFF
 
 
 def _permitted(options: CallOptions) -> bool:
@@ -279,7 +282,7 @@ class Atlas:
         sid = report.session_id
         if not sid:
             return
-        if report.guidance_reused and report.reason in _GUIDANCE_LOST:
+        if report.guidance_reused and report.reason in GUIDANCE_LOST:
             self.sessions.drop(sid)
         elif not report.guidance_reused and report.guidance and report.reason not in _GUIDANCE_FAILED:
             self.sessions.put(sid, report.guidance)

@@ -25,7 +25,6 @@ baseline. Resolution errors (bad import path) raise ``ConfigError`` at construct
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable, Generator
@@ -34,6 +33,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from .answers import extract_answer
 from .errors import ConfigError, JudgeError
+from .imports import import_object
 from .messages import ChatRequest, ChatResponse
 from .teaching import prompts
 from .teaching.commands import BlockingResult, CallResult, Command, ModelCall, RunBlocking, Start, Wait
@@ -260,20 +260,8 @@ def resolve_judge(
     if callable(spec):
         return CallableJudge(spec)
     if isinstance(spec, str):
-        module_name, sep, attr = spec.partition(":")
-        if not sep or not module_name or not attr:
-            raise ConfigError(
-                f"unknown judge {spec!r}: use 'auto', 'teacher', 'answer' or 'package.module:callable'"
-            )
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"judge {spec!r}: cannot import {module_name!r}: {exc}") from exc
-        fn: Any = module
-        for part in attr.split("."):
-            fn = getattr(fn, part, None)
-            if fn is None:
-                raise ConfigError(f"judge {spec!r}: {module_name!r} has no attribute {attr!r}")
+        fn = import_object(
+            spec, "judge", f"unknown judge {spec!r}: use 'auto', 'teacher', 'answer' or 'package.module:callable'")
         if isinstance(fn, Judge):
             return fn
         return CallableJudge(fn, name=spec)

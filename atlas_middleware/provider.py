@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from .backends import LiteLLMBackend, teacher_backend_for
 from .backends.base import ChatBackend
 from .backends.routing import ModelRouter
-from .client import Atlas
+from .client import SWITCHED_OFF, Atlas
 from .config import AtlasConfig
 from .errors import InvalidRequestError
 from .redact import redact
@@ -64,7 +64,6 @@ REPORT_KEY = "atlas_report"
 # Request headers a client (or the proxy) may set instead of ``metadata["atlas"]``.
 HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id",
                   "x-atlas-task": "task", "x-atlas-learn": "learn"}
-_FALSE = frozenset({"false", "0", "off", "no"})
 
 
 class RequestOptions(BaseModel):
@@ -84,7 +83,7 @@ class RequestOptions(BaseModel):
     @classmethod
     def _teach(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return v.strip().lower() not in _FALSE
+            return v.strip().lower() not in SWITCHED_OFF
         return v
 
     @classmethod

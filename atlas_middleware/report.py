@@ -66,6 +66,10 @@ TEACHER_PATH_FAILURES = frozenset({
 })
 """Reasons that mean the guidance path was tried and failed, so the call fell back."""
 
+GUIDANCE_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
+"""Reasons that mean reused guidance lost its comparison (or nothing showed it helped): a
+session's and a family's reused guidance are dropped on them."""
+
 
 class ErrorInfo(BaseModel):
     model_config = ConfigDict(defer_build=True)

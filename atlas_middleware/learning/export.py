@@ -26,7 +26,6 @@ published training code, see ``rcl_row``) and ``hf`` (a ``datasets.DatasetDict``
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -42,6 +41,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, MissingExtraError
+from ..imports import import_object
 from ..ledger import LedgerRecord
 from ..redact import redact as redact_secrets
 from ..report import CallReport
@@ -216,17 +216,7 @@ def load_redactor(spec: str | None) -> Redactor | None:
         return None
     if spec == "builtin":
         return builtin_redact
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--redact {spec!r}: use builtin or package.module:function")
-    try:
-        fn: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--redact {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ConfigError(f"--redact {spec!r}: {module_name!r} has no attribute {attr!r}")
+    fn = import_object(spec, "--redact", f"--redact {spec!r}: use builtin or package.module:function")
     if not callable(fn):
         raise ConfigError(f"--redact {spec!r} is not callable")
     return typing.cast(Redactor, fn)

@@ -63,7 +63,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
-from ..report import CallReport, GateInfo, Reason
+from ..report import GUIDANCE_LOST, CallReport, GateInfo, Reason
 from ..state.base import FamilyEvidence, FamilyStore
 from ..teaching.flow import sampled
 from .outcomes import Outcome, outcome_of
@@ -72,13 +72,9 @@ from .posterior import beta_cdf
 log = logging.getLogger("atlas_middleware.learning")
 
 GateMode = Literal["always", "learned"]
-GATE_MODES: tuple[GateMode, ...] = ("always", "learned")
 ReuseMode = Literal["none", "family"]
-REUSE_MODES: tuple[ReuseMode, ...] = ("none", "family")
 GateState = Literal["learning", "open", "closed"]
 
-# A reused guidance is dropped the first time it loses (as a session's is, client.py).
-_LOST = frozenset({Reason.JUDGE_BASELINE, Reason.INVALID_TOOL_CALL, Reason.NO_EVIDENCE})
 _SEEN = 100_000  # call ids remembered against learning twice from one call
 _EXPLORE_SALT = "explore:"
 _MEASURE_SALT = "measure:"
@@ -236,7 +232,7 @@ class TeachingGate:
 
     def _reuse(self, report: CallReport, family: str, outcome: Outcome | None) -> None:
         if report.reused_from is not None:
-            lost = (outcome == "degraded" or report.reason in _LOST
+            lost = (outcome == "degraded" or report.reason in GUIDANCE_LOST
                     or (report.audit is not None and report.audit.degraded is True))
             if lost:
                 self.store.drop_guidance(family, report.reused_from)

@@ -76,7 +76,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..learning.gate import GateRule, GateState, TeachingGate, assess, counted_outcome, gate_key
-from ..learning.outcomes import Outcome
+from ..learning.outcomes import OUTCOMES, Outcome
 from ..learning.posterior import beta_interval
 from ..learning.rebuild import replay
 from ..ledger.record import LedgerRecord
@@ -341,7 +341,7 @@ def rate(count: int, n: int) -> Rate:
 
 
 def _learning_figures(g: GroupSummary, learnings: Iterable[Learning]) -> None:
-    counts = dict.fromkeys(("improved", "degraded", "unchanged"), 0)
+    counts = dict.fromkeys(OUTCOMES, 0)
     better = worse = by_session = 0
     reused_from: dict[str, int] = {}
     for x in learnings:
@@ -355,7 +355,7 @@ def _learning_figures(g: GroupSummary, learnings: Iterable[Learning]) -> None:
             else:
                 by_session += 1
     n = g.compared = sum(counts.values())
-    g.improved, g.degraded, g.unchanged = (rate(counts[k], n) for k in ("improved", "degraded", "unchanged"))
+    g.improved, g.degraded, g.unchanged = (rate(counts[k], n) for k in OUTCOMES)
     g.delivered_improvement, g.delivered_degradation = rate(better, n), rate(worse, n)
     g.reused_from, g.reused_family, g.reused_session = reused_from, sum(reused_from.values()), by_session
     g.teacher_calls_avoided = g.reused_family + g.reused_session
