@@ -5,15 +5,14 @@ empty, and a Redis that restarted is empty too, so at start ``rebuild`` replays 
 ``gate_rebuild`` ledger records through the very ``TeachingGate.observe`` the live calls go
 through (into a scratch memory store), then loads the result into the state backend. There
 is one copy of the rule: a replayed ledger gives the evidence the live calls gave, up to
-the records left out by ``gate_rebuild`` and outcomes the ledger cannot show (none today).
+the records left out by ``gate_rebuild`` and the outcomes the ledger cannot show (below).
 
 With Redis, only the first replica to start since Redis was last empty replays
 (``FamilyStore.claim_rebuild``, a lease made permanent once the evidence is in Redis); the
 others find the evidence there. Calls the caller kept from learning (``learn: False``) are
 skipped, as they were live; so are an evaluation's, whose grades (``Atlas.learn``) are not
-in the ledger. Reuse needs texts: a
-ledger written without ``store_texts`` holds no guidance to reuse, so only the gate's
-evidence comes back.
+in the ledger. Reuse needs texts: a ledger written without ``store_texts`` holds no guidance
+to reuse, so only the gate's evidence comes back.
 """
 
 from __future__ import annotations

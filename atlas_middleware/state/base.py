@@ -1,13 +1,14 @@
 """What a replica shares with the rest of the fleet: the protocol every state backend meets.
 
-Three pieces of ``Atlas``'s memory decide whether a call pays for the teacher, and both are
-wrong when each replica keeps its own: the session guidance (an agent's next step may land
-on another replica, which would pay for a second diagnosis) and the circuit breaker (a dead
-teacher would cost every replica its own ``circuit_failures`` slow calls, and each would send
-its own half-open trial), and the evidence per task family that the learned gate and family
-guidance reuse decide on (``learning/gate.py``: one replica's evidence would be a fraction of
-the fleet's, and every replica would explore a closed family on its own). The protocols are as small as ``Atlas`` uses them, so that a
-backend is a few lines of storage and a feature (the Redis fallback) is a wrapper.
+Three pieces of ``Atlas``'s memory decide whether a call pays for the teacher, and all three
+are wrong when each replica keeps its own: the session guidance (an agent's next step may
+land on another replica, which would pay for a second diagnosis), the circuit breaker (a
+dead teacher would cost every replica its own ``circuit_failures`` slow calls, and each
+would send its own half-open trial), and the evidence per task family that the learned gate
+and family guidance reuse decide on (``learning/gate.py``: one replica's evidence would be a
+fraction of the fleet's, and every replica would explore a closed family on its own). The
+protocols are as small as ``Atlas`` uses them, so that a backend is a few lines of storage
+and a feature (the Redis fallback) is a wrapper.
 
 Audit sampling is not here on purpose: it is a hash of the call id (``teaching/flow.py``),
 which every replica computes alike with no round trip, and which gives ``audit_rate`` as

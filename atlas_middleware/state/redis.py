@@ -13,7 +13,8 @@ can serve):
   ``trial_until`` (present while the fleet's one half-open trial call is out; the ms until
   which it holds the slot).
 
-* ``<prefix>family:<family key>``: one hash per task family (``state.FamilyEvidence``): the
+* ``<prefix>family:<model>|<family key>``: one hash per student model and task family
+  (``learning.gate.gate_key``; ``state.FamilyEvidence``): the
   discounted outcome counts ``improved``, ``degraded``, ``unchanged``, the net-token sums
   ``net_tokens`` and ``net_calls``, the gate's ``closed`` (``1``/``0``), and the reusable
   ``guidance`` with ``guidance_from``. Each call's update is one Lua script (decay and add
@@ -209,19 +210,19 @@ class RedisFamilies:
                                    repr(float(discount)), self._ttl_ms])
         return evidence_of(dict(zip(flat[::2], flat[1::2], strict=True)))
 
-    def set_closed(self, family: str, closed: bool) -> None:
+    def _write(self, family: str, fields: dict[str, str]) -> None:
+        """Set some of a family's fields and renew its TTL, in one transaction."""
         key = self._prefix + family
         pipe = self._client.pipeline(transaction=True)
-        pipe.hset(key, "closed", "1" if closed else "0")
+        pipe.hset(key, mapping=fields)
         pipe.pexpire(key, self._ttl_ms)
         pipe.execute()
 
+    def set_closed(self, family: str, closed: bool) -> None:
+        self._write(family, {"closed": "1" if closed else "0"})
+
     def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
-        key = self._prefix + family
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hset(key, mapping={"guidance": guidance, "guidance_from": call_id})
-        pipe.pexpire(key, self._ttl_ms)
-        pipe.execute()
+        self._write(family, {"guidance": guidance, "guidance_from": call_id})
 
     def drop_guidance(self, family: str, call_id: str) -> None:
         self._drop(keys=[self._prefix + family], args=[call_id])
