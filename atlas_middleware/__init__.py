@@ -12,7 +12,16 @@ and is appended to a ledger.
     resp.atlas.decision, resp.atlas.tokens_saved
 """
 
-from .client import Atlas
+import os as _os
+
+# LiteLLM fetches its model cost map from GitHub the first time it is imported unless told
+# not to: offline, that is a failed fetch and a logged error in every process, and online a
+# network call the user did not ask for. Every module here that imports LiteLLM (the
+# provider, the proxy's hooks) runs this first; the package's own copy of the map is used,
+# as LiteLLM's proxy CLI does, unless the user set the variable themselves.
+_os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from .client import Atlas  # noqa: E402
 from .config import AtlasConfig
 from .errors import (
     AtlasError,

@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
 
-_SOLUTION = re.compile(r"<solution>(.*?)</solution>", re.IGNORECASE | re.DOTALL)
+from .redact import secret_logger
+
+# Answers can be long and written to order by a prompt, so every pattern below reads a text
+# in one pass: ``<solution>`` blocks are paired by a scan of their tags (a lazy ``(.*?)``
+# retries the rest of the text from every unclosed tag), and no quantifier over spaces or
+# lines can be retried from each of their characters.
+_SOLUTION_TAG = re.compile(r"<(/?)solution>", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(
     r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*(?:[:–—-]\s+)?(.+)", re.IGNORECASE
@@ -46,13 +52,14 @@ _ASSIGNMENT = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?=\S)")
 # Units and trailing words that do not change a number: at least two letters ("cm",
 # "dollars", "sq ft"), a single-letter SI unit after a space, or a symbol. "5x" is algebra.
 _UNIT_TAIL = re.compile(
-    r"^(?P<num>-?[\d.,/]+\s*%?)\s*"
-    r"(?:(?P<word>[a-zA-Z°][a-zA-Z°./\s]+?(?:\^\d+|²|³)?)|\s(?P<si>[mgslh])(?:\^\d+|²|³)?|[°])?\s*\.?$"
+    r"^(?P<num>-?[\d.,/]++(?:\s*+%)?)"
+    r"(?:\s*+(?P<word>[a-zA-Z°][a-zA-Z°./\s]++(?:\^\d+|²|³)?)|\s++(?P<si>[mgslh])(?:\^\d+|²|³)?|\s*+°)?\s*+\.?$"
 )
 _CHOICE_BARE = re.compile(r"\(?([A-Ja-j])\)?[.:)]?")
 _CHOICE_LEAD = re.compile(r"\(?([A-J])\)?[.:)]\s+\S")
 _CHOICE_PAREN = re.compile(r"\(([A-J])\)")
-_CHOICE_LINE = re.compile(r"^\s*\**([A-J])[.:)]\**(?:\s|$)", re.MULTILINE)
+_CHOICE_LINE = re.compile(r"^[^\S\n]*+\**([A-J])[.:)]\**(?:\s|$)", re.MULTILINE)
+_PERCENT_WORD = re.compile(r"(?<!\s)\s*+(?:\\%|percent\b|per\s+cent\b)", re.IGNORECASE)
 _NUMBER_WORDS = {
     w: i
     for i, w in enumerate(
@@ -63,7 +70,7 @@ _NUMBER_WORDS = {
 
 _MAX_SYMBOLIC_CHARS = 200
 
-log = logging.getLogger("atlas_middleware")
+log = secret_logger("atlas_middleware")
 
 
 def _boxed(text: str) -> str | None:
@@ -83,6 +90,20 @@ def _boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i + 1 : j].strip()
     return None
+
+
+def _solutions(text: str) -> list[str]:
+    """The ``<solution>...</solution>`` blocks, as ``<solution>(.*?)</solution>`` finds them:
+    each opening tag runs to the first closing tag after it; tags in between are content."""
+    found: list[str] = []
+    start: int | None = None
+    for tag in _SOLUTION_TAG.finditer(text):
+        if not tag.group(1):
+            start = tag.end() if start is None else start
+        elif start is not None:
+            found.append(text[start : tag.start()])
+            start = None
+    return found
 
 
 def _from_statement(candidate: str) -> str:
@@ -114,7 +135,7 @@ def stated_answer(text: str | None) -> str | None:
     boxed = _boxed(text)
     if boxed:
         return boxed
-    solutions = _SOLUTION.findall(text)
+    solutions = _solutions(text)
     if solutions and solutions[-1].strip():
         return str(solutions[-1]).strip()
     hashes = _HASHES.findall(text)
@@ -183,7 +204,7 @@ def _number(s: str) -> tuple[Fraction, bool] | None:
     s = _clean(s)
     s = _ASSIGNMENT.sub("", s)
     s = s.replace("\\$", "").replace("$", "").replace("€", "").replace("£", "").replace("¥", "")
-    s = re.sub(r"\s*(?:\\%|percent\b|per\s+cent\b)", "%", s, flags=re.IGNORECASE).strip()
+    s = _PERCENT_WORD.sub("%", s).strip()
     word = _NUMBER_WORDS.get(s.lower())
     if word is not None:
         return Fraction(word), False

@@ -6,6 +6,10 @@ call is let through (half-open); its success closes the circuit, its failure re-
 
 This is one process's breaker (``state/memory.py``); ``state/redis.py`` keeps the same
 state machine in Redis, so that a fleet of replicas opens together and sends one trial.
+
+Opening and closing are logged at WARNING (``opened``, ``closed``): every call skips the
+teacher while the circuit is open, and nothing else would say so. A failed trial that
+re-opens it is not logged again (once per cool-down would be noise).
 """
 
 from __future__ import annotations
@@ -13,6 +17,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+
+from .redact import secret_logger
+
+log = secret_logger("atlas_middleware.breaker")
+
+
+def opened(failures: int, cooldown: float) -> None:
+    log.warning("teacher circuit opened after %d consecutive teacher failures: calls skip the teacher "
+                "(the student answers alone, circuit_open) and one trial call goes after %g s", failures, cooldown)
+
+
+def closed() -> None:
+    log.warning("teacher circuit closed: the teacher answered again, calls are taught again")
 
 
 class CircuitBreaker:
@@ -52,13 +69,19 @@ class CircuitBreaker:
 
     def success(self) -> None:
         with self._lock:
+            was_open = self._opened_at is not None
             self._count = 0
             self._opened_at = None
             self._trial = False
+        if was_open:
+            closed()
 
     def failure(self) -> None:
         with self._lock:
             self._count += 1
+            newly = self._opened_at is None and self._count >= self.failures
             if self._trial or self._count >= self.failures:
                 self._opened_at = self._clock()
             self._trial = False
+        if newly:
+            opened(self.failures, self.cooldown)

@@ -22,6 +22,7 @@ batcher) then drops the request instead of decoding an answer nobody reads.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .backends.base import CancelToken, ChatBackend, astream_of, cancellation, stream_of
 from .chunks import Assembler, ChatChunk
 from .errors import AtlasError, TeacherTimeout
+from .redact import redact, secret_logger
 from .report import CallReport
 from .teaching.commands import (
     BlockingResult,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     import asyncio
 
 OnDone = Callable[[CallReport, "Delivered"], None]
+log = secret_logger("atlas_middleware")
 
 
 @dataclass
@@ -212,7 +215,10 @@ class SyncDriver:
                 send = next(self._handles)
                 pool = self._pools[cmd.call.target]
                 token = CancelToken()
-                pending[send] = (cmd.call, time.perf_counter(), pool.submit(self._call, cmd.call, token), token)
+                # The call runs in a copy of the caller's context, as an async task would: the
+                # caller's tracing (a LangChain run, an OpenTelemetry span) reaches its worker.
+                future = pool.submit(contextvars.copy_context().run, self._call, cmd.call, token)
+                pending[send] = (cmd.call, time.perf_counter(), future, token)
             elif isinstance(cmd, Wait):
                 send = self._wait(pending, cmd.handles)
             elif isinstance(cmd, Cancel):
@@ -263,7 +269,11 @@ class SyncDriver:
                 send = yield first
                 return (yield from _resume(flow, send))
 
-            result = self._pump(replay(), None, pending, time.perf_counter())
+            try:
+                result = self._pump(replay(), None, pending, time.perf_counter())
+            except Exception as exc:
+                _background_failed(exc)
+                result = out.report  # the delivered call is still recorded
             if isinstance(result, CallReport):
                 on_done(result, out)
         finally:
@@ -285,6 +295,13 @@ class SyncDriver:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _background_failed(exc: BaseException) -> None:
+    """Work after delivery (an audit, a shadow's teaching) failed where the flow catches
+    nothing: the caller has its answer; the call is recorded as delivered, and it is said."""
+    log.warning("work after delivery failed; the call is recorded as it was delivered: %s",
+                redact(f"{type(exc).__name__}: {exc}"))
+
+
 def _resume(flow: Flow, send: Any) -> Flow:
     """Continue ``flow`` from a value already due to it."""
     while True:
@@ -295,8 +312,34 @@ def _resume(flow: Flow, send: Any) -> Flow:
         send = yield cmd
 
 
+@dataclass
+class _Ended:
+    """The flow returned ``value`` (a ``StopIteration`` cannot cross a thread's future)."""
+
+    value: Any
+
+
+def _advance(flow: Flow, send: Any) -> Command | _Ended:
+    try:
+        return flow.send(send)
+    except StopIteration as stop:
+        return _Ended(stop.value)
+
+
+async def _next(flow: Flow, send: Any, offload: bool) -> Command | _Ended:
+    """The flow's next command. With ``offload`` (a large request: ``Atlas.acompletion``) the
+    flow's own work, building prompts from the request's text and reading the answers, runs
+    in a worker thread: the Python work on a prompt of megabytes leaves the event loop free
+    (``messages.LARGE_REQUEST_CHARS`` says what a thread cannot free)."""
+    if not offload:
+        return _advance(flow, send)
+    import asyncio
+
+    return await asyncio.to_thread(_advance, flow, send)
+
+
 class AsyncDriver:
-    """Runs calls as tasks on the running event loop."""
+    """Runs calls as tasks on the running event loop; a large request's flow steps in a thread."""
 
     def __init__(self, backends: Mapping[str, ChatBackend]) -> None:
         self.backends = backends
@@ -337,16 +380,15 @@ class AsyncDriver:
         return _Opened(call, t0, first, chunks, _snapshot(cmd.report))
 
     async def _pump(self, flow: Flow, send: Any, tasks: dict[int, asyncio.Task[CallResult]],
-                    started: float) -> Delivered | _Opened | CallReport:
+                    started: float, offload: bool = False) -> Delivered | _Opened | CallReport:
         import asyncio
 
         while True:
-            try:
-                cmd: Command = flow.send(send)
-            except StopIteration as stop:
+            cmd = await _next(flow, send, offload)
+            if isinstance(cmd, _Ended):
                 for task in tasks.values():
                     task.cancel()
-                return stop.value  # type: ignore[no-any-return]
+                return cmd.value  # type: ignore[no-any-return]
             send = None
             if isinstance(cmd, Start):
                 send = next(self._handles)
@@ -370,37 +412,39 @@ class AsyncDriver:
             elif isinstance(cmd, Deliver):
                 return _delivered(cmd, started)
 
-    async def run(self, flow: Flow, on_done: Callable[[CallReport, Delivered], Any]) -> Delivered | AsyncLiveStream:
-        """The delivered answer, or a live stream of it (when the flow says ``Stream``)."""
+    async def run(self, flow: Flow, on_done: Callable[[CallReport, Delivered], Any],
+                  offload: bool = False) -> Delivered | AsyncLiveStream:
+        """The delivered answer, or a live stream of it (when the flow says ``Stream``);
+        ``offload``: the flow steps in a worker thread (``_next``)."""
         tasks: dict[int, asyncio.Task[CallResult]] = {}
         started = time.perf_counter()
         try:
-            out = await self._pump(flow, None, tasks, started)
+            out = await self._pump(flow, None, tasks, started, offload)
         except BaseException:
             for task in tasks.values():  # the user's call was cancelled: so are its calls
                 task.cancel()
             raise
         if isinstance(out, _Opened):
-            return AsyncLiveStream(self, flow, out, tasks, started, on_done)
-        return await self._after_delivery(flow, out, tasks, on_done)
+            return AsyncLiveStream(self, flow, out, tasks, started, on_done, offload)
+        return await self._after_delivery(flow, out, tasks, on_done, offload)
 
     async def _after_delivery(self, flow: Flow, out: Any, tasks: dict[int, Any],
-                              on_done: Callable[[CallReport, Delivered], Any]) -> Delivered:
+                              on_done: Callable[[CallReport, Delivered], Any], offload: bool = False) -> Delivered:
         import asyncio
 
         if not isinstance(out, Delivered):
             raise RuntimeError("the teaching flow ended without delivering an answer")
-        try:
-            cmd = flow.send(None)
-        except StopIteration as stop:
-            await on_done(stop.value, out)
+        cmd = await _next(flow, None, offload)
+        if isinstance(cmd, _Ended):
+            await on_done(cmd.value, out)
             return out
-        background = asyncio.ensure_future(self._finish(flow, cmd, tasks, on_done, out))
+        background = asyncio.ensure_future(self._finish(flow, cmd, tasks, on_done, out, offload))
         self._background.add(background)
         background.add_done_callback(self._background.discard)
         return out
 
-    async def _finish(self, flow: Flow, first: Command, tasks: dict[int, Any], on_done: Callable[[CallReport, Delivered], Any], out: Delivered) -> None:
+    async def _finish(self, flow: Flow, first: Command, tasks: dict[int, Any], on_done: Callable[[CallReport, Delivered], Any], out: Delivered,
+                      offload: bool = False) -> None:
         import asyncio
 
         def replay() -> Flow:
@@ -408,12 +452,15 @@ class AsyncDriver:
             return (yield from _resume(flow, send))
 
         try:
-            result = await self._pump(replay(), None, tasks, time.perf_counter())
+            result = await self._pump(replay(), None, tasks, time.perf_counter(), offload)
         except asyncio.CancelledError:
             # The caller's event loop is ending (``asyncio.run`` per call) before the audit
             # finished: the delivered call is still recorded, without the audit's verdict.
             await on_done(out.report, out)
             raise
+        except Exception as exc:
+            _background_failed(exc)
+            result = out.report
         if isinstance(result, CallReport):
             await on_done(result, out)
 
@@ -477,9 +524,9 @@ class AsyncLiveStream:
     """``LiveStream`` for the async driver: iterate it once with ``async for``."""
 
     def __init__(self, driver: AsyncDriver, flow: Flow, opened: _Opened, tasks: dict[int, Any],
-                 started: float, on_done: Callable[[CallReport, Delivered], Any]) -> None:
+                 started: float, on_done: Callable[[CallReport, Delivered], Any], offload: bool = False) -> None:
         self._driver, self._flow, self._opened = driver, flow, opened
-        self._tasks, self._started, self._on_done = tasks, started, on_done
+        self._tasks, self._started, self._on_done, self._offload = tasks, started, on_done, offload
         self.report: CallReport = opened.report
         self.delivered: Delivered | None = None
         self._iterated = False
@@ -510,10 +557,10 @@ class AsyncLiveStream:
             raise self.delivered.error
 
     async def _end(self, result: CallResult) -> None:
-        out = await self._driver._pump(self._flow, result, self._tasks, self._started)
+        out = await self._driver._pump(self._flow, result, self._tasks, self._started, self._offload)
         if isinstance(out, _Opened):
             raise RuntimeError("the teaching flow streamed again after a live stream")
-        delivered = await self._driver._after_delivery(self._flow, out, self._tasks, self._on_done)
+        delivered = await self._driver._after_delivery(self._flow, out, self._tasks, self._on_done, self._offload)
         self.delivered, self.report = delivered, delivered.report
 
 

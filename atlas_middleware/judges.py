@@ -21,6 +21,14 @@ Built in:
 
 A judge that raises or returns garbage raises ``JudgeError``; the flow then delivers the
 baseline. Resolution errors (bad import path) raise ``ConfigError`` at construction.
+
+The judges that read the answers' text (``teacher`` and callables) take no word about an
+answer that talks to the judge (``markup.aimed_at_judge``: verdict-like markup, a judge
+prompt's delimiter, "ignore previous instructions"): a comparison where either answer does
+is ``undecided`` and such an answer is not graded, without a model call, since no verdict
+about it could count. A decisive verdict between two answers that state the same final
+answer is read as a tie, and a judge that gives two different verdicts gives none
+(docs/policies.md, "Answers that talk to the judge").
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .answers import extract_answer
+from .answers import extract_answer, same_final_answer
 from .errors import ConfigError, JudgeError
 from .imports import import_object
 from .messages import ChatRequest, ChatResponse
-from .teaching import prompts
+from .teaching import markup, prompts
 from .teaching.commands import BlockingResult, CallResult, Command, ModelCall, RunBlocking, Start, Wait
 from .teaching.parse import split_reasoning
 
@@ -119,22 +127,57 @@ class AnswerJudge:
         yield  # pragma: no cover
 
 
-_VERDICT = re.compile(r"<verdict>\s*([^<]+?)\s*</verdict>", re.IGNORECASE)
+# Possessive and unpadded (the caller strips): a lazy group between two ``\s*`` rereads the
+# spaces ahead at every step, quadratic in a long verdict a prompt can ask for.
+_VERDICT = re.compile(r"<verdict>([^<]++)</verdict>", re.IGNORECASE)
 
 
 def _verdict_text(result: CallResult) -> str:
     if not result.ok or result.response is None:
         raise JudgeError(f"judge call failed: {result.error!r}")
-    # A thinking teacher drafts verdicts in its reasoning: only what follows it counts.
-    _, text, unclosed = split_reasoning(result.response.text)
+    # A thinking teacher drafts verdicts in its reasoning: only what follows it counts. Its
+    # tags are read however it wrote them (``＜verdict＞`` is a verdict).
+    _, text, unclosed = split_reasoning(markup.canonical(result.response.text))
     if result.response.truncated and not _VERDICT.search(text):
         raise JudgeError("the judge's reply hit its token cap before a verdict")
     if unclosed:
         raise JudgeError("the judge's reply ended inside its reasoning")
-    m = _VERDICT.findall(text)
-    if not m:
+    found = [markup.fold(v).strip().upper() for v in _VERDICT.findall(text)]
+    if not found:
         raise JudgeError("the judge's answer has no <verdict>")
-    return str(m[-1]).strip().upper()
+    if len(set(found)) > 1:  # it said both: which one it meant is anyone's guess
+        raise JudgeError(f"the judge gave conflicting verdicts: {', '.join(found)}")
+    return found[-1]
+
+
+def _said(r: ChatResponse) -> str:
+    """All of an answer a judge reads: its text and its tool calls."""
+    return (r.content or "") + "".join(f"\n[calls tool {t.name}({t.arguments})]" for t in r.tool_calls)
+
+
+def _talks_to_judge(**answers: ChatResponse) -> str | None:
+    """Why no verdict about these answers can count, or None (module docstring)."""
+    found = {role: what for role, r in answers.items() if (what := markup.aimed_at_judge(_said(r)))}
+    if not found:
+        return None
+    said = " and ".join(f"the {role} answer carries {what}" for role, what in found.items())
+    return f"{said}, aimed at the judge: no verdict can count"
+
+
+def _weigh(verdict: Verdict, guided: ChatResponse, baseline: ChatResponse) -> Verdict:
+    """A decisive verdict between answers that state the same final answer (or make the
+    same tool calls) is a preference of style: a tie, whatever the judge was told."""
+    if verdict.winner not in ("guided", "baseline"):
+        return verdict
+    if guided.tool_calls or baseline.tool_calls:
+        same = sorted((t.name, t.arguments) for t in guided.tool_calls) == sorted(
+            (t.name, t.arguments) for t in baseline.tool_calls)
+    else:
+        same = same_final_answer(guided.content, baseline.content)
+    if not same:
+        return verdict
+    detail = "; ".join(filter(None, (verdict.detail, "both answers state the same final answer: a tie")))
+    return Verdict("tie", verdict.scores, detail)
 
 
 class TeacherJudge:
@@ -171,6 +214,8 @@ class TeacherJudge:
         if guided.truncated != baseline.truncated:  # a cut-off answer loses to a complete one
             winner: Winner = "baseline" if guided.truncated else "guided"
             return Verdict(winner, {}, f"only the {winner} answer is complete")
+        if aimed := _talks_to_judge(guided=guided, baseline=baseline):
+            return Verdict("undecided", {}, aimed)
         text = task.text(self.context_chars)
         h1 = yield Start(self._call(prompts.pairwise_messages(text, guided, baseline)))
         h2 = yield Start(self._call(prompts.pairwise_messages(text, baseline, guided)))
@@ -183,10 +228,12 @@ class TeacherJudge:
         v1, v2 = mapping1[first], mapping2[second]
         detail = f"order guided-first: {v1}; order baseline-first: {v2}"
         if v1 == v2:
-            return Verdict(v1, {}, detail)  # type: ignore[arg-type]
+            return _weigh(Verdict(v1, {}, detail), guided, baseline)  # type: ignore[arg-type]
         return Verdict("undecided", {}, detail + " (the verdict follows the order: no evidence)")
 
     def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
+        if aimed := _talks_to_judge(guided=answer):
+            raise JudgeError(f"not graded: {aimed}")
         h = yield Start(self._call(prompts.score_messages(task.text(self.context_chars), answer)))
         (r,) = yield Wait((h,))
         raw = _verdict_text(r)
@@ -229,13 +276,17 @@ class CallableJudge:
         return float(out.value)
 
     def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
+        if aimed := _talks_to_judge(guided=guided, baseline=baseline):
+            return Verdict("undecided", {}, aimed)
         g = yield from self._score(task, guided)
         b = yield from self._score(task, baseline)
         scores = {"guided": g, "baseline": b}
         winner: Winner = "guided" if g > b else "baseline" if b > g else "tie"
-        return Verdict(winner, scores)
+        return _weigh(Verdict(winner, scores), guided, baseline)
 
     def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
+        if aimed := _talks_to_judge(guided=answer):
+            raise JudgeError(f"not graded: {aimed}")
         return (yield from self._score(task, answer))
 
 

@@ -25,6 +25,53 @@ USER_PART_TYPES = frozenset({"text", "image_url", "input_audio", "audio_url", "d
                              "grounding_source", "query", "video_url", "file"})
 
 
+LARGE_REQUEST_CHARS = 262_144
+"""A request with more characters of text than this is *large*: the async path reads and
+builds its texts (the fingerprint, the prompts, the body it sends, a token count) in worker
+threads, not on the event loop; below it a thread hop costs more than the work. Every such
+pass is linear, and a thread frees the loop of the Python-level work and of what releases
+the GIL (tiktoken's counting, ~60 ms a MB); a single C call that holds the GIL (encoding
+the body's JSON, ~6 ns a character) still pauses the loop for as long as it runs."""
+
+
+def text_chars(messages: Any) -> int:
+    """The characters of text a message list carries: string contents, the strings of its
+    content parts (one level into them: an image's data URL counts) and tool-call arguments.
+    0 for what is not a list. Counts lengths only, so it costs the same for any size."""
+    if not isinstance(messages, list):
+        return 0
+    total = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(_strings_chars(part) for part in content)
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            total += sum(_strings_chars(c.get("function")) for c in calls if isinstance(c, dict))
+    return total
+
+
+def _strings_chars(part: Any) -> int:
+    if not isinstance(part, dict):
+        return 0
+    total = 0
+    for value in part.values():
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, dict):
+            total += sum(len(v) for v in value.values() if isinstance(v, str))
+    return total
+
+
+def is_large(messages: Any) -> bool:
+    """Whether ``messages`` make a large request (``LARGE_REQUEST_CHARS``)."""
+    return text_chars(messages) > LARGE_REQUEST_CHARS
+
+
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Check the OpenAI message list shape; raise ``InvalidRequestError`` with the reason.
 

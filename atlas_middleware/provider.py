@@ -14,6 +14,11 @@ in ``metadata={"atlas": {"teach": False, "policy": "verify", "session_id": "..."
 (or the ``x-atlas-teach``, ``x-atlas-policy``, ``x-atlas-session-id``, ``x-atlas-task``,
 ``x-atlas-learn`` headers).
 
+Tenants (``tenants.py``): called directly, a call's tenant is the one it names
+(``metadata={"atlas": {"tenant": ...}}``), else its ``api_key``'s. Behind the LiteLLM proxy a
+client's word does not count: the tenant is the key the proxy authenticated (and its team),
+or one an admin named, which the proxy's hooks grant (``proxy/tenants.py``).
+
 Accounting, so that LiteLLM's own callbacks count each user call exactly once:
 
 * the inner calls (probe, teacher, guided, baseline, judge) are made with LiteLLM's
@@ -27,13 +32,14 @@ Streams are ``Atlas``'s streams: live where nothing is compared before delivery 
 ``audit``, the student's own answer delivered alone), the student's tokens passed on as it
 writes them; replayed once the decision is made under ``strict`` and ``verify``. The report
 of a stream is ``report_of(stream)`` once the first chunk has arrived, and complete (the
-streamed call's usage, the price LiteLLM logs) once the stream has ended.
+streamed call's usage, the price LiteLLM logs) once the stream has ended. LiteLLM wraps
+what a custom provider yields into its own chunk objects; what that path cannot carry (a
+reasoning model's ``delta.reasoning_content``) is said in ``GenericWriter``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,7 +49,7 @@ from typing import Any
 import litellm
 from litellm.exceptions import BadRequestError
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import CustomPricingLiteLLMParams, GenericStreamingChunk, ModelResponse
+from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .backends import LiteLLMBackend, teacher_backend_for
@@ -52,18 +58,23 @@ from .backends.routing import ModelRouter
 from .client import SWITCHED_OFF, Atlas
 from .config import AtlasConfig
 from .errors import InvalidRequestError
-from .redact import redact
+from .pricing import PRICE_PARAMS
+from .redact import redact, scrub, secret_logger, secrets_in
 from .report import CallReport
-from .streaming import CompletionChunk
+from .tenants import GRANT_FIELD, TenantGrant, authenticated_tenant
+from .tracing import parented
 
-log = logging.getLogger("atlas_middleware")
+log = secret_logger("atlas_middleware")
 
 PROVIDER = "atlas"
 NO_LOG = {"no-log": True}
 REPORT_KEY = "atlas_report"
 # Request headers a client (or the proxy) may set instead of ``metadata["atlas"]``.
 HEADER_OPTIONS = {"x-atlas-teach": "teach", "x-atlas-policy": "policy", "x-atlas-session-id": "session_id",
-                  "x-atlas-task": "task", "x-atlas-learn": "learn"}
+                  "x-atlas-task": "task", "x-atlas-learn": "learn", "x-atlas-tenant": "tenant"}
+# LiteLLM's proxy writes the authenticated key's hash and team into every request's
+# metadata, over whatever the client sent under these names.
+PROXY_KEY_FIELD, PROXY_TEAM_FIELD = "user_api_key_hash", "user_api_key_team_id"
 
 
 class RequestOptions(BaseModel):
@@ -73,11 +84,15 @@ class RequestOptions(BaseModel):
 
     teach: bool | None = None
     policy: str | None = None
-    session_id: str | None = None
+    session_id: Any = None
+    """The agent session's id; checked by ``Atlas`` (``sessions.check_session_id``), so a bad one is a 400."""
     task: Any = None
     """The task's name (its family); checked by ``Atlas``, so a bad one is a 400."""
     learn: bool | None = None
     """False: the gate does not learn from this call (the caller reports a graded outcome)."""
+    tenant: Any = None
+    """The tenant the request names; checked by ``Atlas``. Behind the proxy only a grant counts
+    (``call_tenant``)."""
 
     @field_validator("teach", "learn", mode="before")
     @classmethod
@@ -88,25 +103,47 @@ class RequestOptions(BaseModel):
 
     @classmethod
     def from_litellm(cls, litellm_params: dict[str, Any] | None, optional_params: dict[str, Any]) -> RequestOptions:
-        data: dict[str, Any] = {}
-        for key in ("metadata", "litellm_metadata"):
-            meta = (litellm_params or {}).get(key)
-            if not isinstance(meta, dict):
-                continue
-            headers = meta.get("headers")
-            if isinstance(headers, dict):
-                for name, value in headers.items():
-                    field = HEADER_OPTIONS.get(str(name).lower())
-                    if field and value not in (None, ""):
-                        data[field] = value
-            if isinstance(meta.get("atlas"), dict):
-                data.update(meta["atlas"])
-        if isinstance(optional_params.get("atlas"), dict):  # litellm.completion(..., atlas={...})
-            data.update(optional_params["atlas"])
-        return cls.model_validate(data)
+        options = cls.model_validate(gathered(litellm_params, optional_params))
+        options.tenant = call_tenant(litellm_params, options.tenant)
+        return options
 
     def as_call_options(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+def gathered(litellm_params: dict[str, Any] | None, optional_params: dict[str, Any]) -> dict[str, Any]:
+    """The request's atlas options, unchecked: headers, then ``metadata["atlas"]``, then ``atlas=``."""
+    data: dict[str, Any] = {}
+    for key in ("metadata", "litellm_metadata"):
+        meta = (litellm_params or {}).get(key)
+        if not isinstance(meta, dict):
+            continue
+        headers = meta.get("headers")
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                field = HEADER_OPTIONS.get(str(name).lower())
+                if field and value not in (None, ""):
+                    data[field] = value
+        if isinstance(meta.get("atlas"), dict):
+            data.update(meta["atlas"])
+    if isinstance(optional_params.get("atlas"), dict):  # litellm.completion(..., atlas={...})
+        data.update(optional_params["atlas"])
+    return data
+
+
+def call_tenant(litellm_params: dict[str, Any] | None, named: Any) -> Any:
+    """The call's tenant (``tenants.py``): behind the proxy, the hooks' grant, else the key the
+    proxy authenticated (a tenant the client named is ignored: any key could name any tenant);
+    called directly, the one ``named`` (None: ``Atlas`` takes the call's ``api_key``'s)."""
+    metas = [m for m in ((litellm_params or {}).get(k) for k in ("metadata", "litellm_metadata"))
+             if isinstance(m, dict)]
+    for meta in metas:
+        if isinstance(meta.get(GRANT_FIELD), TenantGrant):
+            return str(meta[GRANT_FIELD])
+    for meta in metas:
+        if PROXY_KEY_FIELD in meta:
+            return authenticated_tenant(meta.get(PROXY_KEY_FIELD), meta.get(PROXY_TEAM_FIELD))
+    return named
 
 
 class ReportStore:
@@ -146,31 +183,40 @@ def _quiet(backend: ChatBackend) -> ChatBackend:
 
 
 @contextmanager
-def _bad_request(model: str) -> Iterator[None]:
-    """The caller's mistakes (bad messages, an unknown policy) as LiteLLM's 400 error.
+def _boundary(model: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """What leaves the provider for LiteLLM (and, through the proxy, for a client and its log).
 
-    Everything else (the student's own errors) passes through unchanged.
+    The caller's mistakes (bad messages, an unknown policy) become LiteLLM's 400 error;
+    everything else (the student's own errors) passes through as it is, its type and fields
+    unchanged, scrubbed of the call's key (redact.py): a provider may quote it, and the
+    proxy sends the message to clients who never held that key.
     """
     try:
         yield
     except InvalidRequestError as exc:
-        raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from exc
+        raise BadRequestError(message=str(scrub(exc, secrets_in(kwargs))), model=model,
+                              llm_provider=PROVIDER) from exc
+    except Exception as exc:
+        scrub(exc, secrets_in(kwargs))
+        raise
 
 
 def _student_prices(litellm_params: dict[str, Any] | None) -> dict[str, Any]:
-    """The prices a deployment sets for its model (LiteLLM's custom pricing parameters, or
-    its ``model_info``), to pass on to the student's calls.
+    """The per-token prices a deployment sets for its model (LiteLLM's custom pricing
+    parameters, or its ``model_info``), to pass on to the student's calls.
 
-    They are the student's prices: LiteLLM prices each student call by them, as it would
-    price the deployment's own call, while the teacher keeps its own. Without them a
-    student missing from LiteLLM's cost map would be unpriced, and the spend the proxy
-    logs would be the teacher's alone.
+    They are the student's prices: ``Atlas`` prices each student call by them
+    (``pricing.py``), as LiteLLM would price the deployment's own call, while the teacher
+    keeps its own. Without them a student missing from LiteLLM's cost map would be unpriced,
+    and the spend the proxy logs would be the teacher's alone. Only the keys atlas prices by
+    are passed: LiteLLM's other pricing keys (per second, per tier) would reach the
+    student's request as unknown parameters and send it through LiteLLM.
     """
     params = litellm_params or {}
     info = params.get("model_info")
     info = info if isinstance(info, dict) else {}
     out = {}
-    for name in CustomPricingLiteLLMParams.model_fields:
+    for name in PRICE_PARAMS:
         value = params.get(name)
         value = info.get(name) if value is None else value
         if value is not None:
@@ -213,13 +259,24 @@ class AtlasLLM(CustomLLM):
                     self._atlas = self._build()
         return self._atlas
 
-    def _build(self) -> Atlas:
+    def _config_fields(self) -> dict[str, Any]:
         # Config values (strings, numbers) build the AtlasConfig; objects (a judge, a
         # ledger, backends) go to Atlas itself.
-        fields = {k: v for k, v in self._kwargs.items()
-                  if k in AtlasConfig.model_fields and (k not in ("judge", "ledger") or isinstance(v, str))}
+        return {k: v for k, v in self._kwargs.items()
+                if k in AtlasConfig.model_fields and (k not in ("judge", "ledger") or isinstance(v, str))}
+
+    @property
+    def config(self) -> AtlasConfig:
+        """The configuration, read on first use: before the ``Atlas`` is built, and also when
+        building it fails later (the proxy's gate reads its limits here)."""
+        if self._config is None:
+            self._config = AtlasConfig.load(self._config_file, **self._config_fields())
+        return self._config
+
+    def _build(self) -> Atlas:
+        fields = self._config_fields()
         extra = {k: v for k, v in self._kwargs.items() if k not in fields}
-        config = self._config or AtlasConfig.load(self._config_file, **fields)
+        config = self.config
         teacher = extra.pop("teacher_backend", None)
         if teacher is None and config.teacher:
             teacher = self._own(teacher_backend_for(config))  # a model string or a group
@@ -248,7 +305,7 @@ class AtlasLLM(CustomLLM):
                    litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                    headers: dict[str, Any] | None = None, timeout: Any = None, client: Any = None) -> ModelResponse:
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=False)
-        with _bad_request(model):
+        with _boundary(model, kwargs), parented(litellm_params):
             response = self.atlas.completion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
 
@@ -259,7 +316,7 @@ class AtlasLLM(CustomLLM):
                           logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
                           client: Any = None) -> ModelResponse:
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=False)
-        with _bad_request(model):
+        with _boundary(model, kwargs), parented(litellm_params):
             response = await self.atlas.acompletion(model, messages, **kwargs)
         return self._deliver(response, litellm_params, logging_obj)
 
@@ -272,15 +329,17 @@ class AtlasLLM(CustomLLM):
         # The decision happens here, before LiteLLM wraps the iterator: a stream that starts
         # is a stream whose answer is chosen (and, live, whose first chunk has come).
         kwargs = self._call_kwargs(optional_params, litellm_params, api_base, api_key, headers, timeout, stream=True)
-        with _bad_request(model):
+        with _boundary(model, kwargs), parented(litellm_params):
             stream = self.atlas.completion(model, messages, **kwargs)
         self._remember(stream.atlas, litellm_params, logging_obj, stream=True, observe=False)
-        return self._generic(stream, litellm_params, logging_obj)
+        return self._generic(stream, litellm_params, logging_obj, model, kwargs)
 
-    def _generic(self, stream: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> Iterator[GenericStreamingChunk]:
+    def _generic(self, stream: Any, litellm_params: dict[str, Any] | None, logging_obj: Any, model: str,
+                 kwargs: dict[str, Any]) -> Iterator[GenericStreamingChunk]:
         writer = GenericWriter()
-        for chunk in stream:
-            yield from writer.feed(chunk)
+        with _boundary(model, kwargs):  # a failure after the first chunk
+            for chunk in stream:
+                yield from writer.feed(chunk)
         # The stream has ended: its report is complete (the streamed call's usage and price).
         self._remember(stream.atlas, litellm_params, logging_obj, stream=True)
         yield writer.end()
@@ -382,7 +441,7 @@ class PendingStream:
         async with self._lock:
             if self._chunks is None and self._error is None:
                 try:
-                    with _bad_request(self._model):
+                    with _boundary(self._model, self._kwargs), parented(self._litellm_params):
                         stream = await self._provider.atlas.acompletion(self._model, self._messages, **self._kwargs)
                 except Exception as exc:
                     self._error = exc
@@ -395,9 +454,10 @@ class PendingStream:
 
     async def _generic(self, stream: Any) -> AsyncIterator[GenericStreamingChunk]:
         writer = GenericWriter()
-        async for chunk in stream:
-            for item in writer.feed(chunk):
-                yield item
+        with _boundary(self._model, self._kwargs):  # a failure after the first chunk
+            async for chunk in stream:
+                for item in writer.feed(chunk):
+                    yield item
         self.report = stream.atlas  # complete now: the streamed call's usage and price
         self._provider._remember(stream.atlas, self._litellm_params, self._logging_obj, stream=True)
         yield writer.end()
@@ -426,19 +486,28 @@ async def _nothing() -> AsyncIterator[GenericStreamingChunk]:
 
 
 class GenericWriter:
-    """Our OpenAI chunks as LiteLLM's provider-neutral streaming chunks, as they come.
+    """``Atlas``'s chunks (LiteLLM's ``ModelResponseStream``) as the provider-neutral
+    ``GenericStreamingChunk`` dicts a ``CustomLLM`` must yield, as they come; LiteLLM's
+    ``CustomStreamWrapper`` turns them back into its own chunks for the caller.
 
     Text and tool calls are passed on at once; the finish reason and the usage, which
-    LiteLLM reads from the chunk that ends the stream, go into one last chunk.
+    LiteLLM reads from the chunk that ends the stream, go into one last chunk (with the
+    reasoning and cached token details). What the pinned LiteLLM (1.108) cannot carry this
+    way is a reasoning model's thinking: a ``GenericStreamingChunk`` has no reasoning field,
+    and ``provider_specific_fields`` would put it on ``delta.provider_specific_fields`` (never
+    ``delta.reasoning_content``), where ``stream_chunk_builder`` keeps only the last fragment;
+    so it is not passed on. A chunk with several tool-call fragments becomes several chunks
+    (one ``tool_use`` each), which ``stream_chunk_builder`` joins as before.
     """
 
     def __init__(self) -> None:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
-    def feed(self, chunk: CompletionChunk) -> list[GenericStreamingChunk]:
-        if chunk.usage is not None:
-            self.usage = dict(chunk.usage)
+    def feed(self, chunk: ModelResponseStream) -> list[GenericStreamingChunk]:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage.model_dump(exclude_none=True)
         if not chunk.choices:
             return []
         choice = chunk.choices[0]
@@ -454,8 +523,9 @@ class GenericWriter:
         return _generic("", None, finish_reason=self.finish_reason or "stop", usage=self.usage)
 
 
-def _tool_use(tc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": tc.get("id"), "type": "function", "index": tc.get("index", 0), "function": tc.get("function") or {}}
+def _tool_use(tc: Any) -> dict[str, Any]:
+    function = {"name": tc.function.name, "arguments": tc.function.arguments}
+    return {"id": tc.id, "type": "function", "index": tc.index, "function": function}
 
 
 def _generic(text: str, tool_use: dict[str, Any] | None, *, finish_reason: str | None = None,

@@ -14,6 +14,23 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
+
+from .teaching.families import check_label
+
+MAX_SESSION_ID_CHARS = 256
+
+
+def check_session_id(session_id: Any) -> str | None:
+    """The session id, trimmed; None for none (None or empty); ``InvalidRequestError`` when it
+    cannot be one: not a string, longer than ``MAX_SESSION_ID_CHARS``, or with control characters.
+
+    It becomes a state key (a Redis key, a cache entry) and a ledger column, so a client
+    (the proxy's ``x-atlas-session-id`` header) must not store 10 KB, or a newline, there.
+    """
+    if session_id is None or session_id == "":
+        return None
+    return check_label(session_id, "session_id", MAX_SESSION_ID_CHARS, "leave it out for no session")
 
 
 @dataclass

@@ -1,5 +1,15 @@
-"""Streaming for callers that asked for ``stream=True``: OpenAI ``chat.completion.chunk``
-objects, ending with a usage chunk when ``stream_options.include_usage`` was set.
+"""Streaming for callers that asked for ``stream=True``: LiteLLM's own stream chunks
+(``litellm.types.utils.ModelResponseStream``), ending with a usage chunk when
+``stream_options.include_usage`` was set.
+
+The chunks are the classes ``litellm.completion(stream=True)`` yields (``ModelResponseStream``,
+``StreamingChoices``, ``Delta``, ``ChatCompletionDeltaToolCall`` with a ``Function``, and
+``Usage``), in the shape LiteLLM gives them: the role on the first chunk, reasoning as
+``delta.reasoning_content``, the finish reason on a chunk of its own, and the usage on a last
+chunk with one empty choice. So code written for ``litellm.completion`` keeps working when
+wrapped: ``chunk.usage.total_tokens``, ``delta.tool_calls[0].function.name`` and
+``litellm.stream_chunk_builder(chunks, messages=...)``. LiteLLM is imported when the first
+stream is made, never when atlas_middleware is.
 
 Two kinds, as the decision allows:
 
@@ -17,109 +27,84 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
-from .chunks import ChatChunk
+from .chunks import ChatChunk, ToolCallDelta
 from .messages import ChatResponse
 from .report import CallReport
+
+if TYPE_CHECKING:
+    from litellm.types.utils import ModelResponseStream
 
 CHUNK_CHARS = 48
 
 
-class ChunkDelta(BaseModel):
-    model_config = ConfigDict(defer_build=True, extra="allow")
+def _litellm_types() -> Any:
+    """``litellm.types.utils``, imported on first use (with the cost map read locally)."""
+    from .backends.litellm import import_litellm
 
-    role: str | None = None
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    import_litellm()
+    from litellm.types import utils
 
-
-class ChunkChoice(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
-    index: int = 0
-    delta: ChunkDelta
-    finish_reason: str | None = None
+    return utils
 
 
-class CompletionChunk(BaseModel):
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    id: str
-    object: str = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: dict[str, Any] | None = None
-
-
-def chunks(response: ChatResponse, include_usage: bool) -> list[CompletionChunk]:
-    cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), response.model or ""
-
-    def chunk(delta: ChunkDelta, finish: str | None = None) -> CompletionChunk:
-        return CompletionChunk(id=cid, created=created, model=model,
-                               choices=[ChunkChoice(delta=delta, finish_reason=finish)])
-
-    out = [chunk(ChunkDelta(role="assistant", content=""))]
-    if response.reasoning:  # before the answer, as a reasoning model streams it; never in content
-        out.append(chunk(ChunkDelta(reasoning_content=response.reasoning)))  # type: ignore[call-arg]
+def chunks(response: ChatResponse, include_usage: bool) -> list[ModelResponseStream]:
+    """A whole answer as the stream a model would have written: reasoning first, the text
+    in ``CHUNK_CHARS`` pieces, the tool calls, the finish reason, then the usage."""
+    writer = ChunkWriter(include_usage, model=response.model)
+    pieces = [ChatChunk(reasoning=response.reasoning)] if response.reasoning else []
     text = response.content or ""
-    for i in range(0, len(text), CHUNK_CHARS):
-        out.append(chunk(ChunkDelta(content=text[i : i + CHUNK_CHARS])))
+    pieces += [ChatChunk(content=text[i : i + CHUNK_CHARS]) for i in range(0, len(text), CHUNK_CHARS)]
     if response.tool_calls:
-        calls = [
-            {"index": i, "id": tc.id or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": tc.name, "arguments": tc.arguments}}
-            for i, tc in enumerate(response.tool_calls)
-        ]
-        out.append(chunk(ChunkDelta(tool_calls=calls)))
-    out.append(chunk(ChunkDelta(), response.finish_reason or "stop"))
-    if include_usage:
-        out.append(CompletionChunk(id=cid, created=created, model=model, choices=[],
-                                   usage=response.usage.openai_usage()))
-    return out
+        pieces.append(ChatChunk(tool_calls=tuple(
+            ToolCallDelta(index=i, id=tc.id or f"call_{uuid.uuid4().hex[:24]}", name=tc.name, arguments=tc.arguments)
+            for i, tc in enumerate(response.tool_calls))))
+    pieces.append(ChatChunk(finish_reason=response.finish_reason or "stop", usage=response.usage))
+    return [item for piece in pieces for item in writer.feed(piece)] + writer.end()
 
 
 class CompletionStream:
     """Iterable (sync and async) of chunks; ``.atlas`` is the call's report, ``.response``
     the delivered answer whole."""
 
-    def __init__(self, items: list[CompletionChunk], report: CallReport,
+    def __init__(self, items: list[ModelResponseStream], report: CallReport,
                  response: ChatResponse | None = None) -> None:
         self._items = items
         self.atlas = report
         self.response = response
 
-    def __iter__(self) -> Iterator[CompletionChunk]:
+    def __iter__(self) -> Iterator[ModelResponseStream]:
         return iter(self._items)
 
-    async def __aiter__(self) -> AsyncIterator[CompletionChunk]:
+    async def __aiter__(self) -> AsyncIterator[ModelResponseStream]:
         for item in self._items:
             yield item
 
 
 class ChunkWriter:
-    """``ChatChunk`` objects as OpenAI ``chat.completion.chunk`` objects, as they come.
+    """``ChatChunk`` objects as LiteLLM's ``ModelResponseStream`` chunks, as they come.
 
     ``feed`` turns one chunk into what is written at once (its content, reasoning and
     tool-call fragments; the role on the first); ``end`` writes the finish chunk and, when
-    asked for, the usage chunk.
+    asked for, the usage chunk. One pydantic object tree per chunk, as LiteLLM builds it.
     """
 
     def __init__(self, include_usage: bool, model: str | None = None) -> None:
         self.include_usage = include_usage
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
         self._started = False
+        self._types = _litellm_types()
         self.finish_reason: str | None = None
         self.usage: Any = None
 
-    def _chunk(self, delta: ChunkDelta, finish: str | None = None) -> CompletionChunk:
-        return CompletionChunk(id=self.id, created=self.created, model=self.model or "",
-                               choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+    def _chunk(self, delta: Any, finish: str | None = None, usage: dict[str, Any] | None = None) -> Any:
+        t = self._types
+        extra = {} if usage is None else {"usage": usage}
+        return t.ModelResponseStream(id=self.id, created=self.created, model=self.model or "",
+                                     choices=[t.StreamingChoices(delta=delta, finish_reason=finish)], **extra)
 
-    def feed(self, chunk: ChatChunk) -> list[CompletionChunk]:
+    def feed(self, chunk: ChatChunk) -> list[ModelResponseStream]:
         self.model = self.model or chunk.model
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
@@ -127,30 +112,27 @@ class ChunkWriter:
             self.usage = chunk.usage
         if not chunk.written:
             return []
-        delta = ChunkDelta(content=chunk.content)
-        if chunk.reasoning:  # where LiteLLM and vLLM stream it; never in content
-            delta = ChunkDelta(content=chunk.content, reasoning_content=chunk.reasoning)  # type: ignore[call-arg]
-        if chunk.tool_calls:
-            delta.tool_calls = [_tool_call_delta(tc) for tc in chunk.tool_calls]
-        if not self._started:
-            delta.role, self._started = "assistant", True
-        return [self._chunk(delta)]
+        t = self._types
+        calls = [_tool_call_delta(t, tc) for tc in chunk.tool_calls] or None
+        role = None if self._started else "assistant"
+        self._started = True
+        # reasoning where LiteLLM and vLLM stream it (``reasoning_content``); never in content
+        return [self._chunk(t.Delta(content=chunk.content, role=role, tool_calls=calls,
+                                    reasoning_content=chunk.reasoning or None))]
 
-    def end(self) -> list[CompletionChunk]:
-        out = [] if self._started else [self._chunk(ChunkDelta(role="assistant", content=""))]
-        out.append(self._chunk(ChunkDelta(), self.finish_reason or "stop"))
+    def end(self) -> list[ModelResponseStream]:
+        t = self._types
+        out = [] if self._started else [self._chunk(t.Delta(role="assistant", content=""))]
+        out.append(self._chunk(t.Delta(), self.finish_reason or "stop"))
         if self.include_usage and self.usage is not None:
-            out.append(CompletionChunk(id=self.id, created=self.created, model=self.model or "", choices=[],
-                                       usage=self.usage.openai_usage()))
+            out.append(self._chunk(t.Delta(), usage=self.usage.openai_usage()))
         return out
 
 
-def _tool_call_delta(tc: Any) -> dict[str, Any]:
-    function = {"arguments": tc.arguments} if tc.name is None else {"name": tc.name, "arguments": tc.arguments}
-    out: dict[str, Any] = {"index": tc.index, "function": function}
-    if tc.id is not None:
-        out.update(id=tc.id, type="function")
-    return out
+def _tool_call_delta(t: Any, tc: ToolCallDelta) -> Any:
+    # A continuation fragment has no id, name or type, as OpenAI streams it.
+    return t.ChatCompletionDeltaToolCall(id=tc.id, type=None if tc.id is None else "function", index=tc.index,
+                                         function=t.Function(name=tc.name, arguments=tc.arguments))
 
 
 class LiveCompletionStream:
@@ -182,7 +164,7 @@ class LiveCompletionStream:
         them on in their own shape; iterate with ``for`` or ``async for`` as the call was made."""
         return self._live
 
-    def __iter__(self) -> Iterator[CompletionChunk]:
+    def __iter__(self) -> Iterator[ModelResponseStream]:
         chunks = iter(self._live)
         try:
             for chunk in chunks:
@@ -191,7 +173,7 @@ class LiveCompletionStream:
             chunks.close()  # a caller that stops early: the call is recorded at once
         yield from self._writer.end()
 
-    async def __aiter__(self) -> AsyncIterator[CompletionChunk]:
+    async def __aiter__(self) -> AsyncIterator[ModelResponseStream]:
         chunks = aiter(self._live)
         try:
             async for chunk in chunks:

@@ -13,7 +13,8 @@ Variants:
   taught async, lean   Atlas.acompletion(strict) over HTTP, direct aiohttp (the proxy's path)
   taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
   middleware only      Atlas(strict) with in-process backends that do no work: the loop's own work
-                       (also with the learned gate and family reuse on, in process memory)
+                       (also with the learned gate and family reuse on, in process memory; and
+                       with OpenTelemetry imported but no provider, then traced with the SDK's)
 
     python bench/overhead.py            # full: 300 calls per variant
     python bench/overhead.py --quick    # seconds: 20 calls per variant (CI runs this)
@@ -117,6 +118,8 @@ def main() -> None:
             rows.append((label, *measure(lambda a=atlas: a.completion(model="s", messages=QUESTION), n)))  # type: ignore[misc]
             atlas.close()
 
+    rows += _tracing_rows(student, teacher, n)
+
     base = dict((r[0], r) for r in rows)
     one_litellm = base["litellm.completion"][2]
     print(f"\n{n} sequential calls per variant; servers in a child process, answering instantly\n")
@@ -134,6 +137,27 @@ def main() -> None:
           f"litellm.completion (target: below): {'met' if lean_cpu < one_litellm else 'NOT met'}")
     print(f"async taught call on the lean path: {lean_async:.2f} ms CPU vs {one_async:.2f} ms for one "
           f"litellm.acompletion (target: below): {'met' if lean_async < one_async else 'NOT met'}")
+
+
+def _tracing_rows(student: object, teacher: object, n: int) -> list[tuple[str, float, float]]:
+    """The middleware alone, traced (``tracing.py``): OpenTelemetry imported with no provider
+    set (spans are skipped after one look-up), then with the SDK's provider (spans made and
+    ended, none exported: what the spans themselves cost). Last: the provider is global."""
+    from atlas_middleware import Atlas
+
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:  # the otel extra and the SDK are not installed: nothing to time
+        return []
+    rows = []
+    for label in ("middleware only, OpenTelemetry imported, no provider", "middleware only, traced (SDK provider)"):
+        if "traced" in label:
+            trace.set_tracer_provider(TracerProvider())
+        atlas = Atlas(teacher="t", student_backend=student, teacher_backend=teacher, policy="strict", ledger="none")
+        rows.append((label, *measure(lambda a=atlas: a.completion(model="s", messages=QUESTION), n)))  # type: ignore[misc]
+        atlas.close()
+    return rows
 
 
 if __name__ == "__main__":

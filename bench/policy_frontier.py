@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,9 @@ from atlas_middleware.testing import (
     Reply,
     classify,
 )
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _reports import FinalReports  # noqa: E402
 
 TEACHER = "hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking"
 _ITEM = re.compile(r"Item (\d+)\b")
@@ -178,7 +183,8 @@ async def run(p: Params, policy: str, judge: str, judge_accuracy: float | None =
     items = draw(p)
     student, teacher = backends(p, items, acc)
     row = Row(policy, judge, acc)
-    atlas = Atlas(teacher=TEACHER, student_backend=student, teacher_backend=teacher, ledger="none",
+    ledger = FinalReports()  # the audits' comparisons, which come after delivery, counted too
+    atlas = Atlas(teacher=TEACHER, student_backend=student, teacher_backend=teacher, ledger=ledger, spool="none",
                   policy=policy, judge=judge, audit_rate=p.audit_rate)
     reports = []
     try:
@@ -189,6 +195,7 @@ async def run(p: Params, policy: str, judge: str, judge_accuracy: float | None =
                 for i in chunk))
             reports += [(i, r.atlas, r.choices[0].message.content) for i, r in zip(chunk, out, strict=True)]
         await atlas.aflush()  # audits compare after delivery: their calls count too
+        reports = [(i, ledger.take(report), text) for i, report, text in reports]
     finally:
         await atlas.aclose()
     right = degraded = improved = 0
@@ -217,7 +224,7 @@ async def run(p: Params, policy: str, judge: str, judge_accuracy: float | None =
 
 CONFIGS = [("strict", "auto"), ("strict", "answer"), ("verify", "auto"), ("verify", "answer"),
            ("audit", "auto"), ("off", "auto")]
-DEFAULT = ("strict", "auto")
+DEFAULT: tuple[str, str] | None = None  # the default policy is adaptive: bench/adaptive_default.py
 
 
 def _judge_name(judge: str) -> str:

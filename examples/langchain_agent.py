@@ -1,7 +1,10 @@
 """A LangChain agent with an ATLAS teacher, offline: `python examples/langchain_agent.py`.
 
 The student and the teacher are scripted LangChain chat models (no network, no keys), so
-the figures show the plumbing, not a real model's teaching gain. Swap in real models:
+the figures show the plumbing, not a real model's teaching gain. The teacher also plays
+the judge, as a real teacher does under ``strict`` (``judge="teacher"``, the default): it
+compares the guided and the baseline answer and prefers the one that answers without
+rambling. Swap in real models:
 
     from langchain_openai import ChatOpenAI
     student = ChatOpenAI(model="gpt-4o-mini")
@@ -20,7 +23,7 @@ from langchain_core.tools import tool
 
 from atlas_middleware.langchain import AtlasAgentMiddleware, atlas_report
 from atlas_middleware.messages import ChatRequest, ToolCall
-from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply
+from atlas_middleware.testing import GradingJudge, PairwiseJudge, Reply, ScriptedBackend, teacher_reply
 from atlas_middleware.testing.langchain import ScriptedChatModel
 
 
@@ -51,6 +54,11 @@ def student_step(verbose: bool):
     return answer
 
 
+def concise_and_right(answer: str) -> bool:
+    """What the judge double calls a right answer: the total, without the rambling."""
+    return "6.0 euros" in answer and "restate" not in answer
+
+
 def main() -> None:
     student = ScriptedChatModel(backend=ScriptedBackend({
         "probe": "Find the unit price with a tool, then multiply.",
@@ -59,6 +67,9 @@ def main() -> None:
     }), model_name="scripted-student")
     teacher = ScriptedChatModel(backend=ScriptedBackend({
         "teacher": teacher_reply("Use get_price, then multiply; answer in one sentence.", level=3),
+        # The teacher's part as the judge: it reads the answers out of the judge's prompt.
+        "judge_pair": PairwiseJudge(concise_and_right),
+        "judge_score": GradingJudge(concise_and_right),
     }), model_name="scripted-teacher")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,9 +5,10 @@ Against your own proxy (``atlas-middleware proxy --config config.yaml``):
     ATLAS_PROXY_URL=http://127.0.0.1:4000/v1 LITELLM_MASTER_KEY=sk-... \\
         python examples/proxy_client.py --model gpt-4o-mini
 
-Without arguments it runs offline: a scripted OpenAI-compatible test server plays both the
-student and the teacher, and the real LiteLLM proxy is started in front of it (this takes
-tens of seconds on a small machine: the proxy imports a lot).
+Without arguments it runs offline: a scripted OpenAI-compatible test server plays the
+student, the teacher and the judge (the teacher, under ``strict``, compares the guided and
+the baseline answer: here it prefers the concise one), and the real LiteLLM proxy is started
+in front of it (this takes tens of seconds on a small machine: the proxy imports a lot).
 """
 
 from __future__ import annotations
@@ -68,8 +69,18 @@ def demo(client: openai.OpenAI, model: str) -> None:
         show(f"session step {step} (guidance reused: {reused})", raw.headers)
 
 
+def concise_and_right(answer: str) -> bool:
+    return "$15" in answer and "percent" not in answer
+
+
 def offline(stack: ExitStack) -> tuple[str, str, str]:
-    from atlas_middleware.testing import OpenAITestServer, ScriptedBackend, teacher_reply
+    from atlas_middleware.testing import (
+        GradingJudge,
+        OpenAITestServer,
+        PairwiseJudge,
+        ScriptedBackend,
+        teacher_reply,
+    )
     from atlas_middleware.testing.proxy import ProxyProcess
 
     script = {
@@ -78,6 +89,10 @@ def offline(stack: ExitStack) -> tuple[str, str, str]:
         "guided": "25% of $20 is $5, so you pay $15.",
         "baseline": "The discount is 25 percent. 25 percent of 20 dollars is 5 dollars. "
                     "20 minus 5 is 15. You pay $15.",
+        # The teacher's part as the judge: it reads the answers out of the judge's prompt and
+        # calls right the one that gets $15 without spelling out every step.
+        "judge_pair": PairwiseJudge(concise_and_right),
+        "judge_score": GradingJudge(concise_and_right),
     }
     upstream = stack.enter_context(OpenAITestServer(ScriptedBackend(script)))
     print("starting the LiteLLM proxy (offline demo) ...", flush=True)

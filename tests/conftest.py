@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,3 +122,22 @@ def backend(upstream: OpenAITestServer) -> Iterator[ScriptedBackend]:
         b.calls.clear()
     yield b
     b.script = addition_script()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """``Atlas`` settings that put the shared state (sessions, family evidence, budgets) in
+    process memory or in a throwaway prefix of the test Redis, removed afterwards."""
+    if request.param == "memory":
+        yield {}
+        return
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        pytest.skip('TEST_REDIS_URL is not set: eval "$(scripts/ci-services.sh)" starts a throwaway Redis')
+    redis = pytest.importorskip("redis")
+    prefix = f"atlas-test:{uuid.uuid4().hex}:"
+    yield {"state": url, "state_prefix": prefix, "state_timeout": 1.0}
+    client = redis.Redis.from_url(url, decode_responses=True)
+    for key in client.scan_iter(prefix + "*"):
+        client.delete(key)
+    client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -83,6 +84,54 @@ def test_the_provider_answers_litellms_bad_request(make_atlas: Any) -> None:
 
 async def _consume(call: Any) -> list[Any]:
     return [chunk async for chunk in await call]  # a stream's error comes with its first chunk
+
+
+# -- the session id: a state key and a ledger column -------------------------------------------
+
+BAD_SESSION_IDS = [
+    ("s" * 10_000, "atlas session_id is 10000 characters long; at most 256 are allowed"),
+    ("step\n2", "atlas session_id must not contain control characters"),
+    (7, "atlas session_id must be a string, not int"),
+]
+
+
+@pytest.mark.parametrize(("session_id", "message"), BAD_SESSION_IDS)
+def test_a_bad_session_id_is_refused_before_any_call(make_atlas: Any, session_id: Any, message: str) -> None:
+    atlas, student, teacher = make_atlas(ledger="sqlite:///:memory:")
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
+        atlas.completion(model="m", messages=QUESTION, atlas={"session_id": session_id})
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
+        asyncio.run(atlas.acompletion(model="m", messages=QUESTION, stream=True,
+                                      metadata={"atlas": {"session_id": session_id}}))
+    atlas.flush()
+    assert student.calls == [] and teacher.calls == [] and atlas.ledger.records() == []
+
+
+def test_a_session_id_within_the_bounds_is_kept_as_given(make_atlas: Any) -> None:
+    atlas, student, teacher = make_atlas(ledger="sqlite:///:memory:")
+    sid = "agent 7 / task " + "x" * 241  # 256 characters, spaces and all
+    assert atlas.completion(model="m", messages=QUESTION, atlas={"session_id": sid}).atlas.session_id == sid
+    assert atlas.completion(model="m", messages=QUESTION, atlas={"session_id": ""}).atlas.session_id is None
+    atlas.flush()
+    assert [r.session_id for r in atlas.ledger.records()] == [sid, None]
+
+
+@pytest.mark.parametrize(("session_id", "message"), BAD_SESSION_IDS)
+def test_the_provider_answers_a_bad_session_id_with_a_bad_request(make_atlas: Any, session_id: Any,
+                                                                   message: str) -> None:
+    litellm = pytest.importorskip("litellm")
+    from atlas_middleware.provider import AtlasLLM, register
+
+    atlas, student, teacher = make_atlas(ledger="sqlite:///:memory:")
+    register(AtlasLLM(atlas))
+    with pytest.raises(litellm.BadRequestError, match=re.escape(message)):
+        litellm.completion(model="atlas/openai/m", messages=QUESTION, metadata={"atlas": {"session_id": session_id}})
+    if isinstance(session_id, str):  # the proxy passes the client's headers in the metadata
+        with pytest.raises(litellm.BadRequestError, match=re.escape(message)):
+            litellm.completion(model="atlas/openai/m", messages=QUESTION,
+                               metadata={"headers": {"x-atlas-session-id": session_id}})
+    atlas.flush()
+    assert student.calls == [] and teacher.calls == []
 
 
 # -- the proxy's gate, an ASGI middleware ----------------------------------------------------

@@ -161,6 +161,40 @@ def check_learned_gate(out: str) -> None:
         assert row["right state"] == right and row["final state"] == right, row
 
 
+def check_adaptive_default(out: str) -> None:
+    main, families = tables(out)
+    by = {r["policy"].replace(" **(default)**", ""): r for r in main}
+    assert list(by) == ["adaptive", "strict", "audit"]
+    for r in main:
+        in_range(r["delivered accuracy"], 0, 100)
+        in_range(r["vs per-family oracle"], -100, 100)
+        in_range(r["NDR"], 0, 100)
+        in_range(r["dollars vs alone"], 0.1, 10)
+        in_range(r["student tokens vs alone"], 0.1, 10)
+    # The mechanism, not a speed: the default keeps NDR where strict does, for fewer dollars.
+    assert number(by["adaptive"]["NDR"]) >= 99.0
+    assert number(by["adaptive"]["dollars vs alone"]) < number(by["strict"]["dollars vs alone"])
+    # An audit's baseline and judge run after delivery: counted all the same (probe, teacher
+    # and guided answer are 3 calls; the sampled tenth adds its comparison's).
+    assert 3.05 < number(by["audit"]["calls"]) < 3.5
+    rows = {r["family"]: r for r in families}
+    assert set(rows) == {"helps", "helps-little", "harms", "inert", "tail"}
+    assert rows["harms"]["final mode"] == "skip" and rows["helps"]["final mode"] in ("strict", "verify", "audit")
+    assert "Default: mix A: NDR" in out
+
+
+def check_stream_chunks(out: str) -> None:
+    (rows,) = tables(out)
+    by = {r["stream"]: r for r in rows}
+    assert len(by) == 6 and "ChunkWriter alone" in by
+    for r in rows:
+        in_range(r["chunks"], 1, 10_000)
+        in_range(r["per chunk us"], 0.01, 100_000)
+    # LiteLLM's own chunk objects cost far less per chunk than LiteLLM's stream wrapper adds
+    reference = next(r for label, r in by.items() if label.startswith("litellm.completion"))
+    assert number(by["ChunkWriter alone"]["per chunk us"]) < number(reference["per chunk us"])
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in dict(globals()).items() if name.startswith("check_")}
 
 

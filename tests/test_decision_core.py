@@ -5,6 +5,8 @@ messages. Most tests here were written against mutants that survived the policy 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import QUESTION
 
@@ -15,7 +17,7 @@ from atlas_middleware.messages import ChatResponse, ToolCall
 from atlas_middleware.report import CallReport, Reason
 from atlas_middleware.sessions import SessionCache
 from atlas_middleware.teaching.commands import CallResult, ModelCall
-from atlas_middleware.testing import PairwiseJudge, Reply, teacher_reply
+from atlas_middleware.testing import PairwiseJudge, Reply, judged_answers, teacher_reply
 from atlas_middleware.usage import Usage, UsageByRole
 
 
@@ -99,14 +101,19 @@ def test_usage_by_role_totals_and_the_student_share() -> None:
     assert (st.prompt_tokens, st.completion_tokens, st.calls) == (12, 16, 4)
 
 
-@pytest.mark.parametrize(("saved", "net", "text"), [
-    (12, -30, "guided (agreement); tokens saved +12, net -30; 250 ms"),
-    (None, None, "guided (agreement); tokens saved n/a, net n/a; 250 ms"),
-    (0, 5, "guided (agreement); tokens saved +0, net +5; 250 ms"),
+@pytest.mark.parametrize(("saved", "net", "dollars", "text"), [
+    (12, -30, (0.00012, "measured", None),
+     "guided (agreement); saved $0.000120 against the student alone; answer tokens saved +12, net tokens saved +30; 250 ms"),
+    (None, None, (None, None, None), "guided (agreement); dollars saved n/a; answer tokens saved n/a, net tokens saved n/a; 250 ms"),
+    (0, 5, (-0.0003, "estimated", 7), "guided (agreement); spent $0.000300 more than the student alone "
+     "(estimated from 7 baselines); answer tokens saved +0, net tokens saved -5; 250 ms"),
 ])
-def test_report_summary_line(saved: int | None, net: int | None, text: str) -> None:
+def test_report_summary_line(saved: int | None, net: int | None, dollars: tuple[Any, ...], text: str) -> None:
+    # Net dollars lead; an estimated counterfactual says so, with the sample behind it.
+    cost_saved, basis, samples = dollars
     r = CallReport(student_model="s", policy="strict", decision="guided", reason=Reason.AGREEMENT,
-                   tokens_saved=saved, net_tokens=net, latency_ms={"total": 250.4})
+                   tokens_saved=saved, net_tokens=net, latency_ms={"total": 250.4}, cost_saved_usd=cost_saved,
+                   counterfactual_basis=basis, counterfactual_samples=samples)
     assert r.summary() == text
 
 
@@ -126,7 +133,7 @@ def test_kept_answers_are_the_guided_and_baseline_texts(make_atlas, call) -> Non
 
 def test_latency_per_role_is_the_slowest_call_of_that_role(make_atlas, call) -> None:
     def slow_when_guided_first(req: ChatRequest) -> Reply:
-        guided_first = "<answer_A>\n20 + 22 = 42" in req.messages[-1]["content"]
+        guided_first = judged_answers(req)["A"].startswith("20 + 22 = 42")
         return Reply("<verdict>A</verdict>" if guided_first else "<verdict>B</verdict>",
                      delay=0.15 if guided_first else 0.0)
 
@@ -219,7 +226,7 @@ def test_verify_keeps_the_guided_answer_when_the_baseline_fails(make_atlas, call
 @pytest.mark.parametrize(("verdict", "winner", "degraded"), [("A", "guided", False), ("TIE", "tie", False)])
 def test_audit_records_what_the_sample_found(make_atlas, call, verdict: str, winner: str, degraded: bool) -> None:
     def judge(req: ChatRequest) -> str:
-        guided_first = "<answer_A>\n20 + 22 = 42" in req.messages[-1]["content"]
+        guided_first = judged_answers(req)["A"].startswith("20 + 22 = 42")
         return f"<verdict>{'A' if guided_first else 'B'}</verdict>" if verdict == "A" else "<verdict>TIE</verdict>"
 
     atlas, *_ = make_atlas(policy="audit", audit_rate=1.0, ledger="sqlite:///:memory:", teacher={"judge_pair": judge})
@@ -328,7 +335,7 @@ def test_verdicts_are_read_after_the_reasoning() -> None:
 
     assert _verdict("<think>maybe <verdict>A</verdict></think><verdict> b </verdict>") == "B"
     assert _verdict("I think... </think>\n<verdict>TIE</verdict>") == "TIE"
-    assert _verdict("<verdict>A</verdict> then <verdict>B</verdict>", "length") == "B"  # cut after a verdict
+    assert _verdict("<verdict>B</verdict> then, to be sure, <verdict>B", "length") == "B"  # cut after a verdict
     for text, finish in (("<think>still thinking <verdict>A</verdict>", "length"), ("<think>no end", "stop"),
                          ("no verdict", "stop")):
         with pytest.raises(JudgeError):
@@ -457,7 +464,7 @@ def test_the_teacher_grades_the_guided_answer(make_atlas, call, verdict: str, re
     system, user = req.messages
     assert system["role"] == "system" and "integer score from 0" in system["content"]
     assert "What is 20 + 22?" in user["content"] and "The answer is 42" in user["content"]
-    assert "<answer>" in user["content"] and "<task_data>" in user["content"]
+    assert judged_answers(req) == {"answer": "20 + 22 = 42. The answer is 42"} and "<task_data_" in user["content"]
 
 
 @pytest.mark.parametrize(("verdict", "detail"), [

@@ -36,11 +36,12 @@ def test_demo_prints_the_figures_its_ledger_holds(tmp_path) -> None:  # type: ig
     db = tmp_path / "demo.db"
     result = CliRunner().invoke(app, [
         "demo", "--limit", "2", "--answer-tokens", "40", "--probe-tokens", "16", "--teacher-tokens", "32",
-        "--ledger", f"sqlite:///{db}",
+        "--ledger", f"sqlite:///{db}", "--shadow", "1",
     ])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())  # rich wraps long lines at the terminal width
-    rows = sorted(SQLiteLedger(db).records(), key=lambda r: r.created_at)
+    every = sorted(SQLiteLedger(db).records(), key=lambda r: r.created_at)
+    rows = [r for r in every if r.policy != "shadow"]
     assert len(rows) == 2
 
     calls = re.findall(r"#\d (gsm8k-test-\d+): .*? decision (\w+) \((\w+)\); protocol (\w+); .*? "
@@ -67,3 +68,20 @@ def test_demo_prints_the_figures_its_ledger_holds(tmp_path) -> None:  # type: ig
     assert f"calls: 2; decisions: {decisions}" in out
     assert "shows the mechanism" in out and "not the teaching gain" in out
     assert "'answer' judge" in out  # what suits the embedded model, said
+
+    # Then the shadow run: the student's own answer at once, what strict would have done after,
+    # and the savings report's shadow figures, from the same ledger.
+    (shadow,) = [r.report() for r in every if r.policy == "shadow"]
+    assert shadow.shadow is not None and shadow.shadow.reason is not None and shadow.shadow.decision is not None
+    m = re.search(r"shadow #1 (gsm8k-test-\d+): delivered student_only \(shadow_sampled\), the student's own "
+                  r"answer, in \d+ ms then in the background: (.*?); strict would have delivered (\w+) \((\w+)\)", out)
+    assert m is not None, out
+    assert (m[3], m[4]) == (shadow.shadow.decision, shadow.shadow.reason.value)
+    assert m[1] == calls[0][0]  # the first problem again
+    from atlas_middleware.reporting.summary import summarize
+
+    figures = summarize([r for r in every], ledger="x").overall.shadow
+    assert figures is not None and figures.sampled == 1
+    assert "Shadow report: what teaching would have delivered" in out
+    assert f"t:gsm8k: shadow calls 1; sampled 1; compared {figures.compared};" in out
+    assert f"all: shadow calls 1; sampled 1; compared {figures.compared};" in out

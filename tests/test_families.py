@@ -15,7 +15,15 @@ from conftest import QUESTION
 
 from atlas_middleware.errors import InvalidRequestError
 from atlas_middleware.ledger import LedgerQuery, SQLiteLedger
-from atlas_middleware.teaching.families import MAX_TAG_CHARS, family_of, fingerprint, normalise
+from atlas_middleware.ledger.sqlite import SCHEMA_VERSION
+from atlas_middleware.teaching.families import (
+    HEAD_CHARS,
+    MAX_TAG_CHARS,
+    TAIL_CHARS,
+    family_of,
+    fingerprint,
+    normalise,
+)
 
 SYSTEM = {"role": "system", "content": "You are a billing assistant. Answer in one sentence."}
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
@@ -73,6 +81,19 @@ def test_the_key_format_is_short_and_documented() -> None:
     k = key("What is 17% of 240?")
     assert k.startswith("f:") and len(k) == 14 and int(k[2:], 16) >= 0
     assert normalise("Order 'A-1' at 10:30 on 2024-05-01 costs $1,234.50") == "order <str> at <time> on <date> costs $<num>"
+
+
+def test_a_long_text_is_read_at_its_two_ends() -> None:
+    # The first HEAD_CHARS and the last TAIL_CHARS characters make the key; what lies
+    # between (a pasted document) does not, so a huge prompt costs no more to fingerprint.
+    head = "Summarise the report below in three bullets.\n" + "Context. " * (HEAD_CHARS // 9)
+    tail = "Note. " * (TAIL_CHARS // 6) + "\nAnswer in English."
+    one = head + "x" * 50_000 + tail
+    assert key(one) == key(head + "lorem ipsum dolor " * 5_000 + tail)
+    assert key(one) != key("Translate" + one[9:])
+    assert key(one) != key(one[:-8] + "French.")
+    within = "Summarise the report below.\n" + "x" * 1_000 + "\nAnswer in English."
+    assert key(within) != key(within.replace("x" * 1_000, "lorem " * 160))  # all of it is read
 
 
 def test_only_the_last_user_message_and_text_parts_count() -> None:
@@ -172,7 +193,7 @@ def test_a_version_1_sqlite_ledger_is_migrated(make_atlas, tmp_path: Path) -> No
         conn.executescript(V1_SCHEMA)
     conn.close()
     ledger = SQLiteLedger(path)
-    assert ledger.schema_version() == 2
+    assert ledger.schema_version() == SCHEMA_VERSION
     (old,) = ledger.records()
     assert old.call_id == "old-call" and old.task_family is None and old.report().task_family is None
     ledger.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from atlas_middleware.learning.rebuild import replay
 from atlas_middleware.report import AuditInfo, CallReport, Reason
 from atlas_middleware.state.base import FamilyEvidence
 from atlas_middleware.state.families import MemoryFamilies
+from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import teacher_reply
 from atlas_middleware.usage import Usage
 
@@ -56,25 +56,8 @@ STUDENT = {"baseline": _answer(False), "guided": _answer(True)}
 TEACHER = {"teacher": teacher_reply("Carry the one.")}
 
 
-@pytest.fixture(params=["memory", "redis"])
-def state(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """Settings that put the gate's evidence in process memory or in a throwaway Redis prefix."""
-    if request.param == "memory":
-        yield {}
-        return
-    if not REDIS_URL:
-        pytest.skip('TEST_REDIS_URL is not set: eval "$(scripts/ci-services.sh)" starts a throwaway Redis')
-    redis = pytest.importorskip("redis")
-    prefix = f"atlas-test:{uuid.uuid4().hex}:"
-    yield {"state": REDIS_URL, "state_prefix": prefix, "state_timeout": 1.0}
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    for key in client.scan_iter(prefix + "*"):
-        client.delete(key)
-    client.close()
-
-
 def key(family: str, model: str = "student-model") -> str:
-    return gate_key(model, family)
+    return gate_key(model, family, DEFAULT_TENANT)
 
 
 def ask(call: Any, atlas: Any, family: str, n: int = 1) -> list[CallReport]:
@@ -155,7 +138,7 @@ def _report(family: str, reason: Reason, policy: str = "strict", **kw: Any) -> C
     return report
 
 
-F, G = gate_key("s", "f"), gate_key("s", "g")
+F, G = gate_key("s", "f", DEFAULT_TENANT), gate_key("s", "g", DEFAULT_TENANT)
 
 
 def test_scripted_outcomes_drive_the_gate_both_ways() -> None:

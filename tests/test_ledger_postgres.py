@@ -93,7 +93,7 @@ def test_schema_is_versioned(pg_url: str) -> None:
 def test_a_version_1_database_is_migrated(pg_url: str) -> None:
     import psycopg
 
-    from atlas_middleware.ledger.postgres import PostgresLedger
+    from atlas_middleware.ledger.postgres import SCHEMA_VERSION, PostgresLedger
 
     PostgresLedger(pg_url).close()
     with psycopg.connect(pg_url, autocommit=True) as conn:  # back to version 1, with one old row
@@ -107,7 +107,7 @@ def test_a_version_1_database_is_migrated(pg_url: str) -> None:
                      list(row.values()))
     ledger = PostgresLedger(pg_url)
     try:
-        assert ledger.schema_version() == 2
+        assert ledger.schema_version() == SCHEMA_VERSION
         (back,) = ledger.records()
         assert back.call_id == old.call_id and back.task_family is None
         ledger.append(make_record().model_copy(update={"call_id": "new", "task_family": "t:after"}))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 
+import pytest
 from conftest import QUESTION
 
+from atlas_middleware.errors import LedgerError
 from atlas_middleware.ledger import LedgerRecord, SQLiteLedger, open_ledger
 from atlas_middleware.report import CallReport
 
@@ -136,3 +139,56 @@ def test_a_locked_ledger_file_delays_a_call_by_the_write_timeout_then_spools(mak
     atlas.flush()
     assert len(atlas.ledger.records()) == 5 and locked_id in {r.call_id for r in atlas.ledger.records()}
     assert Spool(spool).pending() == 0
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_locked_ledger_file_costs_a_call_no_more_than_its_deadline(make_atlas, tmp_path, driver) -> None:
+    # Under ``timeout=0.5`` the write waits what is left of the call's deadline, not the
+    # ledger's 2 s write timeout; the record waits in the spool and lands once, later.
+    import sqlite3
+    import time
+
+    db, spool = tmp_path / "locked.db", tmp_path / "spool.jsonl"
+    atlas, *_ = make_atlas(ledger=f"sqlite:///{db}", spool=str(spool))
+
+    def timed_call() -> tuple[str, float]:
+        t0 = time.monotonic()
+        if driver == "sync":
+            out = atlas.completion(model="m", messages=QUESTION, timeout=0.5)
+        else:
+            out = asyncio.run(atlas.acompletion(model="m", messages=QUESTION, timeout=0.5))
+        return out.atlas.call_id, time.monotonic() - t0
+
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        locked_id, waited = timed_call()
+        assert waited < 0.5 + 0.2, f"the call took {waited:.2f} s under timeout=0.5"
+        assert atlas.ledger_writer.pending() == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for _ in range(100):  # the given-up write fails at SQLite's busy timeout; then it is retried
+        atlas.flush()
+        if atlas.ledger_writer.pending() == 0:
+            break
+        time.sleep(0.05)
+    assert [r.call_id for r in atlas.ledger.records()] == [locked_id]
+
+
+def test_a_file_with_corrupted_pages_is_refused_at_open(tmp_path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    for i in range(300):  # enough rows for the table to span many pages
+        ledger.append(_record(i, "c"))
+    ledger.close()
+    page = 4096
+    with open(path, "r+b") as f:  # scribble over data pages, past the schema page
+        size = f.seek(0, 2)
+        assert size > 8 * page
+        for n in range(3, size // page - 1, 2):
+            f.seek(n * page + 100)
+            f.write(b"\xa5" * 1500)
+    with pytest.raises(LedgerError, match=str(path)) as err:
+        SQLiteLedger(path)
+    assert "corrupt" in str(err.value) or "malformed" in str(err.value)

@@ -87,9 +87,10 @@ def test_off_streams_the_guided_answer_as_the_student_writes_it(make_atlas, mode
     chunks = [first, *rest]
     assert _text(chunks) == GUIDED
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == len(GUIDED.split())
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    # the usage chunk comes last and is the guided call's, as the student counted it
-    assert chunks[-1].choices == [] and chunks[-1].usage == {
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    # the usage chunk comes last (one empty choice, as LiteLLM's) and is the guided call's,
+    # as the student counted it
+    assert chunks[-1].choices[0].delta.content is None and chunks[-1].usage.model_dump(exclude_none=True) == {
         "prompt_tokens": stream.atlas.usage.guided.prompt_tokens,
         "completion_tokens": len(GUIDED.split()), "total_tokens": stream.atlas.usage.guided.total_tokens}
     report = stream.atlas  # completed when the stream ended
@@ -144,7 +145,7 @@ def test_strict_and_verify_still_replay_the_decided_answer(make_atlas, mode, pol
     assert isinstance(stream, CompletionStream) and streamed == []  # every student call made whole
     assert stream.atlas.reason in (Reason.AGREEMENT, Reason.VERIFIED)
     assert _text([first, *rest]) in (GUIDED, "The answer is 42")
-    assert _usage(rest)["completion_tokens"] in (len(GUIDED.split()), 4)
+    assert _usage(rest).completion_tokens in (len(GUIDED.split()), 4)
 
 
 def test_a_failure_mid_stream_is_raised_and_recorded(make_atlas, mode, tmp_path: Path) -> None:
@@ -277,7 +278,7 @@ def test_live_stream_over_http(servers, lean: bool, mode: str) -> None:
     assert _text([first, *rest]) == GUIDED
     report = stream.atlas
     assert report.reason == Reason.POLICY_OFF and report.usage.guided.counted_by == "provider"
-    assert _usage(rest)["completion_tokens"] == report.usage.guided.completion_tokens == len(GUIDED.split())
+    assert _usage(rest).completion_tokens == report.usage.guided.completion_tokens == len(GUIDED.split())
     # the student was asked for a stream with its usage, and the caller's options never
     # reached the probe
     guided = [r["body"] for r in student.requests if r["body"].get("stream")]

@@ -9,7 +9,7 @@ import pytest
 from conftest import QUESTION
 
 from atlas_middleware import ChatRequest, Reason
-from atlas_middleware.testing import PairwiseJudge, Reply, teacher_reply
+from atlas_middleware.testing import PairwiseJudge, Reply, judged_answers, teacher_reply
 from atlas_middleware.testing.scripted import words
 
 
@@ -90,7 +90,7 @@ def test_strict_teacher_judge_is_position_debiased(make_atlas, call, prefers, de
     # The two orders are judged at once, so the scripted judge reads which answer sits in
     # position A (its call order is the thread pool's) and names the one it prefers.
     def judge(req: ChatRequest) -> str:
-        a_is_guided = "<answer_A>\nThe answer is 42" in req.messages[-1]["content"]
+        a_is_guided = judged_answers(req)["A"].startswith("The answer is 42")
         if prefers in ("A", "TIE"):
             return f"<verdict>{prefers}</verdict>"
         return "<verdict>A</verdict>" if a_is_guided == (prefers == "guided") else "<verdict>B</verdict>"

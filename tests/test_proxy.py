@@ -24,7 +24,8 @@ pytest.importorskip("prometheus_client")
 
 from conftest import ADDITION_BASELINE, ADDITION_GUIDED, ADDITION_QUESTION  # noqa: E402
 
-from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend  # noqa: E402
+from atlas_middleware.messages import text_chars  # noqa: E402
+from atlas_middleware.testing import HTTPFault, OpenAITestServer, Reply, ScriptedBackend  # noqa: E402
 from atlas_middleware.testing.proxy import GENERAL_SETTINGS, LITELLM_SETTINGS, ProxyProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -292,3 +293,54 @@ def test_live_stream_under_off_reaches_the_client_before_the_student_has_finishe
     assert text == GUIDED
     assert chunks[-1]["usage"]["completion_tokens"] == len(GUIDED.split())  # the guided call's, at the end
     assert sorted(backend.roles()) == ["guided", "probe", "teacher"]  # nothing compared before delivery
+
+
+HUGE_PROMPT_CHARS = 6_000_000  # several MB, under the gate's default 10 MiB body limit
+# A probe answers in tens of ms here; before issue 23 an 80 KB prompt held the proxy's
+# event loop for 26 s (a quadratic fingerprint), and one of 6 MB would have held it for days.
+LIVELINESS_BOUND = 2.0
+SMALL_CALL_BOUND = 5.0
+
+
+def test_a_huge_prompt_does_not_hold_the_proxy(proxy: ProxyProcess, backend: ScriptedBackend) -> None:
+    # One caller's megabytes (a base64url blob: one word, no spaces) are fingerprinted,
+    # checked and sent on without holding the event loop: the proxy's liveliness probe and
+    # another caller's small taught call answer while the huge call is in flight.
+    huge = ("QUJDRA-_zz09" * (HUGE_PROMPT_CHARS // 12 + 1))[:HUGE_PROMPT_CHARS]
+    headers = {"Authorization": f"Bearer {proxy.master_key}"}
+    done: dict[str, Any] = {}
+
+    def slow_when_huge(text: str) -> Any:  # the huge call stays in flight while probes come
+        return lambda request: Reply(text, delay=1.0) if text_chars(request.messages) > 1_000_000 else text
+
+    backend.script.update(guided=slow_when_huge(GUIDED), baseline=slow_when_huge(BASELINE))
+
+    def send() -> None:
+        done["response"] = httpx.post(f"{proxy.url}/chat/completions", headers=headers, timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": huge}]})
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    probes: list[float] = []
+    small: list[float] = []
+    during = 0
+    while sender.is_alive():
+        during += 1
+        t0 = time.perf_counter()
+        assert httpx.get(f"{proxy.base}/health/liveliness", timeout=60).status_code == 200
+        probes.append(time.perf_counter() - t0)
+        if len(probes) % 4 == 1:
+            t0 = time.perf_counter()
+            reply = httpx.post(f"{proxy.url}/chat/completions", headers=headers, timeout=60,
+                               json={"model": MODEL, "messages": QUESTION})
+            small.append(time.perf_counter() - t0)
+            assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == GUIDED
+    sender.join(120)
+    response = done["response"]
+    assert response.status_code == 200, response.text[:500]
+    assert response.json()["atlas"]["decision"] in ("guided", "baseline")
+    print(f"huge prompt {HUGE_PROMPT_CHARS} chars: liveliness max {max(probes) * 1000:.0f} ms over "
+          f"{len(probes)} probes, small call max {max(small) * 1000:.0f} ms")
+    assert during >= 3  # the probes overlapped the huge call
+    assert max(probes) < LIVELINESS_BOUND, probes
+    assert max(small) < SMALL_CALL_BOUND, small

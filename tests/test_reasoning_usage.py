@@ -148,10 +148,10 @@ def test_reasoning_student_stream_keeps_reasoning_delta_and_usage(servers, lean,
     thought = [d.reasoning_content for d in deltas if getattr(d, "reasoning_content", None)]
     assert thought == [GUIDED_THOUGHT]
     assert "".join(d.content or "" for d in deltas) == ANSWER  # the thinking is not in the content
-    (usage,) = [c.usage for c in items if c.usage is not None]
-    assert usage["completion_tokens"] == 100
-    assert usage["completion_tokens_details"] == {"reasoning_tokens": 90}
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 16}
+    (usage,) = [c.usage for c in items if getattr(c, "usage", None) is not None]
+    assert usage.completion_tokens == 100
+    assert usage.completion_tokens_details.reasoning_tokens == 90
+    assert usage.prompt_tokens_details.cached_tokens == 16
 
 
 def test_vllm_reasoning_field_is_delivered_as_litellm_delivers_it(servers, lean) -> None:
@@ -311,8 +311,8 @@ def test_live_stream_of_a_reasoning_student(servers, lean, call) -> None:
     thought = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
     assert thought.split() == GUIDED_THOUGHT.split()
     assert "".join(d.content or "" for d in deltas) == ANSWER
-    (usage,) = [c.usage for c in items if c.usage is not None]
-    assert usage["completion_tokens_details"] == {"reasoning_tokens": 90}
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 16}
+    (usage,) = [c.usage for c in items if getattr(c, "usage", None) is not None]
+    assert usage.completion_tokens_details.reasoning_tokens == 90
+    assert usage.prompt_tokens_details.cached_tokens == 16
     assert (r.usage.guided.reasoning_tokens, r.usage.guided.cached_tokens) == (90, 16)
     assert r.usage.teacher.reasoning_tokens == 120 and r.tokens_saved is None

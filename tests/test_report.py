@@ -45,7 +45,8 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[LedgerRe
 
 
 def cli(*args: str) -> str:
-    result = runner.invoke(app, ["report", *args])
+    # A wide terminal: the table rows are read whole (test_report_readable checks narrow ones).
+    result = runner.invoke(app, ["report", *args], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.stdout
 
@@ -61,6 +62,7 @@ def test_ledger_holds_every_kind_of_call(ledger: tuple[str, list[LedgerRecord]])
     assert any(r.reason == "teacher_error" for r in rows)
     assert any(r.tokens_saved is None for r in rows) and any((r.tokens_saved or 0) > 0 for r in rows)
     assert any(r.cost_usd is not None for r in rows) and any(r.cost_usd is None for r in rows)
+    assert any((r.cost_saved_usd or 0) < 0 for r in rows) and any(r.cost_saved_usd is None for r in rows)
 
 
 @pytest.mark.parametrize("group_by", ["day", "model", "session", "decision", "family"])
@@ -104,8 +106,9 @@ def test_family_csv_and_table_match_ledger_rows(ledger: tuple[str, list[LedgerRe
         want = expected(group)
         line = next(ln for ln in section.splitlines() if ln.strip("│┃| ").startswith(key))
         cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
-        assert cells[:6] == [key, str(want["calls"]), str(want["taught"]), f"{want['taught'] / want['calls']:.1%}",
-                             format(want["net_tokens"], "+,"), pct(want["net_rate"])], key
+        assert cells[:8] == [key, str(want["calls"]), *dollar_cells(want), str(want["taught"]),
+                             f"{want['taught'] / want['calls']:.1%}", format(-want["net_tokens"], "+,"),
+                             pct(None if want["net_rate"] is None else -want["net_rate"])], key
     one = json.loads(cli("--ledger", url, "--json", "--family", "t:graded sums"))
     check_group_json(one["overall"], families["t:graded sums"])
     assert one["filters"] == {"family": "t:graded sums"}
@@ -148,6 +151,13 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:+.1f}%"
 
 
+def dollar_cells(want: dict[str, Any]) -> list[str]:
+    """The two net-dollar cells that lead a row, formatted here independently of the renderer."""
+    saved, ratio = want["cost_saved_usd"], want["cost_vs_alone"]
+    net = "n/a" if saved is None else ("+" if saved >= 0 else "-") + "$" + format(abs(saved), ",.6f")
+    return [net, "n/a" if ratio is None else format(ratio, ".2f") + "x"]
+
+
 def table_cells(want: dict[str, Any]) -> list[str]:
     """What a table row must show, formatted here independently of the renderer."""
     d = want["decisions"]
@@ -156,10 +166,10 @@ def table_cells(want: dict[str, Any]) -> list[str]:
         cost += f" (+{want['cost_unknown_calls']} unpriced)"
     share = "n/a" if want["teacher_error_rate"] is None else f"{want['teacher_error_rate'] * 100:.1f}%"
     return [
-        str(want["calls"]), f"{d['guided']} / {d['baseline']} / {d['student_only']}",
+        str(want["calls"]), *dollar_cells(want), f"{d['guided']} / {d['baseline']} / {d['student_only']}",
         *(format(want["tokens"][r]["prompt"] + want["tokens"][r]["completion"], ",") for r in ROLES),
         format(want["total_tokens"], ","), format(want["tokens_saved"], "+,"), pct(want["saved_rate"]),
-        format(want["net_tokens"], "+,"), pct(want["net_rate"]), cost,
+        format(-want["net_tokens"], "+,"), pct(None if want["net_rate"] is None else -want["net_rate"]), cost,
         format(want["teacher_p50"], ",.1f"), format(want["teacher_p95"], ",.1f"), share,
     ]
 
@@ -176,6 +186,13 @@ def test_table_matches_ledger_rows(ledger: tuple[str, list[LedgerRecord]]) -> No
     for key, group_rows in [*groups.items(), ("all", rows)]:
         assert lines[key][: len(table_cells(expected(group_rows)))] == table_cells(expected(group_rows)), key
     assert "pending spooled records: 0" in text
+    # Net dollars lead: the first line, before any table.
+    want = expected(rows)
+    spent = -want["cost_saved_usd"]
+    assert " ".join(text.split("\n\n")[0].split()).startswith(
+        f"Teaching cost ${spent:.3g} ({spent / want['student_alone_cost_usd']:.1%}) more than the student alone "
+        f"would have, over {want['dollar_calls']} of {want['calls']} calls. {want['dollar_calls']} measured against "
+        "the call's own baseline, 0 estimated from its family's measured baselines.")
 
 
 def test_filters_select_the_same_rows_as_the_ledger(ledger: tuple[str, list[LedgerRecord]]) -> None:
@@ -212,6 +229,8 @@ class _Page(HTMLParser):
         self.images: dict[str, str] = {}
         self.rows: dict[str, list[str]] = {}
         self.cards: dict[str, str] = {}
+        self.headline = ""
+        self._in_headline = False
         self.urls: list[str] = []
         self._row: str | None = None
         self._card: str | None = None
@@ -226,20 +245,27 @@ class _Page(HTMLParser):
         if tag == "img":
             self.images[a["data-chart"] or ""] = a["src"] or ""
         elif tag == "tr" and a.get("data-group"):
+            # A table split to fit the screen repeats its rows: their cells read on in order.
             self._row = a["data-group"]
-            self.rows[self._row] = []
+            self.rows.setdefault(self._row, [])
         elif tag == "td" and self._row:
             self._cell, self._text = True, ""
         elif tag == "div" and a.get("data-k"):
             self._card = a["data-k"]
+        elif tag == "p" and a.get("data-headline"):
+            self._in_headline = True
         elif tag == "div" and a.get("class") == "v" and self._card:
             self._cell, self._text = True, ""
 
     def handle_data(self, data: str) -> None:
         if self._cell:
             self._text += data
+        if self._in_headline:
+            self.headline += data
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "p":
+            self._in_headline = False
         if tag == "td" and self._row and self._cell:
             self.rows[self._row].append(self._text)
             self._cell = False
@@ -258,7 +284,7 @@ def test_html_is_self_contained_and_matches_ledger(ledger: tuple[str, list[Ledge
     page.feed(out.read_text(encoding="utf-8"))
     # Self-contained: every src/href is inline data.
     assert page.urls and all(u.startswith("data:image/png;base64,") for u in page.urls)
-    assert set(page.images) == {"savings", "decisions", "tokens_by_role", "latency", "top_calls"}
+    assert set(page.images) == {"dollars", "savings", "decisions", "tokens_by_role", "latency", "top_calls"}
     for name, src in page.images.items():
         png = base64.b64decode(src.split(",", 1)[1])
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
@@ -268,8 +294,13 @@ def test_html_is_self_contained_and_matches_ledger(ledger: tuple[str, list[Ledge
         want = table_cells(expected(group_rows))
         assert page.rows[key][1: 1 + len(want)] == want, key
     want = expected(rows)
+    # Net dollars lead the page: the first card, and the headline above the cards.
+    assert next(iter(page.cards)) == "net dollars (+ saved)"
+    assert [page.cards["net dollars (+ saved)"], page.cards["cost / student alone"]] == dollar_cells(want)
+    assert page.headline.startswith(f"Teaching cost ${-want['cost_saved_usd']:.3g} (")
+    assert f"more than the student alone would have, over {want['dollar_calls']} of {want['calls']} calls" in page.headline
     assert page.cards["calls"] == str(want["calls"])
-    assert page.cards["net tokens"] == f"{want['net_tokens']:+,} ({pct(want['net_rate'])})"
+    assert page.cards["net tokens (+ saved)"] == f"{-want['net_tokens']:+,} ({pct(-want['net_rate'])})"
     assert page.cards["pending spooled"] == "0"
 
 

@@ -166,18 +166,60 @@ def test_html_report_loads_cleanly_in_chromium(browser: DevTools, tmp_path: Path
 
     problems = load(browser, page)
     assert problems == []
-    assert evaluate(browser, "document.images.length") == 5
+    assert evaluate(browser, "document.images.length") == 6
     # Every chart decoded to its real size: a broken data URL gives naturalWidth 0.
     sizes = evaluate(browser, "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-    assert sizes == [[True, 800, 400]] * 5
+    assert sizes == [[True, 800, 400]] * 6
+    # Net dollars lead the page: the headline sentence, and the first card.
+    assert evaluate(browser, "document.querySelector('p.headline').textContent").startswith("Teaching cost $")
+    assert evaluate(browser, "document.querySelector('.card .k').textContent") == "net dollars (+ saved)"
     assert evaluate(browser, "document.querySelector('tr.total td').textContent") == "all"
     # The per-family chart is inline SVG: laid out at its size, one row per family in the table.
     box = evaluate(browser, "(b => [b.width, b.height])(document.querySelector('svg.family-chart').getBoundingClientRect())")
     assert box[0] > 400 and box[1] > 100, box
     assert evaluate(browser, "document.querySelectorAll('svg.family-chart g.family').length") == evaluate(
-        browser, "document.querySelectorAll('table.families tbody tr').length") > 0
+        browser, "document.querySelector('table.families').querySelectorAll('tbody tr').length") > 0
     shot = ARTIFACTS / "report-html-screenshot.png"
     screenshot(browser, shot)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+
+
+LAPTOP = 1366
+"""A laptop screen's width in CSS pixels: the page must be read there without scrolling sideways."""
+
+
+def test_html_report_fits_a_laptop_screen(browser: DevTools, tmp_path: Path) -> None:
+    # Long names where they hurt most: a provider-prefixed model, a long tag, texts kept so
+    # derived families carry their readable label.
+    db = tmp_path / "ledger.db"
+    make_calls(f"sqlite:///{db}", rounds=2, spool="none", store_texts=True)
+    store = SQLiteLedger(db)
+    for r in restamped(store.records(), 1, 0.0021):
+        long_tag = "t:" + "quarterly revenue reconciliation for the finance team " * 2
+        store.append(r.model_copy(update={
+            "student_model": "openrouter/meta-llama/llama-3.1-70b-instruct-turbo",
+            "task_family": long_tag.strip() if r.task_family and r.task_family.startswith("t:") else r.task_family,
+        }))
+    store.close()
+    page = tmp_path / "report.html"
+    for group_by in ("model", "family"):
+        result = CliRunner().invoke(app, ["report", "--ledger", f"sqlite:///{db}", "--format", "html", "--out",
+                                          str(page), "--group-by", group_by])
+        assert result.exit_code == 0, result.output
+        browser.send("Emulation.setDeviceMetricsOverride", width=LAPTOP, height=800, deviceScaleFactor=1, mobile=False)
+        assert load(browser, page) == []
+        assert evaluate(browser, "innerWidth") == LAPTOP
+        assert evaluate(browser, "document.documentElement.scrollWidth <= innerWidth"), group_by
+        # No table scrolls inside its box either, and none is cut at the window's edge.
+        wider = evaluate(browser, "Array.from(document.querySelectorAll('.wide, table'))"
+                                  ".filter(e => e.scrollWidth > e.clientWidth + 1"
+                                  " || e.getBoundingClientRect().right > innerWidth).map(e => e.className)")
+        assert wider == [], group_by
+        # Derived families carry the masked start of their template, not only f:<hex>.
+        labels = evaluate(browser, "Array.from(document.querySelectorAll('table.families .label'))"
+                                   ".map(e => e.textContent)")
+        assert "what is <num> + <num>?" in labels, labels
+        screenshot(browser, ARTIFACTS / f"report-html-{LAPTOP}-{group_by}.png")
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # refresh the picture in docs/reports.md
-        shutil.copyfile(shot, Path(__file__).resolve().parent.parent / "docs" / "img" / "report-html.png")
+        shutil.copyfile(ARTIFACTS / f"report-html-{LAPTOP}-model.png",
+                        Path(__file__).resolve().parent.parent / "docs" / "img" / "report-html.png")

@@ -30,6 +30,7 @@ from atlas_middleware.reporting.summary import _report_fields, learn
 from atlas_middleware.state.families import MemoryFamilies
 from atlas_middleware.teaching import prompts
 from atlas_middleware.teaching.flow import sampled
+from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import PairwiseJudge, ScriptedBackend, teacher_reply
 
 runner = CliRunner()
@@ -128,7 +129,9 @@ def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
     compared = [(r, o) for r, o in outcomes if o is not None]
     n = len(compared)
     reports = [r.report() for r in rows]
-    measured = [r for r in rows if r.net_tokens is not None]
+    # Measured on the call's own baseline: an audit call not sampled has an estimate (its family's
+    # baselines), which the report keeps apart.
+    measured = [r for r in rows if r.net_tokens is not None and r.counterfactual_basis != "estimated"]
     return {
         "calls": len(rows),
         "compared": n,
@@ -147,7 +150,8 @@ def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
 
 
 def cli(*args: str) -> str:
-    result = runner.invoke(app, ["report", *args])
+    # A wide terminal: the table rows are read whole (test_report_readable checks narrow ones).
+    result = runner.invoke(app, ["report", *args], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.stdout
 
@@ -225,7 +229,7 @@ def test_gate_state_is_the_replayed_rule(ledger: tuple[str, list[LedgerRecord]],
     gate = TeachingGate(MemoryFamilies(), rule, learned=True, reuse=False, audit_rate=AUDIT_RATE)
     evidence = replay((r.report() for r in rows), gate)
     for family, g in gates.items():
-        a = assess(evidence.get(gate_key("student", family)), rule)  # evidence is per student model
+        a = assess(evidence.get(gate_key("student", family, DEFAULT_TENANT)), rule)  # evidence is per student model
         assert (g["state"], g["evidence"]) == (a.state, a.evidence)
         assert close(g["p_gain"], a.p_gain) and close(g["p_effect"], a.p_effect)
     # The configured rule, not the default one: with this much evidence required nothing closes.
@@ -241,7 +245,7 @@ def test_gate_state_is_the_replayed_rule(ledger: tuple[str, list[LedgerRecord]],
     assert few.gate_records == last
     for g in few.families:
         assert g.gate is not None
-        assert g.gate.evidence == assess(evidence.get(gate_key("student", g.key)), rule).evidence
+        assert g.gate.evidence == assess(evidence.get(gate_key("student", g.key, DEFAULT_TENANT)), rule).evidence
 
 
 def test_family_csv_table_and_html_show_the_same_figures(
@@ -275,7 +279,7 @@ def test_family_csv_table_and_html_show_the_same_figures(
         net = want["net_tokens_per_call"]
         return [ci(want["delivered_improvement"]), ci(want["delivered_degradation"]),
                 str(want["reused_family"] + want["reused_session"]), str(want["gate_skipped"]),
-                f"{g['state']} ({g['p_gain']:.2f}, {g['p_effect']:.2f})", format(net, "+,.1f")]
+                f"{g['state']} ({g['p_gain']:.2f}, {g['p_effect']:.2f})", format(-net, "+,.1f")]
 
     text = cli("--ledger", url)
     section = text[text.index("by task family"):]
@@ -283,15 +287,17 @@ def test_family_csv_table_and_html_show_the_same_figures(
         line = next(ln for ln in section.splitlines() if ln.strip("│┃| ").startswith(key))
         got = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
         want = cells(key)
-        assert got[0] == key and got[1] == str(len(families[key])) and got[7] == str(expected(families[key])["compared"])
-        assert got[8:] == want[:5] and got[6] == want[5], (got, want)
+        # After the family and its calls come the two net-dollar cells, then the rest.
+        assert got[0] == key and got[1] == str(len(families[key])) and got[9] == str(expected(families[key])["compared"])
+        assert got[10:15] == want[:5] and got[8] == want[5], (got, want)
+        assert got[15] == "0"  # budget out: no budget here
 
     out = tmp_path / "report.html"
     cli("--ledger", url, "--format", "html", "--out", str(out))
     page = _Page()
     page.feed(out.read_text(encoding="utf-8"))
     for key in families:
-        assert page.rows[key][8:] == cells(key)[:5] and page.rows[key][6] == cells(key)[5], key
+        assert page.rows[key][10:15] == cells(key)[:5] and page.rows[key][8] == cells(key)[5], key
     # The chart: every family drawn, most called first, its gate as the badge, a dot per lane.
     order = sorted(families, key=lambda k: (-len(families[k]), k))
     assert [f for f, _ in page.chart] == order
@@ -314,8 +320,9 @@ class _Page(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "tr" and a.get("data-family"):
+            # A table split to fit the screen repeats its rows: their cells read on in order.
             self._row = a["data-family"]
-            self.rows[self._row or ""] = []
+            self.rows.setdefault(self._row or "", [])
         elif tag == "td" and self._row:
             self._cell, self._text = True, ""
         elif tag == "g" and a.get("class") == "family":

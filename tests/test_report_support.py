@@ -38,6 +38,12 @@ SCENARIOS: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]]
 ]
 
 
+# Prices the LiteLLM way (``pricing.py``) for one student model and its teacher: those calls
+# have dollar figures, the others' prices stay unknown.
+STUDENT_PRICES = {"gpt-small": {"input_cost_per_token": 2e-6, "output_cost_per_token": 8e-6}}
+TEACHER_PRICES = {"gpt-small": {"input_cost_per_token": 1e-7, "output_cost_per_token": 3e-7}}
+
+
 def make_calls(ledger: Ledger | str, rounds: int = 1, **atlas_kwargs: Any) -> list[str]:
     """Run every scenario ``rounds`` times through a real ``Atlas``; returns the call ids.
 
@@ -50,8 +56,9 @@ def make_calls(ledger: Ledger | str, rounds: int = 1, **atlas_kwargs: Any) -> li
             student_backend = ScriptedBackend(student, delays={"baseline": 0.004 * (i + 1), "guided": 0.003})
             teacher_backend = ScriptedBackend(teacher, delays={"teacher": 0.005 * (i + 1)})
             with Atlas(student_backend=student_backend, teacher_backend=teacher_backend,
-                       ledger=ledger, teacher="scripted-teacher", policy=policy, **atlas_kwargs) as atlas:
-                response = atlas.completion(model, QUESTION, atlas=dict(opts))
+                       ledger=ledger, teacher="scripted-teacher", policy=policy,
+                       teacher_params=TEACHER_PRICES.get(model, {}), **atlas_kwargs) as atlas:
+                response = atlas.completion(model, QUESTION, atlas=dict(opts), **STUDENT_PRICES.get(model, {}))
                 ids.append(response.atlas.call_id)
     return ids
 
@@ -77,7 +84,7 @@ def nearest_rank(values: list[float], q: float) -> float | None:
 
 def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
     """The figures a report must show for these rows."""
-    measured = [r for r in rows if r.tokens_saved is not None]
+    measured = [r for r in rows if r.tokens_saved is not None and r.counterfactual_basis != "estimated"]
     base_completion = sum(r.tokens["baseline"]["completion"] for r in measured)
     base_total = sum(r.tokens["baseline"]["completion"] + r.tokens["baseline"]["prompt"] for r in measured)
     saved = sum(r.tokens_saved or 0 for r in measured)
@@ -87,7 +94,15 @@ def expected(rows: list[LedgerRecord]) -> dict[str, Any]:
                 "guidance_leaks_answer", "probe_error", "probe_empty"}
     tried = [r for r in rows if r.reason in failures or r.tokens["teacher"]["calls"] > 0]
     teacher_lat = [r.teacher_latency_ms for r in rows if r.teacher_latency_ms is not None]
+    dollars = [r for r in rows if r.cost_saved_usd is not None and r.student_alone_cost_usd is not None]
+    alone_usd = sum(r.student_alone_cost_usd or 0.0 for r in dollars)
+    saved_usd = sum(r.cost_saved_usd or 0.0 for r in dollars)
     return {
+        "cost_saved_usd": saved_usd if dollars else None,
+        "student_alone_cost_usd": alone_usd if dollars else None,
+        "cost_vs_alone": (alone_usd - saved_usd) / alone_usd if dollars and alone_usd else None,
+        "dollar_calls": len(dollars),
+        "dollar_calls_estimated": sum(1 for r in dollars if r.counterfactual_basis == "estimated"),
         "calls": len(rows),
         "failed": sum(1 for r in rows if r.failed),
         "decisions": {d: sum(1 for r in rows if r.decision == d) for d in ("guided", "baseline", "student_only")},
@@ -141,9 +156,11 @@ def check_group_json(data: dict[str, Any], rows: list[LedgerRecord]) -> None:
     for role in ROLES:
         assert data["tokens"][role]["prompt"] == want["tokens"][role]["prompt"], role
         assert data["tokens"][role]["completion"] == want["tokens"][role]["completion"], role
-    for key in ("total_tokens", "measured_calls", "tokens_saved", "net_tokens", "cost_unknown_calls"):
+    for key in ("total_tokens", "measured_calls", "tokens_saved", "net_tokens", "cost_unknown_calls", "dollar_calls",
+                "dollar_calls_estimated"):
         assert data[key] == want[key], key
-    for key in ("saved_rate", "net_rate", "cost_usd", "teacher_error_rate", "error_rate"):
+    for key in ("saved_rate", "net_rate", "cost_usd", "teacher_error_rate", "error_rate", "cost_saved_usd",
+                "student_alone_cost_usd", "cost_vs_alone"):
         assert _close(data[key], want[key]), (key, data[key], want[key])
     assert _close(data["teacher_latency_ms"]["p50"], want["teacher_p50"])
     assert _close(data["teacher_latency_ms"]["p95"], want["teacher_p95"])

@@ -22,6 +22,7 @@ import pytest
 
 from atlas_middleware.report import Reason
 from atlas_middleware.state import FallbackState, open_state
+from atlas_middleware.tenants import DEFAULT_TENANT, scoped
 from atlas_middleware.testing import teacher_reply
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
@@ -33,6 +34,11 @@ GUIDANCE = "Carry the one."
 
 def raw() -> Any:
     return redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=2)
+
+
+def session_key(prefix: str, session_id: str) -> str:
+    """The Redis key of a session of the default tenant (these calls send no key and name none)."""
+    return f"{prefix}session:{scoped(DEFAULT_TENANT, session_id)}"
 
 
 @pytest.fixture
@@ -73,15 +79,15 @@ def test_a_session_taught_on_one_replica_is_reused_on_the_other(fleet, call, pre
     assert tb.roles().count("teacher") == 0 and sb.roles().count("probe") == 0  # no second diagnosis
     assert ta.roles().count("teacher") == 1
     client = raw()
-    assert client.get(prefix + "session:task-1") == GUIDANCE
-    assert 0 < client.pttl(prefix + "session:task-1") <= 120_000
+    assert client.get(session_key(prefix, "task-1")) == GUIDANCE
+    assert 0 < client.pttl(session_key(prefix, "task-1")) <= 120_000
     assert not a.state.status().degraded and a.state.status().fallbacks == {}
 
 
 def test_a_strong_student_verdict_is_shared_too(fleet, call, prefix: str) -> None:
     (a, *_), (b, _, tb) = fleet(teacher={"teacher": teacher_reply("Nothing to add.", level=5)})
     assert call(a, atlas={"session_id": "easy"}).atlas.reason == Reason.STRONG_STUDENT
-    assert raw().get(prefix + "session:easy") == ""
+    assert raw().get(session_key(prefix, "easy")) == ""
     r = call(b, atlas={"session_id": "easy"}).atlas
     assert r.reason == Reason.STRONG_STUDENT and tb.roles().count("teacher") == 0
 
@@ -89,9 +95,9 @@ def test_a_strong_student_verdict_is_shared_too(fleet, call, prefix: str) -> Non
 def test_session_guidance_expires_after_its_ttl(fleet, call, prefix: str) -> None:
     (a, *_), (b, _, tb) = fleet(student={"guided": "The answer is 41"}, session_ttl=0.5)
     call(a, atlas={"session_id": "task-1"})
-    assert 0 < raw().pttl(prefix + "session:task-1") <= 500
+    assert 0 < raw().pttl(session_key(prefix, "task-1")) <= 500
     time.sleep(0.6)
-    assert raw().exists(prefix + "session:task-1") == 0
+    assert raw().exists(session_key(prefix, "task-1")) == 0
     r = call(b, atlas={"session_id": "task-1"}).atlas
     assert not r.guidance_reused and tb.roles().count("teacher") == 1
 
@@ -204,6 +210,6 @@ def test_redis_stopped_mid_run_then_restarted(fleet, call, prefix: str, caplog: 
     r = call(b, atlas={"session_id": "after"}).atlas
     assert not r.guidance_reused and not b.state.status().degraded
     assert "reachable again" in state_log(caplog)[-1], state_log(caplog)
-    assert raw().get(prefix + "session:after") == GUIDANCE  # in Redis again, for the fleet
+    assert raw().get(session_key(prefix, "after")) == GUIDANCE  # in Redis again, for the fleet
     reused = call(a, atlas={"session_id": "after"}).atlas
     assert reused.guidance_reused and ta.roles().count("teacher") == 1

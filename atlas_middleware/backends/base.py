@@ -128,9 +128,9 @@ class CancelToken:
             try:
                 callback()
             except Exception:  # one backend's failure must not stop the driver giving up
-                import logging
+                from ..redact import secret_logger
 
-                logging.getLogger(__name__).exception("cancel callback failed")
+                secret_logger(__name__).exception("cancel callback failed")
 
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` when the token is cancelled (now, if it already is); returns a

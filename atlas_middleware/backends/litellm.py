@@ -7,15 +7,28 @@ to import, and the pure teaching logic must be testable without it.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 from ..chunks import ChatChunk, ToolCallDelta
-from ..messages import ChatRequest, ChatResponse, ToolCall
+from ..messages import ChatRequest, ChatResponse, ToolCall, is_large
+from ..redact import remember_call, scrub
 from ..usage import Usage
 
 _litellm: Any = None
 ESTIMATOR = "estimated:litellm.token_counter"
+T = TypeVar("T")
+
+
+async def sized(request: ChatRequest, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, in a worker thread when ``request`` is large (``messages.is_large``):
+    reading a reply that has no usage counts the prompt's tokens, ~60 ms per MB of text,
+    which must not hold the event loop."""
+    if not is_large(request.messages):
+        return fn(*args)
+    import asyncio  # loaded: this runs on its event loop
+
+    return await asyncio.to_thread(fn, *args)
 
 
 def import_litellm() -> Any:
@@ -206,6 +219,10 @@ class LiteLLMBackend:
 
     ``defaults`` (``api_base``, ``api_key``, ...) fill in what the request does not set:
     the teacher's endpoint and key live here, never in the request or the report.
+
+    The call's key is remembered as a secret before the call (LiteLLM's log lines about it
+    are masked), and an error is scrubbed of it before it leaves: LiteLLM re-raises the
+    provider's text, which may quote the key, and masks only key shapes (``sk-...``) itself.
     """
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
@@ -219,27 +236,51 @@ class LiteLLMBackend:
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         litellm = import_litellm()
-        return from_model_response(litellm.completion(**self._kwargs(request)), request, litellm)
+        kwargs = self._kwargs(request)
+        secrets = remember_call(kwargs)
+        try:
+            return from_model_response(litellm.completion(**kwargs), request, litellm)
+        except Exception as exc:
+            scrub(exc, secrets)
+            raise
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         litellm = import_litellm()
-        response = await litellm.acompletion(**self._kwargs(request))
-        return from_model_response(response, request, litellm)
+        kwargs = self._kwargs(request)
+        secrets = remember_call(kwargs)
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except Exception as exc:
+            scrub(exc, secrets)
+            raise
+        return await sized(request, from_model_response, response, request, litellm)
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         litellm = import_litellm()
+        kwargs = {**self._kwargs(request), **STREAM_USAGE}
+        secrets = remember_call(kwargs)
         reader = OpenAIStream(request, litellm)
-        for raw in litellm.completion(**{**self._kwargs(request), **STREAM_USAGE}):
-            chunk = reader.read(raw)
-            if chunk is not None:
-                yield chunk
+        try:
+            for raw in litellm.completion(**kwargs):
+                chunk = reader.read(raw)
+                if chunk is not None:
+                    yield chunk
+        except Exception as exc:
+            scrub(exc, secrets)
+            raise
         yield reader.end()
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         litellm = import_litellm()
+        kwargs = {**self._kwargs(request), **STREAM_USAGE}
+        secrets = remember_call(kwargs)
         reader = OpenAIStream(request, litellm)
-        async for raw in await litellm.acompletion(**{**self._kwargs(request), **STREAM_USAGE}):
-            chunk = reader.read(raw)
-            if chunk is not None:
-                yield chunk
-        yield reader.end()
+        try:
+            async for raw in await litellm.acompletion(**kwargs):
+                chunk = reader.read(raw)
+                if chunk is not None:
+                    yield chunk
+        except Exception as exc:
+            scrub(exc, secrets)
+            raise
+        yield await sized(request, reader.end)

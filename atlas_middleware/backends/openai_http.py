@@ -34,16 +34,16 @@ import os
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import httpx
 
 from ..chunks import ChatChunk
-from ..messages import ChatRequest, ChatResponse
-from ..redact import redact, register_secret
-from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm
+from ..messages import ChatRequest, ChatResponse, is_large
+from ..redact import redact, remember_call, remember_secret
+from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm, sized
 from .param_contract import ParamContract
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
@@ -120,10 +120,12 @@ class LeanHTTPBackend:
         url = base + "/chat/completions"
         headers = {"Content-Type": "application/json", **(params.get("extra_headers") or {})}
         api_key = params.get("api_key") or os.environ.get(ENV_KEYS[provider])
+        # A provider may echo the key in an error; the error's text goes to the caller
+        # (through the proxy: to clients who never held that key). Remembered per call, in
+        # a bounded set (redact.py).
+        remember_call(params)
         if api_key:
-            # A provider may echo the key in an error; the error's text goes to the caller
-            # (through the proxy: to clients who never held that key).
-            register_secret(str(api_key))
+            remember_secret(str(api_key))
             headers["Authorization"] = f"Bearer {api_key}"
         # Encoded once, here, the way httpx encodes ``json=`` (UTF-8, compact, no NaN), so
         # both transports send the same bytes.
@@ -178,8 +180,8 @@ class LeanHTTPBackend:
         lm = self._litellm
         if reply is None:
             if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-                return lm.Timeout(message=f"{provider} request timed out: {exc!r}", model=model, llm_provider=provider)  # type: ignore[no-any-return]
-            return lm.APIConnectionError(message=f"{provider} connection failed: {exc!r}", llm_provider=provider, model=model)  # type: ignore[no-any-return]
+                return lm.Timeout(message=redact(f"{provider} request timed out: {exc!r}"), model=model, llm_provider=provider)  # type: ignore[no-any-return]
+            return lm.APIConnectionError(message=redact(f"{provider} connection failed: {exc!r}"), llm_provider=provider, model=model)  # type: ignore[no-any-return]
         status = reply.status
         message = redact(f"{provider} returned {status}: {reply.text[:1000]}")
         name = _STATUS_ERRORS.get(status)
@@ -219,7 +221,7 @@ class LeanHTTPBackend:
         return self._parse(request, reply, provider)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        url, headers, content, timeout, provider = self._prepare(request)
+        url, headers, content, timeout, provider = await self._aprepare(self._prepare, request)
         try:
             async with self._session().post(
                 url, data=content, headers=headers, proxy=self._proxy(url),
@@ -231,9 +233,17 @@ class LeanHTTPBackend:
                 reply = _Reply(url, response.status, response.headers, await response.read())
         except (TimeoutError, aiohttp.ClientError) as exc:  # _error tells timeouts apart
             raise self._error(exc, None, provider, request.model) from exc
-        return self._parse(request, reply, provider)
+        return await sized(request, self._parse, request, reply, provider)
 
     # -- streams --------------------------------------------------------------------------
+
+    async def _aprepare(self, prepare: Callable[[ChatRequest], _Prepared], request: ChatRequest) -> _Prepared:
+        """``prepare`` (the body, encoded) on the loop; for a large request in a worker thread:
+        encoding a few MB of messages takes tens of ms (``messages.LARGE_REQUEST_CHARS``)."""
+        if not is_large(request.messages):
+            return prepare(request)
+        self._memo.request = self._memo.body = None  # the worker works the body out itself
+        return await asyncio.to_thread(prepare, request)
 
     def _prepare_stream(self, request: ChatRequest) -> tuple[str, dict[str, str], bytes, float, str]:
         """The body the whole call would send, asking for a stream with its usage."""
@@ -289,7 +299,7 @@ class LeanHTTPBackend:
         yield reader.end()
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        url, headers, content, timeout, provider = self._prepare_stream(request)
+        url, headers, content, timeout, provider = await self._aprepare(self._prepare_stream, request)
         reader = OpenAIStream(request, self._litellm)
         try:
             async with self._session().post(
@@ -312,7 +322,7 @@ class LeanHTTPBackend:
             raise self._error(exc, None, provider, request.model) from exc
         if not reader.finished:
             raise self._cut_short(provider, request.model)
-        yield reader.end()
+        yield await sized(request, reader.end)
 
     def close(self) -> None:
         with self._lock:
@@ -399,6 +409,10 @@ def _release(session: aiohttp.ClientSession) -> None:
         loop.call_soon_threadsafe(connector._close)  # the loop lives in another thread
     else:
         connector._close()
+
+
+_Prepared = tuple[str, dict[str, str], bytes, float, str]
+"""What a call sends: url, headers, the encoded body, its timeout, the provider."""
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -40,7 +40,6 @@ import asyncio
 import importlib
 import inspect
 import itertools
-import logging
 import os
 import queue
 import threading
@@ -55,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..chunks import ChatChunk
 from ..errors import ConfigError, InvalidRequestError, MissingExtraError, QueueFullError
 from ..messages import ChatRequest, ChatResponse
+from ..redact import secret_logger
 from ..usage import Usage
 from .base import current_cancel_token
 from .local import _template_message, _timeout
@@ -63,7 +63,7 @@ from .local_batcher import BatcherClosedError, RequestAbandonedError
 PREFIX = "vllm/"
 _FEATURE = "in-process vLLM models (vllm/...)"
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
+logger = secret_logger(__name__)
 
 
 class VLLMOptions(BaseModel):

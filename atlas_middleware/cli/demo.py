@@ -3,7 +3,10 @@
 It runs a few GSM8K problems (a committed sample, see ``data/ATTRIBUTION.md``) through
 ``Atlas`` with the embedded SmolLM2-135M-Instruct as both student and teacher, and prints
 what happened on each call (decision, reason, guidance, tokens per role) and then the
-savings table. No network, no API key, no download.
+savings table. Then it runs a few of them again under ``policy: shadow``, the first step of
+adoption: each call returns the student's own answer at once, teaching and the comparison
+run after it in the background, and the savings report's shadow table says what teaching
+would have delivered. No network, no API key, no download.
 
 What it shows is the *mechanism*: real probe/teacher/guided/baseline calls, real token
 counts, the non-degradation policy at work. A 135M model is a weak student and a weaker
@@ -85,6 +88,10 @@ def load_problems(path: Path | None = None, limit: int | None = None) -> list[Pr
     return problems[:limit] if limit is not None else problems
 
 
+def _messages(problem: Problem) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem.question}]
+
+
 def run_demo(
     problems: list[Problem],
     *,
@@ -116,12 +123,8 @@ def run_demo(
         with progress:
             task = progress.add_task("loading the model and teaching", total=len(problems))
             for problem in problems:
-                response = atlas.completion(
-                    model=model,
-                    messages=[{"role": "system", "content": SYSTEM},
-                              {"role": "user", "content": problem.question}],
-                    max_tokens=answer_tokens, temperature=0,
-                )
+                response = atlas.completion(model=model, messages=_messages(problem), max_tokens=answer_tokens,
+                                            temperature=0)
                 report: CallReport = response.atlas
                 text = response.choices[0].message.content or ""
                 result.reports.append(report)
@@ -130,6 +133,93 @@ def run_demo(
                 progress.console.print(_call_panel(len(result.reports), problem, report, text))
                 progress.advance(task)
     return result
+
+
+SHADOW_TASK = "gsm8k"
+"""The shadow run's task family: the report's shadow table has one row for it (and ``all``)."""
+STUDENT_PRICES = {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5}
+TEACHER_PRICES = {"input_cost_per_token": 1e-7, "output_cost_per_token": 1e-7}
+"""The shadow run's prices, given the LiteLLM way so that its report shows dollars: the student
+priced like a frontier API model, the teacher like a self-hosted 8B (docs/policies.md's benchmark)."""
+
+
+def run_shadow(
+    problems: list[Problem],
+    *,
+    model: str = EMBEDDED_MODEL,
+    answer_tokens: int = 160,
+    probe_tokens: int = 48,
+    teacher_tokens: int = 96,
+    ledger: str = "none",
+    threads: int | None = 1,
+    console: Console | None = None,
+) -> DemoResult:
+    """``problems`` under ``policy: shadow``, every call sampled (``shadow.rate`` 1 here; 0.2 by
+    default). Each call returns the student's own answer at once; the demo then waits for its
+    background teaching (a service would not) to print what it found. The reports returned
+    are the completed ones, as the ledger has them."""
+    from ..backends.local import LocalBackend
+    from ..client import Atlas
+    from ..embedded import PrefilledTeacher
+
+    console = console or Console()
+    result = DemoResult()
+    shared = LocalBackend.for_model(model, torch_threads=threads, batch_wait_ms=50)  # the one already loaded
+    with Atlas(teacher=model, policy="shadow", shadow={"rate": 1.0}, ledger=ledger, probe_max_tokens=probe_tokens,
+               teacher_max_tokens=teacher_tokens, teacher_timeout=900.0, teacher_retries=1,
+               teacher_params=TEACHER_PRICES, student_backend=shared, teacher_backend=PrefilledTeacher(shared),
+               **DEMO_TEACHING) as atlas:
+        for problem in problems:
+            response = atlas.completion(model=model, messages=_messages(problem), max_tokens=answer_tokens,
+                                        temperature=0, atlas={"task": SHADOW_TASK}, **STUDENT_PRICES)
+            delivered: CallReport = response.atlas
+            atlas.flush()  # the background teaching, done
+            rows = [r for r in atlas.ledger.records() if r.call_id == delivered.call_id]
+            report = rows[0].report() if rows else delivered
+            text = response.choices[0].message.content or ""
+            result.reports.append(report)
+            result.answers.append(text)
+            result.problems.append(problem)
+            console.print(_shadow_panel(len(result.reports), problem, delivered, report))
+    return result
+
+
+def _shadow_panel(n: int, problem: Problem, delivered: CallReport, report: CallReport) -> str:
+    shadow = report.shadow
+    background = ", ".join(f"{r} {_tokens(getattr(report.usage, r))}" for r in ("probe", "teacher", "guided", "judge")
+                           if getattr(report.usage, r).calls) or "nothing"
+    would = ("not run" if shadow is None or shadow.reason is None
+             else f"{shadow.decision} ({shadow.reason.value})")
+    return (
+        f"[bold]shadow #{n} {problem.id}[/bold]: delivered [cyan]{delivered.decision}[/cyan] "
+        f"({delivered.reason.value}), the student's own answer, in {delivered.latency_ms.get('total', 0):.0f} ms\n"
+        f"  then in the background: {background}; strict would have delivered {would}\n"
+    )
+
+
+def shadow_report(ledger: str, console: Console) -> None:
+    """The savings report's shadow figures (``atlas-middleware report``'s shadow table), from the
+    ledger the shadow calls were written to, one line per task family and one for all."""
+    from ..ledger import open_ledger
+    from ..reporting.render import SHADOW_HEADERS, SHADOW_NOTE, shadow_row
+    from ..reporting.summary import summarize
+
+    store = open_ledger(ledger)
+    try:
+        summary = summarize(store.records(), ledger=ledger)
+    finally:
+        store.close()
+    overall = summary.overall.shadow
+    if overall is None:
+        console.print("no shadow calls in the ledger")
+        return
+    console.print("[bold]Shadow report[/bold]: what teaching would have delivered (atlas-middleware report)")
+    groups = [g for g in summary.families if g.shadow is not None] + [summary.overall]
+    for g in groups:
+        cells = shadow_row(g)
+        console.print(f"  {cells[0]}: " + "; ".join(f"{h} {c}" for h, c in zip(SHADOW_HEADERS[1:], cells[1:],
+                                                                                  strict=True)), markup=False)
+    console.print(SHADOW_NOTE.format(n=overall.priced), markup=False)
 
 
 def _tokens(u: Usage) -> str:
@@ -173,7 +263,8 @@ def savings_table(result: DemoResult) -> Table:
 
 
 def summary_lines(result: DemoResult) -> list[str]:
-    measured = [r for r in result.reports if r.tokens_saved is not None]
+    # Calls with their own baseline: an estimate from the family's baselines is not a measurement.
+    measured = [r for r in result.reports if r.tokens_saved is not None and r.counterfactual_basis == "measured"]
     saved = sum(r.tokens_saved or 0 for r in measured)
     net = sum(r.net_tokens or 0 for r in measured)
     decisions: dict[str, int] = {}
@@ -204,6 +295,9 @@ def demo(
         1, min=1, help="torch CPU threads. A 135M model gains little from more, and on a busy "
         "shared CPU extra threads spin against each other and slow it down several-fold.",
     ),
+    shadow: int = typer.Option(
+        2, min=0, help="How many of the problems to run again under policy shadow (0: none), for its report.",
+    ),
 ) -> None:
     """Run a few GSM8K problems through the teaching loop with the embedded model, offline."""
     console = Console()
@@ -214,7 +308,16 @@ def demo(
         url = ledger or f"sqlite:///{Path(tmp) / 'ledger.db'}"
         result = run_demo(problems, policy=policy, answer_tokens=answer_tokens, probe_tokens=probe_tokens,
                           teacher_tokens=teacher_tokens, ledger=url, threads=threads, console=console)
-    console.print(savings_table(result))
-    for line in summary_lines(result):
-        console.print(line)
+        console.print(savings_table(result))
+        for line in summary_lines(result):
+            console.print(line)
+        if shadow:
+            console.print(f"\n[bold]Shadow mode[/bold] (policy: shadow), the first step of adoption: "
+                          f"{min(shadow, len(problems))} of the problems again, the student's own answer "
+                          "delivered at once, teaching and the comparison after it, in the background. Priced "
+                          "the LiteLLM way, for the demo: the student like a frontier API model ($2.50 / $10 per "
+                          "million tokens in / out), the teacher like a self-hosted 8B ($0.10).")
+            run_shadow(problems[:shadow], answer_tokens=answer_tokens, probe_tokens=probe_tokens,
+                       teacher_tokens=teacher_tokens, ledger=url, threads=threads, console=console)
+            shadow_report(url, console)
     console.print(f"\n[yellow]Reminder:[/yellow] {HONESTY}")

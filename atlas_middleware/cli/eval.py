@@ -68,7 +68,7 @@ def eval_command(
                                   teacher_protocol=teacher_protocol, leak_action=leak_action,
                                      config=config))
         settings = EvalSettings(
-            dataset=dataset, student=student, teacher=atlas.config.teacher_name, policy=atlas.settings.policy,
+            dataset=dataset, student=student, teacher=atlas.config.teacher_name, policy=atlas.config.policy,
             samples=samples, seed=seed, limit=limit, concurrency=concurrency, max_tokens=max_tokens,
             temperature=temperature, student_params=student_kwargs(student_api_base, student_api_key),
         )

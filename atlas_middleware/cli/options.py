@@ -17,7 +17,7 @@ StudentApiBaseOpt = Annotated[str | None, typer.Option("--student-api-base", hel
 StudentApiKeyOpt = Annotated[str | None, typer.Option("--student-api-key", envvar="ATLAS_STUDENT_API_KEY", help="API key of the student.", show_envvar=True)]
 TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher model (LiteLLM model string, or local/...). [env ATLAS_TEACHER]")]
 TeacherApiBaseOpt = Annotated[str | None, typer.Option("--teacher-api-base", help="API base of the teacher. [env ATLAS_TEACHER_API_BASE]")]
-PolicyOpt = Annotated[str | None, typer.Option("--policy", help="strict | verify | audit | off. [env ATLAS_POLICY]")]
+PolicyOpt = Annotated[str | None, typer.Option("--policy", help="adaptive (the default) | strict | verify | audit | off | shadow. [env ATLAS_POLICY]")]
 JudgeOpt = Annotated[str | None, typer.Option("--judge", help="auto (the teacher, pairwise) | teacher | answer | package.module:callable. [env ATLAS_JUDGE]")]
 TeacherProtocolOpt = Annotated[str | None, typer.Option("--teacher-protocol", help="auto | atlas | structured: how the teacher is prompted and read (auto: atlas for Arc-Intelligence/ATLAS-* teachers). [env ATLAS_TEACHER_PROTOCOL]")]
 LeakActionOpt = Annotated[str | None, typer.Option("--leak-action", help="strip | fallback | allow: guidance that states an answer. [env ATLAS_LEAK_ACTION]")]

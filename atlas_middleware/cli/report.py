@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,7 @@ import typer
 
 from ..config import AtlasConfig
 from ..errors import AtlasError
-from ..ledger import LedgerQuery, open_ledger
+from ..ledger import LedgerQuery, LedgerRecord, open_ledger
 from ..ledger.spool import SpooledWriter
 from ..reporting import FORMATS, GROUP_BY, render_csv, render_json, render_table, summarize
 from .app import app
@@ -40,7 +41,9 @@ def report(
     config: ConfigOpt = None,
     since: Annotated[str | None, typer.Option("--since", help="From this time on: ISO date/datetime (UTC) or 7d, 12h, ...")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Before this time (exclusive); same forms as --since.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Only calls to this student model.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Only calls to this student model, with or without its provider prefix (gpt-4o-mini "
+        "matches openai/gpt-4o-mini).")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only calls of this session id.")] = None,
     family: Annotated[str | None, typer.Option("--family", help="Only calls of this task family (t:... or f:...).")] = None,
     group_by: Annotated[str | None, typer.Option("--group-by", help="day | model | session | decision | family.")] = None,
@@ -63,7 +66,7 @@ def report(
         raise typer.BadParameter("--format html needs --out PATH (the page is one self-contained file)")
     query = LedgerQuery(
         since=parse_when(since) if since else None, until=parse_when(until) if until else None,
-        student_model=model, session_id=session, task_family=family,
+        session_id=session, task_family=family,
     )
     filters = {k: v for k, v in {"since": since, "until": until, "model": model, "session": session,
                                  "family": family}.items() if v}
@@ -74,7 +77,7 @@ def report(
             writer = SpooledWriter.for_ledger(store, cfg.spool)
             if flush:
                 typer.echo(f"flushed {writer.flush()} spooled record(s) to the ledger", err=True)
-            records = store.records(query)
+            records = _of_model(store.records(query), model)
             summary = summarize(
                 records, ledger=store.url, group_by=group_by,
                 filters=filters, pending_spooled=writer.pending(), top=top,
@@ -83,7 +86,7 @@ def report(
             )
         finally:
             store.close()
-        text = _render(summary, fmt, charts)
+        text = _render(summary, fmt, charts, _terminal_width() if out is None else None)
     except AtlasError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -95,7 +98,33 @@ def report(
         typer.echo(f"wrote {out}", err=True)
 
 
-def _render(summary: object, fmt: str, charts_dir: Path | None) -> str:
+def model_matches(wanted: str, model: str) -> bool:
+    """The same model, or one named with a provider prefix the other leaves out:
+    ``gpt-4o-mini`` and ``openai/gpt-4o-mini`` (LiteLLM's names) are one model here."""
+    return wanted == model or model.endswith("/" + wanted) or wanted.endswith("/" + model)
+
+
+def _of_model(records: list[LedgerRecord], model: str | None) -> list[LedgerRecord]:
+    """The records of ``model`` (``model_matches``); when none match, a hint on stderr naming
+    the models the ledger has in the other filters' range, so a misspelt name is not read
+    as "no calls"."""
+    if model is None:
+        return records
+    matched = [r for r in records if model_matches(model, r.student_model)]
+    if not matched:
+        models = sorted({r.student_model for r in records})
+        have = f"the ledger has: {', '.join(models)}" if models else "the ledger has no calls in this range"
+        typer.echo(f"hint: no calls to model {model!r}; {have}", err=True)
+    return matched
+
+
+def _terminal_width() -> int:
+    """The terminal's width (``COLUMNS`` first, as ``shutil`` reads it); 400 when stdout is
+    not a terminal, so a file or a pipe gets one row per group."""
+    return shutil.get_terminal_size(fallback=(400, 24)).columns
+
+
+def _render(summary: object, fmt: str, charts_dir: Path | None, width: int | None = None) -> str:
     from ..reporting import Summary
 
     assert isinstance(summary, Summary)
@@ -111,5 +140,7 @@ def _render(summary: object, fmt: str, charts_dir: Path | None) -> str:
         from ..reporting.html import render_html
 
         return render_html(summary, pngs)
-    renderers = {"table": render_table, "csv": render_csv, "json": render_json}
+    if fmt == "table":
+        return render_table(summary, width)
+    renderers = {"csv": render_csv, "json": render_json}
     return renderers[fmt](summary)

@@ -10,7 +10,6 @@ the same folder) counts once: the first record wins. The key of a sample is
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from pathlib import Path
@@ -18,8 +17,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import ConfigError
+from ..redact import secret_logger
 
-log = logging.getLogger("atlas_middleware.eval")
+log = secret_logger("atlas_middleware.eval")
 
 Key = tuple[str, int]
 

@@ -13,6 +13,7 @@ every provider call exactly once. The per-role split is in ``response_metadata["
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from ..chunks import ChatChunk
 from ..client import Atlas
 from ..config import AtlasConfig
+from ..errors import ConfigError
 from ..report import CallReport
 from ..streaming import LiveCompletionStream
 from ._convert import model_name, openai_tools, to_openai_messages, usage_metadata
@@ -40,6 +42,9 @@ REPLAY_CHARS = 48
 # The run metadata key that names a call's task (its family, ``teaching/families.py``):
 # ``model.invoke(x, config={"metadata": {"atlas_task": "billing-faq"}})``.
 RUN_TASK_KEY = "atlas_task"
+# ... and the one that names its tenant (``tenants.py``), for a model or agent that serves
+# several users: ``config={"metadata": {"atlas_tenant": user_id}}``.
+RUN_TENANT_KEY = "atlas_tenant"
 
 
 def delivered_message(delivery: Delivery, report: CallReport | None = None) -> AIMessage:
@@ -75,13 +80,20 @@ def _passed_on(chunk: AIMessageChunk) -> AIMessageChunk:
     return chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
 
 
-def _with_run_task(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with the run metadata's task as the ``atlas`` option, unless one is set."""
-    task = (ensure_config(config).get("metadata") or {}).get(RUN_TASK_KEY)
+def _with_run_options(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the run metadata's task and tenant as ``atlas`` options, unless set."""
+    metadata = ensure_config(config).get("metadata") or {}
     opts = dict(kwargs.get("atlas") or {})
-    if task is None or "task" in opts:
-        return kwargs
-    return {**kwargs, "atlas": {**opts, "task": task}}
+    found = {option: metadata[key] for key, option in ((RUN_TASK_KEY, "task"), (RUN_TENANT_KEY, "tenant"))
+             if metadata.get(key) is not None and option not in opts}
+    return {**kwargs, "atlas": {**opts, **found}} if found else kwargs
+
+
+def unknown_setting(name: str, known: set[str], owner: str) -> str:
+    """The message for a setting ``owner`` does not have, with the closest one it does."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; Atlas settings go in atlas_settings={...}"
+    return f"{owner} has no setting '{name}'{hint}"
 
 
 class _Relay:
@@ -128,6 +140,9 @@ class AtlasChatModel(BaseChatModel):
     ledger: Any = None
     session_id: str | None = None
     """Share one diagnosis across the calls of one task (see ``Atlas._observe``)."""
+    tenant: str | None = None
+    """Whose sessions and family guidance these calls use (``tenants.py``). None: the run's
+    ``atlas_tenant`` metadata, else the default tenant (the student's key is not seen here)."""
     config: AtlasConfig | None = None
     atlas_settings: dict[str, Any] = Field(default_factory=dict)
     """Further ``AtlasConfig`` fields (``probe_max_tokens``, ``skip_level``, ...)."""
@@ -141,6 +156,19 @@ class AtlasChatModel(BaseChatModel):
 
     _atlas: Atlas = PrivateAttr()
     _backend: LangChainBackend = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        # LangChain's models ignore unknown keywords; here a misspelling (``polcy="off"``)
+        # would silently leave the default policy on, so it is refused as ``Atlas`` does.
+        if isinstance(data, dict):
+            known = {name for name, field in cls.model_fields.items()} | {
+                field.alias for field in cls.model_fields.values() if field.alias}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ConfigError(unknown_setting(unknown[0], known, "AtlasChatModel"))
+        return data
 
     @model_validator(mode="after")
     def _build(self) -> AtlasChatModel:
@@ -173,7 +201,7 @@ class AtlasChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"student": model_name(self.student), "teacher": self._atlas.settings.teacher_model,
-                "policy": self._atlas.settings.policy}
+                "policy": self._atlas.config.policy}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(ls_provider="atlas", ls_model_name=kwargs.get("model") or model_name(self.student),
@@ -217,6 +245,9 @@ class AtlasChatModel(BaseChatModel):
         run_metadata = getattr(run_manager, "metadata", None) or {}
         if "task" not in opts and run_metadata.get(RUN_TASK_KEY) is not None:
             opts["task"] = run_metadata[RUN_TASK_KEY]
+        tenant = run_metadata.get(RUN_TENANT_KEY, self.tenant)
+        if "tenant" not in opts and tenant is not None:
+            opts["tenant"] = tenant
         params["atlas"] = opts
         stop = stop or self.stop
         if stop:
@@ -272,15 +303,15 @@ class AtlasChatModel(BaseChatModel):
     # message under strict and verify, which compare whole answers before delivering.
 
     # LangChain's ``stream``/``astream`` give ``_stream`` no run manager: the run's metadata
-    # (``atlas_task``) is read from the config here and passed on as the call's option.
+    # (``atlas_task``, ``atlas_tenant``) is read from the config here and passed on as options.
 
     def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
                stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
-        return super().stream(input, config, stop=stop, **_with_run_task(config, kwargs))
+        return super().stream(input, config, stop=stop, **_with_run_options(config, kwargs))
 
     def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
                 stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
-        return super().astream(input, config, stop=stop, **_with_run_task(config, kwargs))
+        return super().astream(input, config, stop=stop, **_with_run_options(config, kwargs))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:

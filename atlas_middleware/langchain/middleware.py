@@ -5,38 +5,47 @@ first call), and the agent's later calls reuse that guidance through the core's 
 cache until the policy's comparison shows it stopped helping (a judge preferred the
 baseline, or the guided step made an invalid tool call); the next call is then taught
 afresh. Sessions are keyed by the LangGraph thread (and the user message that started the
-current task), else by the first user message.
+current task), else by the agent run (an id the middleware gives each ``invoke``, kept in
+the agent's state), so two runs that open with the same question never share a diagnosis.
 
 The student calls (probe, guided, baseline) all go through the agent's own ``handler``, so
 they are ordinary model runs of the agent: its callbacks and tracers see each of them
-once, with the usage the provider reported. The teacher's calls never reach LangChain
-callbacks; their tokens are in the ``CallReport`` (``response_metadata["atlas"]`` of the
-delivered message) and in the ledger, one row per agent model call.
+once, with the usage the provider reported. The teacher's and judge's calls show up as
+child runs of the model step without usage; their tokens are in the ``CallReport``
+(``response_metadata["atlas"]`` of the delivered message) and in the ledger, one row per
+agent model call. Which run streams the answer, and which are tagged internal: ``_runs.py``.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from typing import Any, cast
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, NotRequired, cast
 
-from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import PrivateStateAttr
 from langchain.agents.structured_output import AutoStrategy, OutputToolBinding, ToolStrategy
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables.config import var_child_runnable_config
-from langgraph.constants import TAG_NOSTREAM
 
 from ..client import Atlas
 from ..config import AtlasConfig
 from ..teaching import protocols
 from ._convert import model_name, openai_tools, to_openai_messages
-from .backend import CallBinding, Delivery, LangChainBackend, bound_params
-from .chat_model import RUN_TASK_KEY
+from ._runs import TracedTeacher, areplay, child_run, replay, with_id
+from .backend import CallBinding, Delivery, LangChainBackend, ai_message_of, bound_params
+from .chat_model import RUN_TASK_KEY, RUN_TENANT_KEY
 
 SessionKey = Callable[[ModelRequest], str | None]
+RUN_KEY = "atlas_run"
+"""The agent-state field holding this agent run's id (private: not in the agent's output)."""
+
+
+class AtlasAgentState(AgentState[Any]):
+    atlas_run: NotRequired[Annotated[str, PrivateStateAttr]]
 
 
 def _digest(message: BaseMessage | None) -> str:
@@ -60,7 +69,11 @@ def run_task() -> Any:
 
 
 def default_session_key(request: ModelRequest) -> str:
-    """The thread and the user message that opened the current task; else the first user message."""
+    """The thread and the user message that opened the current task; else the agent run.
+
+    Without a thread, the first user message alone would make two runs that open with the
+    same question (two users of one agent, say) share one diagnosis; the run's id does not.
+    Outside an agent run (no id in the state) the first user message is the key."""
     try:
         from langgraph.config import get_config
 
@@ -71,6 +84,9 @@ def default_session_key(request: ModelRequest) -> str:
     thread = (config.get("configurable") or {}).get("thread_id")
     if thread is not None:
         return f"thread:{thread}:{_digest(humans[-1] if humans else None)}"
+    run = (request.state or {}).get(RUN_KEY)
+    if run is not None:
+        return f"run:{run}"
     return f"task:{_digest(humans[0] if humans else None)}"
 
 
@@ -98,22 +114,30 @@ def _is_guided(messages: Sequence[BaseMessage]) -> bool:
     return protocols.guidance_of(_plain(messages)) is not None
 
 
-@contextmanager
-def _unstreamed() -> Iterator[None]:
-    """Tag the model run made inside with ``nostream``.
+def _role(messages: Sequence[BaseMessage]) -> str:
+    return "probe" if _is_probe(messages) else "guided" if _is_guided(messages) else "baseline"
 
-    LangGraph's ``stream_mode="messages"`` then leaves out its tokens; the message the agent
-    keeps still reaches that stream whole, when the model node ends.
-    """
-    config = var_child_runnable_config.get()
-    if config is None:
-        yield
-        return
-    token = var_child_runnable_config.set({**config, "tags": [*(config.get("tags") or []), TAG_NOSTREAM]})
-    try:
-        yield
-    finally:
-        var_child_runnable_config.reset(token)
+
+class _Step:
+    """One agent model step: the effective policy, and the student answers that streamed live."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.live: list[AIMessage] = []
+
+    def streams(self, role: str) -> bool:
+        """Only a call whose tokens are the answer streams: the guided call where the policy
+        delivers it without comparing first; under shadow, the student's own answer."""
+        return (role == "guided" and self.policy in ("off", "audit")) or (role == "baseline" and self.policy == "shadow")
+
+    def ran(self, result: Any, role: str) -> Any:
+        if self.streams(role):
+            self.live.append(ai_message_of(result))
+        return result
+
+    def replays(self, delivery: Delivery) -> bool:
+        """The delivered answer did not stream live (compared first, or a fallback)."""
+        return not any(m is delivery.message for m in self.live)
 
 
 class AtlasAgentMiddleware(AgentMiddleware):
@@ -122,6 +146,9 @@ class AtlasAgentMiddleware(AgentMiddleware):
     ``teacher`` is a LiteLLM model string or a LangChain chat model; ``policy``, ``judge``,
     ``ledger`` and further ``AtlasConfig`` fields (``**settings``) configure the core.
     ``session_key(request)`` overrides how model calls are grouped into one task.
+    ``tenant`` says whose sessions and family guidance the agent's calls use (``tenants.py``);
+    a run's ``config={"metadata": {"atlas_tenant": ...}}`` overrides it (an agent serving
+    several users); neither: the default tenant.
     """
 
     def __init__(
@@ -135,6 +162,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
         ledger: Any = None,
         config: AtlasConfig | None = None,
         session_key: SessionKey | None = None,
+        tenant: str | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -148,15 +176,26 @@ class AtlasAgentMiddleware(AgentMiddleware):
             teacher_backend=teacher_backend, **settings,
         )
         self.session_key: SessionKey = session_key or default_session_key
+        # The teacher's and judge's calls, as child runs of the agent's model step (``_runs.py``).
+        self.atlas.backends["teacher"] = TracedTeacher(self.atlas.backends["teacher"],
+                                                       name=self.atlas.settings.teacher_model or "teacher")
+        self.tenant = tenant
+
+    state_schema = AtlasAgentState
 
     @property
     def name(self) -> str:
         return "AtlasAgentMiddleware"
 
+    def before_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Give this agent run its own id: the default session key of a run without a thread."""
+        return {RUN_KEY: uuid.uuid4().hex}
+
     # -- the call -------------------------------------------------------------------------
 
     def _prepare(self, request: ModelRequest, run: Callable[[ModelRequest, Any], Any],
-                 arun: Callable[[ModelRequest], Awaitable[Any]]) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding]:
+                 arun: Callable[[ModelRequest], Awaitable[Any]]
+                 ) -> tuple[str, list[dict[str, Any]], dict[str, Any], CallBinding, _Step]:
         originals: list[BaseMessage] = list(request.messages)
         if request.system_message is not None:
             originals.insert(0, request.system_message)
@@ -176,23 +215,20 @@ class AtlasAgentMiddleware(AgentMiddleware):
                                         response_format=None, model_settings=settings)
             return request.override(messages=messages, system_message=system)
 
-        # Only a call whose tokens are the answer may stream: the guided call, when the policy
-        # delivers it without comparing first. The probe, the baseline and any compared call
-        # are run unstreamed (see ``_unstreamed``).
-        live_guided = self.atlas.settings.policy in ("off", "audit")
-
-        def quiet(messages: list[BaseMessage]) -> Any:
-            streams = live_guided and not _is_probe(messages) and _is_guided(messages)
-            return nullcontext() if streams else _unstreamed()
+        # Every call but the live answer runs tagged ``nostream`` (``_runs.py``). The policy
+        # is this call's own: under ``adaptive`` the core says which its family's mode runs
+        # (``on_policy``, below).
+        state = _Step(self.atlas.settings.policy)
 
         def run_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
-            req = step(messages, params)
-            return run(req, quiet(messages))
+            role = _role(messages)
+            return state.ran(run(step(messages, params), child_run(role, streams=state.streams(role))), role)
 
         async def arun_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
             # Runs in its own task (the core's async driver), so the tag stays in this call.
-            with quiet(messages):
-                return await arun(step(messages, params))
+            role = _role(messages)
+            with child_run(role, streams=state.streams(role)):
+                return state.ran(await arun(step(messages, params)), role)
 
         binding = CallBinding(originals=originals, original_dicts=dicts, run=run_step, arun=arun_step)
         params: dict[str, Any] = {}
@@ -201,11 +237,15 @@ class AtlasAgentMiddleware(AgentMiddleware):
             params["tools"] = tools
         if request.tool_choice is not None:
             params["tool_choice"] = request.tool_choice
-        params["atlas"] = {"session_id": self.session_key(request)}
+        params["atlas"] = {"session_id": self.session_key(request),
+                           "on_policy": lambda policy: setattr(state, "policy", policy)}
         task = run_task()
         if task is not None:
             params["atlas"]["task"] = task
-        return model_name(request.model), dicts, params, binding
+        tenant = (_graph_config().get("metadata") or {}).get(RUN_TENANT_KEY, self.tenant)
+        if tenant is not None:
+            params["atlas"]["tenant"] = tenant
+        return model_name(request.model), dicts, params, binding, state
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         # The core runs student calls on worker threads; each runs in a copy of this
@@ -222,9 +262,12 @@ class AtlasAgentMiddleware(AgentMiddleware):
         async def never(req: ModelRequest) -> Any:  # pragma: no cover - sync path only
             raise RuntimeError("async call on a sync agent step")
 
-        model, dicts, params, binding = self._prepare(request, run, never)
+        model, dicts, params, binding, state = self._prepare(request, run, never)
         delivery: Delivery = self.atlas.completion(model, dicts, **bound_params(params, binding))
-        return _with_report(delivery)
+        result, message = _with_report(delivery)
+        if message is not None and state.replays(delivery):
+            replay(var_child_runnable_config.get(), message, _run_name(request), _prompt(binding))
+        return result
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
@@ -233,22 +276,37 @@ class AtlasAgentMiddleware(AgentMiddleware):
             raise RuntimeError("sync call on an async agent step")
 
         # Tasks inherit this context, so no copy is needed here.
-        model, dicts, params, binding = self._prepare(request, never, handler)
+        model, dicts, params, binding, state = self._prepare(request, never, handler)
         delivery: Delivery = await self.atlas.acompletion(model, dicts, **bound_params(params, binding))
-        return _with_report(delivery)
+        result, message = _with_report(delivery)
+        if message is not None and state.replays(delivery):
+            await areplay(var_child_runnable_config.get(), message, _run_name(request), _prompt(binding))
+        return result
 
 
-def _with_report(delivery: Delivery) -> Any:
-    """The handler's result, its ``AIMessage`` carrying the call's report."""
+def _run_name(request: ModelRequest) -> str:
+    """The delivered answer's run is named as the student's own runs are (``ChatOpenAI``)."""
+    return request.model.get_name() if hasattr(request.model, "get_name") else model_name(request.model)
+
+
+def _prompt(binding: CallBinding) -> list[BaseMessage]:
+    return list(binding.originals)
+
+
+def _with_report(delivery: Delivery) -> tuple[Any, AIMessage | None]:
+    """The handler's result, its ``AIMessage`` carrying the call's report (and that message)."""
     report = delivery.atlas.model_dump(mode="json")
     result = delivery.result
     if isinstance(result, AIMessage):
-        return _tagged(result, report)
+        tagged = _tagged(result, report)
+        return tagged, tagged
     if isinstance(result, ModelResponse):
-        messages = [_tagged(m, report) if m is delivery.message else m for m in result.result]
-        return ModelResponse(result=messages, structured_response=result.structured_response)
-    return result
+        tagged = _tagged(delivery.message, report)
+        messages = [tagged if m is delivery.message else m for m in result.result]
+        return ModelResponse(result=messages, structured_response=result.structured_response), tagged
+    return result, None
 
 
 def _tagged(message: AIMessage, report: dict[str, Any]) -> AIMessage:
-    return message.model_copy(update={"response_metadata": {**message.response_metadata, "atlas": report}})
+    # An id, so that the replayed chunks and the message the agent keeps are one message.
+    return with_id(message).model_copy(update={"response_metadata": {**message.response_metadata, "atlas": report}})

@@ -194,7 +194,9 @@ def open_counter(tokenizer: str | Path | None) -> TokenCounter:
 Redactor = Callable[[str], str]
 
 _PERSONAL = (
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
+    # An address starts at the start of its run, and is read possessively: a search from
+    # every character of a long "x.x.x..." would read the rest of the run each time.
+    (re.compile(r"(?<![\w.+-])[\w.+-]++@[\w-]++(?:\.[\w-]++)++"), "[EMAIL]"),
     # 13 to 19 digits in groups of up to 4, as card numbers are written
     (re.compile(r"\b\d{4}(?:[ -]?\d{3,4}){2,3}(?:[ -]?\d{1,3})?\b"), "[CARD]"),
     (re.compile(r"(?<![\w.])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?(?:[ .-]?\d{2,4}){2,3}(?![\w.])"), "[PHONE]"),

@@ -8,6 +8,8 @@ the family's ``FamilyEvidence`` in the state backend (memory, or Redis for a fle
 * ``audit`` calls in the audit sample (the call-id coin, ``audit_rate``), and none other:
   counting the calls where the teacher saw a strong student but only a sample of the
   guided ones would bias the family towards "nothing changes";
+* ``shadow`` calls in the shadow sample whose background comparison ran (``strict``'s, made
+  after the student's own answer was delivered: ``CallReport.shadow``);
 * ``verify`` calls are never counted as they come: only an answer that failed its grade is
   compared, a sample biased towards degradation. Under ``gate: learned`` an ``audit_rate``
   share of ``verify`` calls is *measured*: run as ``strict`` and counted.
@@ -50,26 +52,36 @@ one under ``strict``, the audit sample under ``audit``), and it is dropped the f
 loses (``judge_preferred_baseline``, an invalid tool call, ``no_evidence``, or a degraded
 audit). A newer winner replaces it.
 
-Evidence is kept per student model and family (``gate_key``): what teaching does for a task
-depends on the student. Nothing here waits on anything but the state backend, and a state
-failure never fails a call (``state/fallback.py``; ``Atlas`` guards the rest).
+Evidence is kept per tenant, student model and family (``gate_key``): what teaching does
+for a task depends on the student; and the kept guidance is the teacher's text about one
+caller's task, which no other caller may be given (``tenants.py``). The evidence holds no
+text, but it is scoped too: the gate's state and evidence count are on every report, and
+shared evidence would tell one tenant that others send the same template. Reports without a
+tenant (ledger records written before tenants existed) count for ``DEFAULT_TENANT`` and
+never leave guidance to reuse: nothing says whose it was. Nothing here waits on anything but
+the state backend, and a state failure never fails a call (``state/fallback.py``; ``Atlas``
+guards the rest).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..report import GUIDANCE_LOST, CallReport, GateInfo, Reason
+from ..redact import secret_logger
+from ..report import GUIDANCE_LOST, AdaptiveInfo, CallReport, GateInfo, Mode, Reason
 from ..state.base import FamilyEvidence, FamilyStore
 from ..teaching.flow import sampled
+from ..tenants import DEFAULT_TENANT, scoped
+from .adaptive import POOLED, AdaptiveRule
+from .modes import ModeSelector
 from .outcomes import Outcome, outcome_of
 from .posterior import beta_cdf
 
-log = logging.getLogger("atlas_middleware.learning")
+log = secret_logger("atlas_middleware.learning")
 
 GateMode = Literal["always", "learned"]
 ReuseMode = Literal["none", "family"]
@@ -152,6 +164,13 @@ class Admission:
     """Run this call as ``strict`` so that it measures (an exploration or a measured
     ``verify`` call)."""
     info: GateInfo | None = None
+    mode: Mode | None = None
+    """``adapt``: the adaptive policy's mode for the family (``learning/adaptive.py``)."""
+    adaptive: AdaptiveInfo | None = None
+    policy: str | None = None
+    """``adapt``: the policy the call runs under (``strict`` when measured or explored)."""
+    audit_rate: float | None = None
+    """``adapt``: the audit rate of an ``audit`` call (``adaptive.audit_rate``)."""
 
 
 def _info(a: Assessment, **flags: bool) -> GateInfo:
@@ -163,7 +182,8 @@ class TeachingGate:
     """``admit`` before a call, ``observe`` its final report (after any audit)."""
 
     def __init__(self, store: FamilyStore, rule: GateRule, *, learned: bool, reuse: bool,
-                 audit_rate: float, log_changes: bool = True) -> None:
+                 audit_rate: float, log_changes: bool = True, adaptive: AdaptiveRule | None = None,
+                 adaptive_default: bool = False, available: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.log_changes = log_changes
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -172,13 +192,19 @@ class TeachingGate:
         self.learned = learned
         self.reuse = reuse
         self.audit_rate = audit_rate
+        self.adaptive_rule = adaptive or AdaptiveRule()
+        """The adaptive policy's rule, for calls under ``policy: adaptive`` (``adapt``)."""
+        self.adaptive_default = adaptive_default
+        """The configured policy is ``adaptive``: the evidence is rebuilt at start."""
+        self.modes = ModeSelector(store, self.adaptive_rule, available, log_changes)
 
     @property
     def active(self) -> bool:
-        return self.learned or self.reuse
+        return self.learned or self.reuse or self.adaptive_default
 
-    def admit(self, model: str, family: str, call_id: str, policy: str) -> Admission:
-        evidence = self.store.get(gate_key(model, family))
+    def admit(self, model: str, family: str, call_id: str, policy: str,
+              tenant: str = DEFAULT_TENANT) -> Admission:
+        evidence = self.store.get(gate_key(model, family, tenant))
         out = Admission()
         if self.learned:
             a = assess(evidence, self.rule)
@@ -193,6 +219,24 @@ class TeachingGate:
             out.guidance, out.reused_from = evidence.guidance, evidence.guidance_from
         return out
 
+    def adapt(self, model: str, family: str, call_id: str, tenant: str = DEFAULT_TENANT) -> Admission:
+        """The adaptive policy's word on one call (``learning/adaptive.py``): the family's mode,
+        the policy the call runs under, and the evidence for its report."""
+        choice, evidence, info = self.modes.admit(gate_key(model, family, tenant), gate_key(model, POOLED, tenant),
+                                                  call_id)
+        out = Admission(mode=choice.mode, adaptive=info, policy=choice.mode)
+        if choice.mode == "skip":
+            if not info.explored:
+                return Admission(teach=False, mode="skip", adaptive=info)
+            out.policy = "strict"
+        elif choice.mode == "audit":
+            out.audit_rate = self.adaptive_rule.audit_rate
+        elif info.measured:
+            out.policy = "strict"
+        if self.reuse and evidence is not None and evidence.guidance and evidence.guidance_from:
+            out.guidance, out.reused_from = evidence.guidance, evidence.guidance_from
+        return out
+
     def observe(self, report: CallReport, graded: Outcome | None = None) -> None:
         """Learn from a finished call: its comparison's outcome when the gate counts it
         (``counted_outcome``), or ``graded``, the outcome of grading both answers against a
@@ -201,15 +245,22 @@ class TeachingGate:
             return
         if not self._first_time(report.call_id):
             return
-        key = gate_key(report.student_model, report.task_family)
-        outcome = graded if graded is not None else counted_outcome(report, self.audit_rate)
-        if self.learned and outcome is not None:
+        tenant = report.tenant or DEFAULT_TENANT
+        key = gate_key(report.student_model, report.task_family, tenant)
+        rate = self.adaptive_rule.audit_rate if report.mode is not None else self.audit_rate
+        outcome = graded if graded is not None else counted_outcome(report, rate)
+        # An adaptive call, or a shadow's comparison (strict's, made after delivery): the family's
+        # evidence and mode, so that a family switched from shadow to adaptive starts informed.
+        if report.mode is not None or report.policy == "shadow":
+            if graded is not None or in_sample(report, rate):
+                self.modes.observe(report, key, gate_key(report.student_model, POOLED, tenant), outcome)
+        elif self.learned and outcome is not None:
             evidence = self.store.observe(key, outcome, report.net_tokens, self.rule.discount)
             closed = should_close(evidence, self.rule)
             if closed != evidence.closed:
                 self.store.set_closed(key, closed)
                 self._changed(key, closed, evidence)
-        if self.reuse:
+        if self.reuse and report.tenant is not None:  # guidance whose tenant is unknown is nobody's to reuse
             self._reuse(report, key, outcome)
 
     def _first_time(self, call_id: str) -> bool:
@@ -240,10 +291,11 @@ class TeachingGate:
             self.store.keep_guidance(family, report.guidance, report.call_id)
 
 
-def gate_key(model: str, family: str) -> str:
-    """Where a family's evidence is kept: per student model, since what teaching does for a
-    task depends on who is taught (one proxy may serve a strong and a weak model alike)."""
-    return f"{model}|{family}"
+def gate_key(model: str, family: str, tenant: str) -> str:
+    """Where a family's evidence is kept: per tenant (``tenants.scoped``; module docstring),
+    and per student model, since what teaching does for a task depends on who is taught (one
+    proxy may serve a strong and a weak model alike)."""
+    return scoped(tenant, f"{model}|{family}")
 
 
 def counted_outcome(report: CallReport, audit_rate: float) -> Outcome | None:
@@ -252,11 +304,17 @@ def counted_outcome(report: CallReport, audit_rate: float) -> Outcome | None:
     teacher saw a strong student) is counted when the audit's own coin would have chosen it.
     A call served from an agent session's cache (its guidance, or its "strong student") is
     not a new sample: one diagnosis would be counted once per step."""
+    return outcome_of(report) if in_sample(report, audit_rate) else None
+
+
+def in_sample(report: CallReport, audit_rate: float) -> bool:
+    """Whether the call is in its family's unbiased sample (``counted_outcome``)."""
     if not (report.usage.probe.calls or report.usage.teacher.calls or report.reused_from):
-        return None  # no probe, no teacher, no family guidance: nothing about teaching was tried
+        return False  # no probe, no teacher, no family guidance: nothing about teaching was tried
     if report.policy == "strict":
-        return outcome_of(report)
+        return True
+    if report.policy == "shadow":  # its sampled calls, whose background comparison ran
+        return report.shadow is not None and report.shadow.reason is not None
     if report.policy == "audit":
-        in_sample = report.audit.sampled if report.audit is not None else sampled(report.call_id, audit_rate)
-        return outcome_of(report) if in_sample else None
-    return None
+        return report.audit.sampled if report.audit is not None else sampled(report.call_id, audit_rate)
+    return False

@@ -17,6 +17,8 @@ the call                               outcome            because
 ``judge_preferred_guided``             ``improved``       the judge preferred the guided one
 ``judge_preferred_baseline``,          ``degraded``       the guided answer was worse (or
 ``guided_invalid_tool_call``                              called a tool wrongly)
+shadow sampled: ``shadow.reason``      as above           strict's decision, made after the
+                                                          student's own answer was delivered
 audit sampled, ``winner`` guided /     ``improved`` /     the background comparison
 baseline / tie                         ``degraded`` /
                                        ``unchanged``
@@ -62,6 +64,8 @@ _BY_AUDIT_WINNER: dict[str, Outcome] = {"guided": "improved", "baseline": "degra
 
 def outcome_of(report: CallReport) -> Outcome | None:
     """The call's outcome for teaching (module docstring); None when it compared nothing."""
+    if report.shadow is not None:  # what strict would have decided, after the student's own answer
+        return _BY_REASON.get(report.shadow.reason.value) if report.shadow.reason is not None else None
     if report.audit is not None:
         winner = report.audit.winner
         return _BY_AUDIT_WINNER.get(winner) if winner is not None else None

@@ -11,29 +11,34 @@ With Redis, only the first replica to start since Redis was last empty replays
 (``FamilyStore.claim_rebuild``, a lease made permanent once the evidence is in Redis); the
 others find the evidence there. Calls the caller kept from learning (``learn: False``) are
 skipped, as they were live; so are an evaluation's, whose grades (``Atlas.learn``) are not
-in the ledger. Reuse needs texts: a ledger written without ``store_texts`` holds no guidance
-to reuse, so only the gate's evidence comes back.
+in the ledger. The adaptive policy's evidence and modes (``modes.py``) come back the same way:
+its calls' reports carry their mode. Reuse needs texts: a ledger written without ``store_texts`` holds no guidance
+to reuse, so only the gate's evidence comes back. Each report carries its tenant, so the
+replayed evidence and guidance come back under the tenant whose calls made them; a record
+written before tenants existed counts for the default tenant and leaves no guidance to reuse
+(``gate.py``): the rebuild never hands one caller's guidance to another.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 
 from ..ledger.base import Ledger, LedgerQuery
+from ..redact import secret_logger
 from ..report import CallReport
 from ..state.base import FamilyEvidence
 from ..state.families import MemoryFamilies
 from .gate import TeachingGate
 
-log = logging.getLogger("atlas_middleware.learning")
+log = secret_logger("atlas_middleware.learning")
 
 
 def replay(reports: Iterable[CallReport], gate: TeachingGate) -> dict[str, FamilyEvidence]:
     """The evidence ``reports`` (oldest first) give ``gate``'s rule, from nothing."""
     scratch = TeachingGate(MemoryFamilies(max_families=1 << 30), gate.rule, learned=gate.learned,
-                           reuse=gate.reuse, audit_rate=gate.audit_rate, log_changes=False)
+                           reuse=gate.reuse, audit_rate=gate.audit_rate, log_changes=False,
+                           adaptive=gate.adaptive_rule, adaptive_default=gate.adaptive_default)
     for report in reports:
         if report.learn:  # a call made with learn: False taught the gate only what its caller said
             scratch.observe(report)

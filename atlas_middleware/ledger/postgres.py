@@ -15,13 +15,12 @@ Same interface as the SQLite ledger. What it adds for a shared server:
 from __future__ import annotations
 
 import json
-import logging
 import re
 from datetime import UTC
 from typing import Any
 
 from ..errors import LedgerError, MissingExtraError
-from ..redact import redact
+from ..redact import redact, secret_logger
 from .base import LedgerQuery
 from .record import LedgerRecord
 
@@ -32,9 +31,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("the Postgres ledger", "postgres", "sqlalchemy") from _exc
 
-log = logging.getLogger("atlas_middleware.ledger")
+log = secret_logger("atlas_middleware.ledger")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # An arbitrary constant: the advisory lock that serialises schema set-up across replicas.
 _SCHEMA_LOCK_KEY = 0x61746C61  # "atla"
 
@@ -61,6 +60,11 @@ calls_table = sa.Table(
     sa.Column("tokens_saved", sa.BigInteger),
     sa.Column("net_tokens", sa.BigInteger),
     sa.Column("cost_usd", sa.Float),
+    sa.Column("student_alone_cost_usd", sa.Float),
+    sa.Column("cost_saved_usd", sa.Float),
+    sa.Column("counterfactual_basis", sa.Text),
+    sa.Column("counterfactual_samples", sa.Integer),
+    sa.Column("mode", sa.Text),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("teacher_latency_ms", sa.Float),
     sa.Column("errors", sa.Integer, nullable=False),
@@ -82,7 +86,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (),
     2: ("ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS task_family TEXT",
         "CREATE INDEX IF NOT EXISTS ix_atlas_calls_task_family ON atlas_calls (task_family)"),
+    3: ("ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS student_alone_cost_usd DOUBLE PRECISION",
+        "ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS cost_saved_usd DOUBLE PRECISION",
+        "ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS counterfactual_basis TEXT",
+        "ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS counterfactual_samples INTEGER",
+        "ALTER TABLE atlas_calls ADD COLUMN IF NOT EXISTS mode TEXT"),  # policy: adaptive's mode
 }
+
+
+# What bounds a write. The caller's wait does (``SpooledWriter``: the write runs on a writer
+# thread), and it alone bounds one to a server that accepts TCP but never answers, a frozen
+# or SIGSTOPped one: its kernel acknowledges every packet, so nothing below fires. These
+# end the write itself, which the caller may have stopped waiting for:
+# * ``connect_timeout`` (psycopg's own clock, over the whole handshake) and ``pool_timeout``;
+# * TCP keepalives and ``tcp_user_timeout``: a host gone without a reset (power, network),
+#   for pooled connections and for a write whose bytes are never acknowledged.
+# No ``statement_timeout``: a write waiting on a lock (a migration, a VACUUM FULL) is left to
+# finish while records go to the spool, which costs no caller anything; a timeout would end
+# it, and each retry would cost a caller its wait again. A per-write ``SET LOCAL`` (the only
+# form every connection pooler keeps to one client) also cost ~35% of a local insert. Where
+# one is wanted: ``?options=-c%20statement_timeout%3D5000`` in the URL, or on the role.
+_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 15_000}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -101,7 +126,7 @@ class PostgresLedger:
             max_overflow=max_overflow,
             pool_pre_ping=True,
             pool_timeout=connect_timeout,
-            connect_args={"connect_timeout": max(1, int(connect_timeout))},
+            connect_args={"connect_timeout": max(1, int(connect_timeout)), **_DEAD_PEER},
         )
         # Never keep the password in a field someone may print.
         self.url = self._engine.url.render_as_string(hide_password=True)

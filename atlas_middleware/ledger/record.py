@@ -44,6 +44,15 @@ class LedgerRecord(BaseModel):
     tokens_saved: int | None
     net_tokens: int | None
     cost_usd: float | None
+    student_alone_cost_usd: float | None = None
+    """``CallReport.student_alone_cost_usd``; the four counterfactual columns are None in
+    records written before they existed (schema version 3)."""
+    cost_saved_usd: float | None = None
+    counterfactual_basis: str | None = None
+    counterfactual_samples: int | None = None
+    mode: str | None = None
+    """``CallReport.mode``: the adaptive policy's mode for the call's family; None under an
+    explicit policy, and in records written before it existed (schema version 3)."""
     latency_ms: float
     teacher_latency_ms: float | None
     errors: int
@@ -84,6 +93,11 @@ class LedgerRecord(BaseModel):
             tokens_saved=report.tokens_saved,
             net_tokens=report.net_tokens,
             cost_usd=report.cost_usd,
+            student_alone_cost_usd=report.student_alone_cost_usd,
+            cost_saved_usd=report.cost_saved_usd,
+            counterfactual_basis=report.counterfactual_basis,
+            counterfactual_samples=report.counterfactual_samples,
+            mode=report.mode,
             latency_ms=report.latency_ms.get("total", 0.0),
             teacher_latency_ms=report.latency_ms.get("teacher"),
             errors=len(report.errors),

@@ -15,14 +15,18 @@ from ..errors import LedgerError
 from .base import LedgerQuery
 from .record import LedgerRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _COLUMNS = (
     "call_id", "created_at", "student_model", "teacher_model", "policy", "session_id", "task_family",
     "decision", "reason", "failed", "tokens", "tokens_saved", "net_tokens", "cost_usd",
+    "student_alone_cost_usd", "cost_saved_usd", "counterfactual_basis", "counterfactual_samples", "mode",
     "latency_ms", "teacher_latency_ms", "errors", "prompt_sha256", "prompt_chars",
     "answer_sha256", "answer_chars", "prompt_text", "answer_text", "report_json",
 )
-_ADDED_BY_MIGRATIONS = ("task_family",)  # not in version 1's CREATE TABLE: see MIGRATIONS
+_ADDED_BY_MIGRATIONS = (  # not in version 1's CREATE TABLE: see MIGRATIONS
+    "task_family", "student_alone_cost_usd", "cost_saved_usd", "counterfactual_basis", "counterfactual_samples",
+    "mode",
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS atlas_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS atlas_calls (
@@ -39,6 +43,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (),
     2: ("ALTER TABLE atlas_calls ADD COLUMN task_family TEXT",
         "CREATE INDEX IF NOT EXISTS atlas_calls_family ON atlas_calls (task_family)"),
+    3: ("ALTER TABLE atlas_calls ADD COLUMN student_alone_cost_usd REAL",
+        "ALTER TABLE atlas_calls ADD COLUMN cost_saved_usd REAL",
+        "ALTER TABLE atlas_calls ADD COLUMN counterfactual_basis TEXT",
+        "ALTER TABLE atlas_calls ADD COLUMN counterfactual_samples INTEGER",
+        "ALTER TABLE atlas_calls ADD COLUMN mode TEXT"),  # policy: adaptive's mode (CallReport.mode)
 }
 
 
@@ -70,10 +79,27 @@ class SQLiteLedger:
         try:
             conn = self._conn()
             with self._lock, self._waiting(READ_TIMEOUT_S):
+                self._check(conn)
                 conn.executescript(_SCHEMA)
                 self._migrate(conn)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the SQLite ledger at {self.path}: {exc}") from exc
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        """Refuse a damaged file when it is opened (``PRAGMA quick_check``, one pass over the
+        file): SQLite notices a corrupted page only when it reads it, mid-report or
+        mid-write, long after the start where a person would see the error."""
+        if self.path == ":memory:":
+            return
+        try:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise LedgerError(
+                f"the SQLite ledger at {self.path} is corrupted ({'; '.join(problems)}): move it aside to "
+                f"start a new one; `sqlite3 {self.path} .recover | sqlite3 recovered.db` saves what it can"
+            )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the file to ``SCHEMA_VERSION`` in one write transaction (another process

@@ -10,11 +10,13 @@ which builds them here with ``build()``:
   mounts ``/atlas/metrics`` on the proxy's app. Before an ``atlas/`` model is called it
   checks the request (the message list, ``stream``), so that a malformed one is a 400
   naming the field (LiteLLM's own checks crash on some shapes, or answer 500), and that a
-  provider that cannot be built is a 503 that says why.
+  provider that cannot be built is a 503 that says why; a tenant it names is granted to an
+  admin and refused (403) to any other key (``tenants.py``).
 
 ``build()`` also builds the provider's ``Atlas`` at once (an error is logged, not raised,
 so the proxy still starts and answers its probes) and puts the gate of ``gate.py`` in
-front of the proxy's app: bodies that are not JSON objects get a 400, and
+front of the proxy's app: a model call without a valid key is a 401 before its body is
+read; oversized, slow, deeply nested and non-object bodies get a 413, 408 or 400; and
 ``/health/readiness`` a 503 while the provider cannot be built.
 
 LiteLLM hands hooks untyped dicts; only ``CallReport`` objects leave this module.
@@ -23,7 +25,6 @@ LiteLLM hands hooks untyped dicts; only ``CallReport`` objects leave this module
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import threading
 import time
@@ -36,13 +37,14 @@ from litellm.types.utils import ModelResponse
 from ..errors import AtlasError, InvalidRequestError
 from ..messages import validate_messages, validate_user_parts
 from ..provider import PROVIDER, AtlasLLM, PendingStream, report_of
-from ..redact import redact
+from ..redact import guard_loggers, redact, secret_logger
 from ..report import CallReport
-from . import gate
+from . import auth, gate, tenants
 from .headers import BODY_FIELD, report_body, report_headers
 from .metrics import AtlasMetrics
+from .teacher import TeacherWatch
 
-log = logging.getLogger("atlas_middleware.proxy")
+log = secret_logger("atlas_middleware.proxy")
 # Seconds between two attempts to build a provider that failed for a reason outside the
 # configuration (an OSError, say). A configuration error is final: the configuration is
 # read once, and a retry could load an in-process teacher again for nothing.
@@ -59,6 +61,7 @@ class AtlasProxyHooks(CustomLogger):
         self._problem: BaseException | None = None
         self._failed_at = 0.0
         self._check_lock = threading.Lock()
+        self.teacher = TeacherWatch()
 
     def check(self) -> BaseException | None:
         """None once the provider's ``Atlas`` is built (building it now if needed), else why not.
@@ -80,12 +83,33 @@ class AtlasProxyHooks(CustomLogger):
                           redact(str(exc)))
                 return exc
             self._ready, self._problem = True, None
-            return None
+        # Once built: check the teacher in the background (bounded; a WARNING if it is down
+        # or misnamed), so that a proxy that falls back on every call says so at start.
+        config = getattr(self.provider, "config", None)
+        if config is not None:
+            self.teacher.start(config)
+        return None
 
     async def acheck(self) -> BaseException | None:
         if self._ready:
             return None
         return await asyncio.to_thread(self.check)
+
+    def teacher_status(self) -> dict[str, str]:
+        """The teacher's state words for ``/health/readiness``: the start-up check's result
+        and the circuit breaker's (``closed``, ``open``, ``half-open``)."""
+        atlas = self.provider._atlas
+        circuit = "unknown"
+        if atlas is not None:
+            try:
+                circuit = atlas.breaker.state
+            except Exception:  # a shared state that is down: readiness still answers
+                circuit = "unknown"
+        return {"teacher": self.teacher.result.state, "teacher_circuit": circuit}
+
+    async def ateacher_status(self) -> dict[str, str]:
+        # The breaker may live in Redis (bounded by state_timeout): off the event loop.
+        return await asyncio.to_thread(self.teacher_status)
 
     def report_for(self, data: dict[str, Any], response: Any) -> CallReport | None:
         report = report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
@@ -102,10 +126,14 @@ class AtlasProxyHooks(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
         model = data.get("model")
-        kind = getattr(call_type, "value", call_type)
-        if kind not in CHAT_CALL_TYPES or "messages" not in data or not isinstance(model, str):
-            return data  # (Anthropic-style /v1/messages have other part types; the provider checks them)
+        if not isinstance(model, str):
+            return data
         taught = _served_by_atlas(model)
+        if taught:  # every route to an atlas/ model: a key names no tenant but its own
+            _check_tenant(data, user_api_key_dict, model)
+        kind = getattr(call_type, "value", call_type)
+        if kind not in CHAT_CALL_TYPES or "messages" not in data:
+            return data  # (Anthropic-style /v1/messages have other part types; the provider checks them)
         try:
             if taught:
                 validate_request(data)
@@ -138,6 +166,18 @@ class AtlasProxyHooks(CustomLogger):
             await stream.prime()
         report = self.report_for(data, response)
         return report_headers(report) if report is not None else None
+
+
+def _check_tenant(data: dict[str, Any], user_api_key_dict: Any, model: str) -> None:
+    """The tenant a request names: granted to an admin, a 403 for any other key (``tenants.py``)."""
+    try:
+        tenants.grant(data, user_api_key_dict)
+    except tenants.TenantRefused as exc:
+        from fastapi import HTTPException  # the proxy's own web framework: loaded
+
+        raise HTTPException(status_code=403, detail=str(exc)) from None
+    except InvalidRequestError as exc:
+        raise BadRequestError(message=str(exc), model=model, llm_provider=PROVIDER) from None
 
 
 def validate_request(data: dict[str, Any]) -> None:
@@ -192,18 +232,36 @@ def build(config_file: str | None = None, *, metrics: bool = True, **atlas_kwarg
         return _built[config_file]
 
 
+# The proxy's own loggers: it logs every failed call's error with its traceback (the chained
+# provider errors included). Errors leaving the provider are scrubbed already (provider.py);
+# this filter also masks whatever else LiteLLM logs about a call whose key we know.
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Proxy", "LiteLLM Proxy.stdout", "LiteLLM Router", "uvicorn.error")
+
+
+def _gate_limits(provider: AtlasLLM) -> gate.GateLimits:
+    """The gate's bounds from the atlas configuration; the defaults when it is invalid (the
+    taught models answer 503 then, and LiteLLM's own models are still bounded)."""
+    try:
+        return gate.GateLimits.of(provider.config)
+    except AtlasError:
+        return gate.GateLimits()
+
+
 def _build(config_file: str | None, metrics: bool, atlas_kwargs: dict[str, Any]) -> tuple[AtlasLLM, AtlasProxyHooks]:
+    guard_loggers(*LITELLM_LOGGERS)
     observer = AtlasMetrics() if metrics else None
     provider = AtlasLLM(config_file=config_file, on_report=[observer.observe] if observer else None,
                         **atlas_kwargs)
     hooks = AtlasProxyHooks(provider, observer)
     app = _proxy_app()
-    if observer is not None:  # the shared state's health, read at each scrape
+    if observer is not None:  # the shared state's health and the ledger's losses, read at each scrape
         observer.watch_state(lambda: provider._atlas.state.status() if provider._atlas is not None else None)
+        observer.watch_ledger(
+            lambda: provider._atlas.ledger_writer.status() if provider._atlas is not None else None)
     if app is not None:
         if observer is not None:
             observer.mount(app)
-        gate.install(app, hooks.acheck)
+        gate.install(app, hooks.acheck, _gate_limits(provider), auth.key_problem, hooks.ateacher_status)
         # Build it now, so that a bad configuration shows in the log and on
         # /health/readiness at start rather than at the first request.
         hooks.check()

@@ -9,13 +9,19 @@ know: master key, virtual keys, ``model_list``, workers.
 Before LiteLLM starts, ``check_atlas_config`` reads the atlas configuration the proxy will
 read and raises ``ConfigError`` for what would make every taught call fail (an unknown key,
 a bad value, no teacher, a judge that cannot be imported, a ledger URL that cannot be
-opened): the command exits with the message instead of starting a proxy that looks
+opened, an ``atlas/`` deployment's price that is not one): the command exits with the message instead of starting a proxy that looks
 healthy. Backends are not built here (an in-process teacher would be loaded twice); what
 fails there shows on the proxy's ``/health/readiness``.
+
+A ``litellm_settings`` key LiteLLM does not have (``custom_provider_mapp``) is set by the
+proxy on the ``litellm`` module and read by nothing: ``unknown_litellm_settings`` names it
+(with the closest real one) in a warning before the start, as the misspelling would
+otherwise leave the provider or its hooks silently unloaded.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -123,6 +129,24 @@ def loads_atlas(config: Mapping[str, Any]) -> bool:
     return any(isinstance(p, dict) and p.get("provider") == "atlas" for p in providers or ())
 
 
+def check_deployment_prices(config: Mapping[str, Any]) -> None:
+    """Every ``atlas/`` deployment's student prices, read as the provider reads them
+    (``litellm_params``, else ``model_info``; ``pricing.py``), or a ``ConfigError`` naming the
+    deployment and the field: a bad price would make every call to it a 400."""
+    from ..pricing import PRICE_PARAMS, split_prices
+
+    for i, entry in enumerate(config.get("model_list") or ()):
+        params = entry.get("litellm_params") if isinstance(entry, dict) else None
+        if not isinstance(params, dict) or not str(params.get("model", "")).startswith("atlas/"):
+            continue
+        info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
+        prices = {k: params[k] if params.get(k) is not None else info.get(k) for k in PRICE_PARAMS}
+        try:
+            split_prices(prices)
+        except ValueError as exc:
+            raise ConfigError(f"model_list[{i}] ({entry.get('model_name')}): {exc}") from None
+
+
 def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> AtlasConfig | None:
     """The atlas configuration the proxy will read from ``env``, checked as ``Atlas`` checks it.
 
@@ -138,6 +162,7 @@ def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> Atlas
     if not loads_atlas(proxy_config):
         return None
     env = _with_config_environment(env, proxy_config)
+    check_deployment_prices(proxy_config)
     config = AtlasConfig.load(env=env)
     if not config.teacher:
         raise ConfigError("no teacher model: set 'teacher' in the atlas: section of the proxy config, "
@@ -159,9 +184,42 @@ def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> Atlas
     return config
 
 
+# The ``litellm_settings`` keys LiteLLM 1.108's proxy reads itself (``load_config``) instead
+# of setting them on the ``litellm`` module; every other key must be a module attribute.
+PROXY_READ_SETTINGS = frozenset({
+    "cache", "guardrails", "global_prompt_directory", "global_bitbucket_config", "global_gitlab_config",
+    "priority_reservation_settings", "callbacks", "model_group_settings", "post_call_rules", "max_budget",
+    "max_internal_user_budget", "default_max_internal_user_budget", "default_internal_user_params",
+    "custom_provider_map", "success_callback", "failure_callback", "audit_log_callbacks", "cache_params",
+    "responses", "max_ui_session_budget", "default_team_settings", "upperbound_key_generate_params",
+    "key_alias_pattern", "json_logs", "budget_reset_time", "drop_params", "request_timeout",
+})
+
+
+def unknown_litellm_settings(config: Mapping[str, Any]) -> list[str]:
+    """A warning for each ``litellm_settings`` key LiteLLM has no such setting for."""
+    settings = config.get("litellm_settings")
+    if not isinstance(settings, dict):
+        return []
+    from ..backends.litellm import import_litellm
+
+    litellm = import_litellm()
+    known = sorted(PROXY_READ_SETTINGS | {n for n in dir(litellm) if not n.startswith("_")})
+    out = []
+    for key in settings:
+        if not isinstance(key, str) or key in PROXY_READ_SETTINGS or hasattr(litellm, key):
+            continue
+        close = difflib.get_close_matches(key, [k for k in known if k.islower()], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        out.append(f"litellm_settings.{key} is not a LiteLLM setting: LiteLLM ignores it{hint}")
+    return out
+
+
 def exec_proxy(settings: ProxySettings) -> None:
     """Check the atlas configuration, then replace this process with the proxy (signals reach it directly)."""
     settings.check()
+    for warning in unknown_litellm_settings(_proxy_config(settings.config)):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     env = proxy_env(settings)
     check_atlas_config(settings, env)
     cmd = proxy_command(settings)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 CHART_TITLES: dict[str, str] = {
-    "savings": "Tokens saved and net tokens per day",
+    "dollars": "Net dollars against the student alone per day (+ = saved, - = teaching cost more)",
+    "savings": "Tokens saved against the student alone per day (+ = saved, - = teaching cost more)",
     "decisions": "What was delivered",
     "tokens_by_role": "Tokens by role",
     "latency": "Latency distribution",
@@ -50,11 +51,28 @@ def _figure() -> Any:
 def _savings(ax: Axes, s: Summary) -> None:
     days = [g.key for g in s.daily]
     x = list(range(len(days)))
-    ax.bar([i - 0.2 for i in x], [g.tokens_saved for g in s.daily], width=0.4, label="tokens saved (+ = shorter answers)")
-    ax.bar([i + 0.2 for i in x], [g.net_tokens for g in s.daily], width=0.4, label="net tokens (- = saved)")
+    # One sign convention with every other figure: + = saved against the student alone.
+    ax.bar([i - 0.2 for i in x], [-g.net_tokens for g in s.daily], width=0.4,
+           label="net tokens, everything teaching spent included", color="#264653")
+    ax.bar([i + 0.2 for i in x], [g.tokens_saved for g in s.daily], width=0.4,
+           label="answer tokens only (shorter answers)", color="#8ab17d")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, days, rotation=30, ha="right")
     ax.set_ylabel("tokens")
+    ax.legend(loc="best", fontsize="small")
+
+
+def _dollars(ax: Axes, s: Summary) -> None:
+    """Net dollars per day, the measured part and the estimated part stacked on it."""
+    days = [g.key for g in s.daily]
+    x = list(range(len(days)))
+    estimated = [g.cost_saved_estimated_usd or 0.0 for g in s.daily]
+    measured = [(g.cost_saved_usd or 0.0) - e for g, e in zip(s.daily, estimated, strict=True)]
+    ax.bar(x, measured, label="measured (the call's own baseline)", color="#264653")
+    ax.bar(x, estimated, bottom=measured, label="estimated (the family's baselines)", color="#8ab17d")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, days, rotation=30, ha="right")
+    ax.set_ylabel("US dollars")
     ax.legend(loc="best", fontsize="small")
 
 
@@ -88,7 +106,8 @@ def _latency(ax: Axes, s: Summary) -> None:
 def _top_calls(ax: Axes, s: Summary) -> None:
     calls = list(reversed(s.top_calls))
     # Positions, not labels, on the y axis: two calls may share a label and must not merge.
-    labels = [f"{c.call_id[:8]} {c.created_at:%m-%d %H:%M} {c.student_model} ({c.decision})" for c in calls]
+    # A long model name (openrouter/meta-llama/...) would squeeze the bars off the figure.
+    labels = [f"{c.call_id[:8]} {c.created_at:%m-%d %H:%M} {_short(c.student_model, 24)} ({c.decision})" for c in calls]
     ax.barh(range(len(calls)), [c.total_tokens for c in calls])
     ax.set_yticks(range(len(calls)), labels)
     ax.set_xlabel("tokens")
@@ -96,6 +115,7 @@ def _top_calls(ax: Axes, s: Summary) -> None:
 
 
 _DRAW: dict[str, Callable[[Axes, Summary], None]] = {
+    "dollars": _dollars,
     "savings": _savings,
     "decisions": _decisions,
     "tokens_by_role": _tokens_by_role,
@@ -172,7 +192,9 @@ def _row(i: int, g: GroupSummary) -> str:
     parts = [
         f'<g class="family" data-family="{escape(g.key)}" data-gate="{escape(state or "")}">',
         f'<rect x="8" y="{y0 + 8:.1f}" width="12" height="12" rx="3" fill="{colour}"><title>{escape(gate_text)}</title></rect>',
-        f'<text x="28" y="{y0 + 18:.1f}" font-size="13" fill="#222">{escape(_short(g.key))}</text>',
+        # A derived family reads as the masked start of its template where the ledger kept texts.
+        f'<text x="28" y="{y0 + 18:.1f}" font-size="13" fill="#222"><title>{escape(g.key)}</title>'
+        f'{escape(_short(g.label or g.key))}</text>',
         f'<text x="28" y="{y0 + 34:.1f}" font-size="11" fill="#666">{escape(detail)}</text>',
     ]
     if g.compared == 0:

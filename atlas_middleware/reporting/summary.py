@@ -5,14 +5,26 @@ values and nothing it computed itself, so the formats cannot disagree.
 
 Definitions (``CallReport``'s sign conventions, summed):
 
-* ``tokens_saved``: sum over *measured* calls (those with a baseline, i.e. a non-null
+* ``cost_saved_usd``, the lead figure: net dollars against the student alone, the sum of the
+  calls' ``cost_saved_usd`` (student-alone price minus everything spent) over the calls that
+  have one (``dollar_calls``); positive = saved, negative = teaching cost money. A call's
+  student-alone price is its own baseline's (``measured``) or, where it ran none, its
+  family's mean baseline (``estimated``): ``dollar_calls_estimated`` and
+  ``cost_saved_estimated_usd`` say how much of the figure is estimated. A call with no
+  student-alone price (no baseline and no family estimate, or an unknown price) is in none
+  of these. ``student_alone_cost_usd`` is the student-alone price of the same calls, and
+  ``cost_vs_alone`` what they cost over it (1.66: 66% more than the student alone).
+* ``tokens_saved``: sum over *measured* calls (those with their own baseline: basis
+  ``measured``, or a record written before the basis existed with a non-null
   ``tokens_saved``) of baseline completion minus delivered completion; positive = saved.
 * ``saved_rate``: ``tokens_saved`` / the baseline completion tokens of those same calls.
 * ``net_tokens``: sum over measured calls of everything spent minus the student-alone
   baseline total; positive = the middleware *cost* tokens, negative = it saved them.
 * ``net_rate``: ``net_tokens`` / the baseline's total (prompt + completion) tokens of those
-  calls. Unmeasured calls count in the token totals but in neither rate: they have no
-  counterfactual, and guessing one would make the rates lie.
+  calls. Unmeasured calls count in the token totals but in neither rate: their counterfactual
+  is at best an estimate, and mixing it in would present it as measured.
+* ``estimated_calls``, ``tokens_saved_estimated``, ``net_tokens_estimated``: the same token
+  sums over the calls whose counterfactual was estimated from their family's baselines.
 * ``cost_usd``: the sum of the known prices (``None`` if none); ``cost_unknown_calls`` says how many calls had
   none (an unknown cost is not zero).
 * ``teacher_error_rate``: calls whose teacher path failed / calls that tried the teacher.
@@ -44,13 +56,31 @@ What teaching did (every group; the point of the per-family view, ``learning/``)
   at a count of 0 and up to 1 at a count of all; ``None`` with no compared call.
 * ``net_tokens_per_call``: ``net_tokens`` / ``measured_calls`` (the calls with a baseline).
 * ``gate_skipped``: calls the learned gate did not teach (reason ``gate_skipped``).
+* ``budget_exhausted``: calls run untaught because the day's teaching budget was spent, or
+  could not be read (reason ``budget_exhausted``, ``budgets.py``).
 * ``teacher_calls_avoided``: calls that used earlier guidance instead of probe and teacher
   (``guidance_reused``): ``reused_family`` (``reuse: family``; ``reused_from`` counts the
   calls per call id whose guidance was reused) and ``reused_session`` (an agent session's).
 
+What teaching would have delivered (``shadow``, a ``ShadowSummary``, in every group that holds
+``policy: shadow`` calls; docs/policies.md#shadow-the-first-step): of the shadow calls, how many
+were ``sampled`` (taught in the background), ``busy`` (sampled but not run: ``shadow.max_pending``)
+and ``compared`` (their comparison gave an outcome: the gate's rule, ``outcome_of``); the
+``improved`` / ``degraded`` / ``unchanged`` ``Rate`` of those; the **accuracy change** had the
+guided answer been delivered (``improved`` share - ``degraded`` share) with an approximate 95%
+interval (normal, centred on the observed change, its variance the Dirichlet posterior's
+from a uniform prior: never zero at 0 or n of n); the **NDR** had it been delivered unchecked
+(1 - the ``degraded`` share, the interval from that share's Beta interval; under ``strict``
+the judge delivers the student's own answer where it found a degradation); and the dollars
+of the sampled calls with every price known (``priced``): per call, the student alone's price
+minus what teaching would have cost, unchecked (probe + teacher + guided answer: ``audit``
+unsampled, ``off``) and checked (everything: ``strict``), and each as a multiple of the
+student alone.
+
 Per task family (``families``, always there; ``--group-by family`` for every figure): the
 groups keyed by ``task_family`` (``teaching/families.py``); records written before
-families existed fall under ``(none)``. A family group also has ``gate``: the learned gate's
+families existed fall under ``(none)``. A derived (``f:``) family group has a ``label``, the
+masked start of its template (``family_label``), where the ledger kept texts. A family group also has ``gate``: the learned gate's
 state, ``p_gain``, ``p_effect`` and evidence after replaying the last ``gate_records`` of
 the summarised records through ``TeachingGate.observe`` with the configured rule
 (``learning/rebuild.replay``): what a process starting now would rebuild, whether or not the
@@ -80,8 +110,10 @@ from ..learning.outcomes import OUTCOMES, Outcome
 from ..learning.posterior import beta_interval
 from ..learning.rebuild import replay
 from ..ledger.record import LedgerRecord
-from ..report import TEACHER_PATH_FAILURES, AuditInfo, CallReport, Reason
+from ..report import TEACHER_PATH_FAILURES, AuditInfo, CallReport, Reason, ShadowInfo
 from ..state.families import MemoryFamilies
+from ..teaching.families import FINGERPRINT_PREFIX, text_of, windowed
+from ..tenants import DEFAULT_TENANT
 from ..usage import ROLES, Usage, UsageByRole
 
 GroupBy = Literal["day", "model", "session", "decision", "family"]
@@ -91,6 +123,7 @@ DECISIONS: tuple[str, ...] = ("guided", "baseline", "student_only")
 TEACHER_FAILURES = frozenset(r.value for r in TEACHER_PATH_FAILURES)
 NO_SESSION = "(none)"
 NO_FAMILY = "(none)"
+LABEL_CHARS = 48
 
 
 class RoleTokens(BaseModel):
@@ -128,6 +161,35 @@ class Rate(BaseModel):
     high: float | None = None
 
 
+class ShadowSummary(BaseModel):
+    """``policy: shadow``: what teaching would have delivered (module docstring)."""
+
+    calls: int = 0
+    sampled: int = 0
+    busy: int = 0
+    compared: int = 0
+    improved: Rate = Field(default_factory=Rate)
+    degraded: Rate = Field(default_factory=Rate)
+    unchanged: Rate = Field(default_factory=Rate)
+    accuracy_change: float | None = None
+    """Improved share - degraded share of the compared calls, had the guided answer been delivered."""
+    accuracy_change_low: float | None = None
+    accuracy_change_high: float | None = None
+    ndr: float | None = None
+    """1 - the degraded share: delivered unchecked, the share of calls no worse than the student alone."""
+    ndr_low: float | None = None
+    ndr_high: float | None = None
+    priced: int = 0
+    alone_usd: float | None = None
+    """The student alone's price, summed over the ``priced`` calls."""
+    unchecked_saved_usd_per_call: float | None = None
+    """Mean of (student alone - probe, teacher and guided answer): + saved, - spent."""
+    unchecked_vs_alone: float | None = None
+    checked_saved_usd_per_call: float | None = None
+    """Mean of (student alone - everything ``strict`` spends): + saved, - spent."""
+    checked_vs_alone: float | None = None
+
+
 class FamilyGate(BaseModel):
     """The learned gate's view of a family, from the replayed records (module docstring)."""
 
@@ -156,6 +218,18 @@ class GroupSummary(BaseModel):
     net_tokens: int = 0
     baseline_total_tokens: int = 0
     net_rate: float | None = None
+    estimated_calls: int = 0
+    tokens_saved_estimated: int = 0
+    net_tokens_estimated: int = 0
+    cost_saved_usd: float | None = None
+    """Net dollars against the student alone, over ``dollar_calls``: positive = saved."""
+    cost_saved_estimated_usd: float | None = None
+    """The part of ``cost_saved_usd`` whose student-alone price was estimated."""
+    student_alone_cost_usd: float | None = None
+    cost_vs_alone: float | None = None
+    """What the ``dollar_calls`` cost / what the student alone would have (1.0: the same)."""
+    dollar_calls: int = 0
+    dollar_calls_estimated: int = 0
     cost_usd: float | None = None
     """Sum of the known prices; ``None`` when no call in the group had one."""
     cost_unknown_calls: int = 0
@@ -177,6 +251,10 @@ class GroupSummary(BaseModel):
     delivered_degradation: Rate = Field(default_factory=Rate)
     net_tokens_per_call: float | None = None
     gate_skipped: int = 0
+    budget_exhausted: int = 0
+    """Calls run untaught because the day's teaching budget was spent (or could not be read)."""
+    shadow: ShadowSummary | None = None
+    """Groups with ``policy: shadow`` calls: what teaching would have delivered."""
     reused_family: int = 0
     reused_session: int = 0
     teacher_calls_avoided: int = 0
@@ -184,6 +262,9 @@ class GroupSummary(BaseModel):
     """``reuse: family``: the calls whose guidance was reused, and how many calls reused it."""
     gate: FamilyGate | None = None
     """Family groups only (module docstring)."""
+    label: str | None = None
+    """Derived (``f:``) family groups only, when the ledger kept texts (``store_texts``): the
+    masked start of the template (``family_label``), so a reader can tell families apart."""
 
 
 class TopCall(BaseModel):
@@ -248,6 +329,7 @@ def _ratio(num: float, den: float) -> float | None:
 
 DEFAULT_AUDIT_RATE = 0.1
 _AUDIT = re.compile(r'"audit":(null|\{[^{}]*\})')
+_SHADOW = re.compile(r'"shadow":(null|\{[^{}]*\})')
 _REUSED_FROM = re.compile(r'"reused_from":(null|"[0-9A-Za-z_-]*")')
 _REASONS = {r.value: r for r in Reason}
 _NOW = datetime(1970, 1, 1, tzinfo=UTC)
@@ -263,6 +345,15 @@ class Learning:
     reused: bool = False
     reused_from: str | None = None
     audit: AuditInfo | None = None
+    shadow: ShadowInfo | None = None
+    """A ``policy: shadow`` call's background comparison, as the ledger has it."""
+
+
+def _shadow_field(report_json: str) -> ShadowInfo | None:
+    """A shadow record's ``shadow`` field (flat, so found without parsing the whole report)."""
+    found = _SHADOW.search(report_json)
+    data = json.loads(found.group(1)) if found is not None else json.loads(report_json).get("shadow")
+    return ShadowInfo.model_validate(data) if data is not None else None
 
 
 def _report_fields(report_json: str) -> tuple[AuditInfo | None, bool, str | None]:
@@ -291,7 +382,8 @@ def light_report(r: LedgerRecord, learning: Learning) -> CallReport:
     return CallReport.model_construct(
         call_id=r.call_id, created_at=_NOW, student_model=r.student_model, policy=r.policy,
         task_family=r.task_family, decision=r.decision, reason=_REASONS[r.reason],
-        audit=learning.audit, guidance_reused=learning.reused, reused_from=learning.reused_from,
+        audit=learning.audit, shadow=learning.shadow, guidance_reused=learning.reused,
+        reused_from=learning.reused_from,
         guidance=None, net_tokens=r.net_tokens, tokens_saved=r.tokens_saved, latency_ms={}, errors=[],
         usage=UsageByRole(probe=Usage(calls=_calls(r, "probe")), teacher=Usage(calls=_calls(r, "teacher"))),
         learn='"learn":false' not in r.report_json,
@@ -309,7 +401,8 @@ def learn(records: Sequence[LedgerRecord], audit_rate: float = DEFAULT_AUDIT_RAT
     out = []
     for r in records:
         audit, reused, reused_from = _report_fields(r.report_json)
-        partial = Learning(reused=reused, reused_from=reused_from, audit=audit)
+        shadow = _shadow_field(r.report_json) if r.policy == "shadow" else None
+        partial = Learning(reused=reused, reused_from=reused_from, audit=audit, shadow=shadow)
         if r.reason not in _REASONS:  # a reason this version does not know compared nothing it can read
             outcome = None
         elif r.policy == "audit" and audit is None:  # the audit's coin: drawn from the call id
@@ -317,11 +410,12 @@ def learn(records: Sequence[LedgerRecord], audit_rate: float = DEFAULT_AUDIT_RAT
         else:
             tried = bool(_calls(r, "probe") or _calls(r, "teacher") or reused_from)
             key = (r.policy, r.reason, tried,
-                   None if audit is None else (audit.sampled, audit.winner, audit.degraded))
+                   None if audit is None else (audit.sampled, audit.winner, audit.degraded),
+                   None if shadow is None else shadow.reason)
             if key not in memo:
                 memo[key] = counted_outcome(light_report(r, partial), audit_rate)
             outcome = memo[key]
-        out.append(Learning(outcome, r.decision == "guided", reused, reused_from, audit))
+        out.append(Learning(outcome, r.decision == "guided", reused, reused_from, audit, shadow))
     return out
 
 
@@ -372,7 +466,7 @@ def summarize_group(records: list[LedgerRecord], key: str = "all",
     parts = ("prompt", "completion", "calls", "reasoning", "cached")
     role_sums = {role: dict.fromkeys(parts, 0) for role in ROLES}
     failed = measured = saved = net = base_completion = base_total = 0
-    unpriced = tried = teacher_errors = taught = skipped = 0
+    unpriced = tried = teacher_errors = taught = skipped = exhausted = 0
     cost: float | None = None
     first: datetime | None = None
     last: datetime | None = None
@@ -386,11 +480,12 @@ def summarize_group(records: list[LedgerRecord], key: str = "all",
             if t:
                 for part in parts:
                     acc[part] += t.get(part, 0)
-        if r.tokens_saved is not None and r.net_tokens is not None:
+        figures = _measured(r)
+        if figures is not None:
             base = tokens.get("baseline", {})
             measured += 1
-            saved += r.tokens_saved
-            net += r.net_tokens
+            saved += figures[0]
+            net += figures[1]
             base_completion += base.get("completion", 0)
             base_total += base.get("prompt", 0) + base.get("completion", 0)
         if r.cost_usd is None:
@@ -403,6 +498,7 @@ def summarize_group(records: list[LedgerRecord], key: str = "all",
             teacher_errors += failed_teacher
         taught += tokens.get("guided", {}).get("calls", 0) > 0
         skipped += r.reason == "gate_skipped"
+        exhausted += r.reason == "budget_exhausted"
         first = r.created_at if first is None else min(first, r.created_at)
         last = r.created_at if last is None else max(last, r.created_at)
     g = GroupSummary(
@@ -411,7 +507,7 @@ def summarize_group(records: list[LedgerRecord], key: str = "all",
         measured_calls=measured, tokens_saved=saved, net_tokens=net,
         baseline_completion_tokens=base_completion, baseline_total_tokens=base_total,
         cost_usd=cost, cost_unknown_calls=unpriced, teacher_tried=tried, teacher_errors=teacher_errors,
-        taught=taught, gate_skipped=skipped, first_call=first, last_call=last,
+        taught=taught, gate_skipped=skipped, budget_exhausted=exhausted, first_call=first, last_call=last,
     )
     g.total_tokens = sum(t.total for t in g.tokens.values())
     g.saved_rate = _ratio(g.tokens_saved, g.baseline_completion_tokens)
@@ -420,12 +516,93 @@ def summarize_group(records: list[LedgerRecord], key: str = "all",
     g.taught_share = _ratio(g.taught, g.calls)
     g.error_rate = _ratio(g.failed, g.calls)
     g.net_tokens_per_call = _ratio(g.net_tokens, g.measured_calls)
-    _learning_figures(g, learn(records) if learnings is None else learnings)
+    _counterfactual_figures(g, records)
+    learnings = learn(records) if learnings is None else learnings
+    _learning_figures(g, learnings)
+    g.shadow = shadow_summary(records, learnings)
     g.latency_ms = distribution(r.latency_ms for r in records)
     g.teacher_latency_ms = distribution(
         r.teacher_latency_ms for r in records if r.teacher_latency_ms is not None
     )
     return g
+
+
+def _measured(r: LedgerRecord) -> tuple[int, int] | None:
+    """``(tokens_saved, net_tokens)`` when they are against the call's own baseline (records
+    written before the basis existed had figures only then); else None."""
+    if r.tokens_saved is None or r.net_tokens is None or r.counterfactual_basis not in (None, "measured"):
+        return None
+    return r.tokens_saved, r.net_tokens
+
+
+def _counterfactual_figures(g: GroupSummary, records: Iterable[LedgerRecord]) -> None:
+    """The estimated token sums and the dollar figures (module docstring)."""
+    estimated = saved = net = dollar_calls = dollar_estimated = 0
+    saved_usd = saved_estimated_usd = alone_usd = 0.0
+    for r in records:
+        guessed = r.counterfactual_basis == "estimated"
+        if guessed and r.tokens_saved is not None and r.net_tokens is not None:
+            estimated, saved, net = estimated + 1, saved + r.tokens_saved, net + r.net_tokens
+        if r.cost_saved_usd is not None and r.student_alone_cost_usd is not None:
+            dollar_calls += 1
+            saved_usd += r.cost_saved_usd
+            alone_usd += r.student_alone_cost_usd
+            if guessed:
+                dollar_estimated += 1
+                saved_estimated_usd += r.cost_saved_usd
+    g.estimated_calls, g.tokens_saved_estimated, g.net_tokens_estimated = estimated, saved, net
+    g.dollar_calls, g.dollar_calls_estimated = dollar_calls, dollar_estimated
+    if dollar_calls:
+        g.cost_saved_usd, g.student_alone_cost_usd = saved_usd, alone_usd
+        g.cost_saved_estimated_usd = saved_estimated_usd
+        g.cost_vs_alone = _ratio(alone_usd - saved_usd, alone_usd)
+
+
+def shadow_summary(records: Sequence[LedgerRecord], learnings: Sequence[Learning]) -> ShadowSummary | None:
+    """What teaching would have delivered on the group's shadow calls (module docstring);
+    None when it has none."""
+    shadows = [x for r, x in zip(records, learnings, strict=True) if r.policy == "shadow"]
+    if not shadows:
+        return None
+    out = ShadowSummary(calls=len(shadows))
+    counts = dict.fromkeys(OUTCOMES, 0)
+    priced: list[tuple[float, float, float]] = []
+    for x in shadows:
+        info = x.shadow
+        if info is None or not info.sampled:
+            continue
+        out.sampled += 1
+        out.busy += info.skipped == "busy"
+        if x.outcome is not None:
+            counts[x.outcome] += 1
+        if info.alone_usd is not None and info.unchecked_usd is not None and info.checked_usd is not None:
+            priced.append((info.alone_usd, info.unchecked_usd, info.checked_usd))
+    n = out.compared = sum(counts.values())
+    out.improved, out.degraded, out.unchanged = (rate(counts[k], n) for k in OUTCOMES)
+    if n:
+        out.accuracy_change, out.accuracy_change_low, out.accuracy_change_high = change_interval(
+            counts["improved"], counts["degraded"], n)
+        assert out.degraded.rate is not None and out.degraded.low is not None and out.degraded.high is not None
+        out.ndr, out.ndr_low, out.ndr_high = 1 - out.degraded.rate, 1 - out.degraded.high, 1 - out.degraded.low
+    if priced:
+        alone = sum(p[0] for p in priced)
+        out.priced, out.alone_usd = len(priced), alone
+        out.unchecked_saved_usd_per_call = sum(p[0] - p[1] for p in priced) / len(priced)
+        out.checked_saved_usd_per_call = sum(p[0] - p[2] for p in priced) / len(priced)
+        out.unchecked_vs_alone = _ratio(sum(p[1] for p in priced), alone)
+        out.checked_vs_alone = _ratio(sum(p[2] for p in priced), alone)
+    return out
+
+
+def change_interval(improved: int, degraded: int, n: int) -> tuple[float, float, float]:
+    """The observed change ``(improved - degraded) / n`` and its approximate 95% interval:
+    normal, centred on it, with the variance of (pi - pd) under the Dirichlet posterior from
+    a uniform prior (so never zero, even at 0 or n of n), clipped to [-1, 1]."""
+    a_i, a_d = 1.0 + improved, 1.0 + degraded
+    a0 = n + 3.0
+    var = (a_i * (a0 - a_i) + a_d * (a0 - a_d) + 2 * a_i * a_d) / (a0 * a0 * (a0 + 1))
+    change, half = (improved - degraded) / n, 1.959964 * math.sqrt(var)
+    return change, max(-1.0, change - half), min(1.0, change + half)
 
 
 def utc_day(when: datetime) -> str:
@@ -455,10 +632,41 @@ def grouped(records: list[LedgerRecord], group_by: GroupBy, learnings: Sequence[
         rs.append(r)
         xs.append(x)
     out = [summarize_group(rs, k, xs) for k, (rs, xs) in sorted(buckets.items())]
-    if group_by == "family" and gates is not None:
+    if group_by == "family":
         for g in out:
-            g.gate = gates.get(g.key) if g.key != NO_FAMILY else None
+            if gates is not None:
+                g.gate = gates.get(g.key) if g.key != NO_FAMILY else None
+            if g.key.startswith(FINGERPRINT_PREFIX):
+                g.label = next((family_label(r.prompt_text) for r in buckets[g.key][0] if r.prompt_text), None)
     return out
+
+
+def family_label(prompt_text: str) -> str | None:
+    """The masked start of a derived family's template, from a call's stored prompt (the JSON
+    of its messages): the system text, else the last user message, normalised as the
+    fingerprint reads it (``teaching/families.py``: quoted strings, numbers, ids, dates, URLs
+    and e-mail addresses masked), cut at ``LABEL_CHARS``.
+
+    Only ledgers written with ``store_texts`` have the prompt, and so a label: the ledger
+    holds nothing else of the template, and a label stored beside every record would keep
+    the user's template text where they chose to keep none. A tag (``t:``) names itself."""
+    try:
+        messages = json.loads(prompt_text)
+    except ValueError:
+        return None
+    system: list[str] = []
+    user = ""
+    for m in messages if isinstance(messages, list) else ():
+        if isinstance(m, dict) and m.get("role") in ("system", "developer"):
+            system.append(text_of(m.get("content")))
+        elif isinstance(m, dict) and m.get("role") == "user":
+            user = text_of(m.get("content"))
+    # Masked whole, then cut: cut first, a quoted string split by the cut would lose its
+    # closing quote and show unmasked. ``windowed`` bounds the work on a long prompt.
+    text = windowed("\n".join(system)) or windowed(user)
+    if not text:
+        return None
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1].rstrip() + "…"
 
 
 def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning], rule: GateRule,
@@ -472,7 +680,9 @@ def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning],
     evidence = replay(reports, gate)
     # The gate keeps evidence per student model (``gate_key``): a family shows the view of
     # the model with most of its replayed, counted calls (what the gate decides on now),
-    # else of the model that made most of its calls; ``student_model`` names it.
+    # else of the model that made most of its calls; ``student_model`` names it. The live gate
+    # keeps each tenant's evidence apart; the replayed reports carry no tenant, so this view
+    # pools every tenant's calls (``DEFAULT_TENANT``): the ledger's reader sees them all.
     counted: dict[str, Counter[str]] = {}
     for i in tail:
         if records[i].task_family and learnings[i].outcome is not None:
@@ -485,7 +695,7 @@ def family_gates(records: Sequence[LedgerRecord], learnings: Sequence[Learning],
     out = {}
     for family, models in calls.items():
         model = models.most_common(1)[0][0]
-        a = assess(evidence.get(gate_key(model, family)), rule)
+        a = assess(evidence.get(gate_key(model, family, DEFAULT_TENANT)), rule)
         out[family] = FamilyGate(state=a.state, p_gain=a.p_gain, p_effect=a.p_effect, evidence=a.evidence,
                                  mean_net_tokens=a.mean_net_tokens, student_model=model)
     return out

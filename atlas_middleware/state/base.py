@@ -18,15 +18,25 @@ of a network call on every audit call; the estimate does not need it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .baselines import BaselineStore
+    from .budgets import BudgetStore
 
 BREAKER_STATES = ("closed", "open", "half-open")
+OUTCOME_FIELDS = ("improved", "degraded", "unchanged")
 
 
 @runtime_checkable
 class SessionStore(Protocol):
-    """Guidance per agent session, forgotten ``session_ttl`` seconds after it was stored."""
+    """Guidance per agent session, forgotten ``session_ttl`` seconds after it was stored.
+
+    ``Atlas`` passes the session id scoped by the call's tenant (``tenants.scoped``), as it
+    passes family keys (``learning.gate.gate_key``): a store keeps opaque keys, and two
+    callers that chose the same session id never meet in it.
+    """
 
     def lookup(self, session_id: str) -> str | None:
         """The session's guidance; ``""`` if the teacher judged the student strong; None if unknown."""
@@ -81,23 +91,48 @@ class FamilyEvidence:
     """Guidance that won a comparison for this family (``reuse: family``); None: none kept."""
     guidance_from: str | None = None
     """The call id whose teacher wrote ``guidance``."""
+    judged: float = 0.0
+    """Discounted count of the counted comparisons a pairwise judge read (two different
+    answers), whether it decided or not: the adaptive policy measures the judge on them."""
+    undecided: float = 0.0
+    """Of ``judged``, those whose verdict changed with the order of the answers (``no_evidence``):
+    ``undecided / judged`` is a lower bound on how often the judge errs (``learning/adaptive.py``)."""
+    cost_teach: float = 0.0
+    """Discounted sum, over counted calls that measured the student alone, of what probe,
+    teacher and guided answer cost as a share of the student alone (dollars when priced, else
+    tokens): the adaptive policy's cost of teaching."""
+    cost_check: float = 0.0
+    """The same sum for the judge's calls: the cost of checking one comparison."""
+    cost_calls: float = 0.0
+    """Discounted count of those calls: ``cost_teach / cost_calls`` is the mean share."""
+    mode: str | None = None
+    """The adaptive policy's mode for the family (``learning/adaptive.py``); None: none chosen yet."""
+    mode_outcomes: float = 0.0
+    """Outcomes counted since the family entered ``mode`` (not discounted)."""
 
     @property
     def outcomes(self) -> float:
         return self.improved + self.degraded + self.unchanged
 
-    def observed(self, outcome: str | None, net_tokens: float | None, discount: float) -> FamilyEvidence:
-        """This evidence after one more call: its outcome and net tokens, either may be None."""
-        improved, degraded, unchanged = self.improved, self.degraded, self.unchanged
+    def observed(self, outcome: str | None, net_tokens: float | None, discount: float, *,
+                 judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+        """This evidence after one more call: its outcome and net tokens, either may be None;
+        ``judge``: ``decided`` or ``undecided`` when a pairwise judge read two different
+        answers; ``cost``: its (teaching, checking) cost as shares of the student alone."""
+        changes: dict[str, Any] = {}
         if outcome is not None:
-            improved, degraded, unchanged = (improved * discount + (outcome == "improved"),
-                                             degraded * discount + (outcome == "degraded"),
-                                             unchanged * discount + (outcome == "unchanged"))
-        net, net_calls = self.net_tokens, self.net_calls
+            for name in OUTCOME_FIELDS:
+                changes[name] = getattr(self, name) * discount + (outcome == name)
+            changes["mode_outcomes"] = self.mode_outcomes + 1.0
         if net_tokens is not None:
-            net, net_calls = net * discount + net_tokens, net_calls * discount + 1.0
-        return FamilyEvidence(improved, degraded, unchanged, net, net_calls, self.closed, self.guidance,
-                              self.guidance_from)
+            changes.update(net_tokens=self.net_tokens * discount + net_tokens, net_calls=self.net_calls * discount + 1.0)
+        if judge is not None:
+            changes.update(judged=self.judged * discount + 1.0,
+                           undecided=self.undecided * discount + (judge == "undecided"))
+        if cost is not None:
+            changes.update(cost_teach=self.cost_teach * discount + cost[0],
+                           cost_check=self.cost_check * discount + cost[1], cost_calls=self.cost_calls * discount + 1.0)
+        return replace(self, **changes)
 
 
 @runtime_checkable
@@ -106,12 +141,16 @@ class FamilyStore(Protocol):
 
     def get(self, family: str) -> FamilyEvidence | None: ...
 
-    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
-                discount: float) -> FamilyEvidence:
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
+                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
         """Add one call (``FamilyEvidence.observed``, atomically); the evidence after it."""
         ...
 
     def set_closed(self, family: str, closed: bool) -> None: ...
+
+    def set_mode(self, family: str, mode: str) -> None:
+        """The adaptive policy's new mode for the family; its ``mode_outcomes`` start again at 0."""
+        ...
 
     def keep_guidance(self, family: str, guidance: str, call_id: str) -> None: ...
 
@@ -160,6 +199,16 @@ class SharedState(Protocol):
 
     @property
     def families(self) -> FamilyStore: ...
+
+    @property
+    def baselines(self) -> BaselineStore:
+        """The measured baselines per student model and family (``state/baselines.py``)."""
+        ...
+
+    @property
+    def budgets(self) -> BudgetStore:
+        """Teaching spend per UTC day, against the budgets' caps (``state/budgets.py``)."""
+        ...
 
     @property
     def blocking(self) -> bool:

@@ -23,17 +23,18 @@ by a call whose verdict lands in memory is freed by its lease (``state/redis.py`
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
-from ..redact import redact
+from ..pricing import BaselineStats
+from ..redact import redact, secret_logger
+from ..usage import Usage
 from .base import FamilyEvidence, FamilyStore, SharedState, StateStatus
 
-log = logging.getLogger("atlas_middleware.state")
+log = secret_logger("atlas_middleware.state")
 T = TypeVar("T")
 
 
@@ -55,6 +56,8 @@ class FallbackState:
         self.sessions = _Sessions(self)
         self.breaker = _Breaker(self)
         self.families = _Families(self)
+        self.baselines = _Baselines(self)
+        self.budgets = _Budgets(self)
 
     def run(self, op: str, call: Callable[[SharedState], T]) -> T:
         """``call`` on the shared backend if it is up (or due for a retry), else on memory."""
@@ -164,6 +167,39 @@ class _Breaker:
         self._run("breaker_release", lambda s: s.breaker.release())
 
 
+class _Baselines:
+    """Baseline means: the shared store's, or this process's while it is away. Every new
+    baseline goes to both, so memory has the recent ones when it must stand in."""
+
+    def __init__(self, owner: FallbackState) -> None:
+        self._owner = owner
+        self._memory = owner.fallback.baselines
+
+    def get(self, key: str) -> BaselineStats | None:
+        return self._owner.run("baseline_get", lambda s: s.baselines.get(key))
+
+    def add(self, key: str, usage: Usage) -> None:
+        self._owner.attempt("baseline_add", lambda s: s.baselines.add(key, usage))
+        self._memory.add(key, usage)
+
+
+class _Budgets:
+    """Teaching spend: the shared store's, or unknown while it is away. Memory does not stand
+    in: one replica's own spend is not the fleet's, and a budget read low would let the
+    fleet spend past its cap (``budgets.py`` fails safe on None). A charge made during an
+    outage is lost to the shared count (few: the outage's calls run untaught)."""
+
+    def __init__(self, owner: FallbackState) -> None:
+        self._owner = owner
+
+    def spent(self, day: str, keys: Sequence[str]) -> list[float] | None:
+        _, out = self._owner.attempt("budget_spent", lambda s: s.budgets.spent(day, keys))
+        return out
+
+    def charge(self, day: str, keys: Sequence[str], amount: float) -> None:
+        self._owner.attempt("budget_charge", lambda s: s.budgets.charge(day, keys, amount))
+
+
 class _Families:
     """Family evidence: the shared store, mirrored in process memory.
 
@@ -192,11 +228,12 @@ class _Families:
         return self._mirrored("family_get", family, lambda s: s.families.get(family),
                               lambda: self._memory.get(family))
 
-    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
-                discount: float) -> FamilyEvidence:
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
+                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
         evidence = self._mirrored(
-            "family_observe", family, lambda s: s.families.observe(family, outcome, net_tokens, discount),
-            lambda: self._memory.observe(family, outcome, net_tokens, discount))
+            "family_observe", family,
+            lambda s: s.families.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost),
+            lambda: self._memory.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost))
         assert evidence is not None
         return evidence
 
@@ -206,6 +243,9 @@ class _Families:
 
     def set_closed(self, family: str, closed: bool) -> None:
         self._both("family_set_closed", lambda f: f.set_closed(family, closed))
+
+    def set_mode(self, family: str, mode: str) -> None:
+        self._both("family_set_mode", lambda f: f.set_mode(family, mode))
 
     def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
         self._both("family_keep_guidance", lambda f: f.keep_guidance(family, guidance, call_id))

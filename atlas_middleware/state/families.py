@@ -33,16 +33,21 @@ class MemoryFamilies:
                 self._data.move_to_end(family)
             return evidence
 
-    def observe(self, family: str, outcome: str | None, net_tokens: float | None,
-                discount: float) -> FamilyEvidence:
+    def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
+                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
         with self._lock:
-            evidence = self._data.get(family, FamilyEvidence()).observed(outcome, net_tokens, discount)
+            evidence = self._data.get(family, FamilyEvidence()).observed(outcome, net_tokens, discount,
+                                                                         judge=judge, cost=cost)
             self._put(family, evidence)
             return evidence
 
     def set_closed(self, family: str, closed: bool) -> None:
         with self._lock:
             self._put(family, replace(self._data.get(family, FamilyEvidence()), closed=closed))
+
+    def set_mode(self, family: str, mode: str) -> None:
+        with self._lock:
+            self._put(family, replace(self._data.get(family, FamilyEvidence()), mode=mode, mode_outcomes=0.0))
 
     def keep_guidance(self, family: str, guidance: str, call_id: str) -> None:
         with self._lock:

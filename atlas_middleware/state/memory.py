@@ -11,6 +11,8 @@ from __future__ import annotations
 from ..breaker import CircuitBreaker
 from ..sessions import SessionCache
 from .base import StateStatus
+from .baselines import MemoryBaselines
+from .budgets import MemoryBudgets
 from .families import MemoryFamilies
 
 
@@ -21,6 +23,8 @@ class MemoryState:
         self.sessions = SessionCache(ttl=session_ttl)
         self.breaker = CircuitBreaker(failures, cooldown)
         self.families = MemoryFamilies()
+        self.baselines = MemoryBaselines()
+        self.budgets = MemoryBudgets()
 
     def status(self) -> StateStatus:
         return StateStatus(backend="memory")

@@ -20,22 +20,31 @@ What the fingerprint reads, and nothing else (not the model, the parameters, ear
 or the assistant's and tools' messages):
 
 * ``system``: the text of every ``system`` and ``developer`` message, in order, joined by a
-  newline, then *normalised* (below);
+  newline, then *windowed* and *normalised* (below);
 * ``tools``: the sorted, de-duplicated names of the OpenAI-format tools in
   ``params["tools"]`` (``{"type": "function", "function": {"name": ...}}``; a tool with a
   top-level ``name`` counts by that name);
-* ``user``: the text of the *last* ``user`` message, normalised.
+* ``user``: the text of the *last* ``user`` message, windowed and normalised.
 
 Only text counts: a message whose content is a list of parts contributes its ``text``
 parts joined by a newline; images, audio and files are ignored.
 
+Windowing bounds what is read: a text of more than ``HEAD_CHARS + TAIL_CHARS`` (4096 +
+2048) characters is read as its first ``HEAD_CHARS`` and its last ``TAIL_CHARS`` characters,
+each normalised on its own, joined by `` <cut> ``. A template's instructions sit at the
+ends of its text; a document pasted in the middle changes the key only through its ends,
+and a fingerprint of a 10 MB prompt costs what one of 6 KB does.
+
 Normalising a text masks its literals, in this order, each with a placeholder:
 
 1. quoted strings -> ``<str>``: fenced code (triple backticks), ```...```, ``"..."``,
-   ``“...”``, ``‘...’`` and ``'...'`` (single quotes only where the opening quote does not
-   follow a letter or digit and the closing one is not followed by one, so apostrophes
-   such as "don't" stay text); none spans a line, except fenced code;
-2. URLs (``scheme://...``, ``www....``) -> ``<url>``; e-mail addresses -> ``<email>``;
+   ``“...”`` and ``‘...’`` (with no other opening or closing quote of their kind inside),
+   and ``'...'`` (single quotes only where the opening quote does not follow a letter or
+   digit and the closing one is not followed by one, so apostrophes such as "don't" stay
+   text); none spans a line, except fenced code;
+2. URLs (``scheme://...`` where the scheme starts a word and does not follow ``+``, ``.``
+   or ``-``; ``www....``) -> ``<url>``; e-mail addresses -> ``<email>`` (the part before
+   the ``@`` is a whole run of letters, digits, ``_``, ``.``, ``+`` and ``-``);
 3. UUIDs -> ``<id>``; hex ids (``0x`` followed by hex digits, or 8 or more hex digits with
    at least one decimal digit and one letter among them) -> ``<id>``;
 4. dates and times -> ``<date>``/``<time>``: ISO dates and date-times (``2024-05-01``,
@@ -49,7 +58,13 @@ Normalising a text masks its literals, in this order, each with a placeholder:
 
 then runs of whitespace become one space, the ends are trimmed, and the text is case
 folded (``str.casefold``). A change to these rules changes ``FINGERPRINT_VERSION``, and
-with it every derived key.
+with it every derived key. Version 2 added the window and the e-mail, URL and curly-quote
+rules as written above; version 1 read whole texts.
+
+Every rule is one linear pass over the text: no pattern retries an unbounded run from each
+of its characters (a hostile prompt of ``a.a.a...`` or ``x...x`` once cost seconds per
+80 KB on the event loop). Where a pattern could, it is made possessive (``*+``) and its
+start may not fall inside a run a start before it has already read.
 """
 
 from __future__ import annotations
@@ -62,7 +77,10 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
+HEAD_CHARS = 4096
+TAIL_CHARS = 2048
+_CUT = " <cut> "
 MAX_TAG_CHARS = 128
 TAG_PREFIX = "t:"
 FINGERPRINT_PREFIX = "f:"
@@ -77,11 +95,13 @@ _MASKS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"```[\s\S]*?```", "<str>"),
         (r"`[^`\n]*`", "<str>"),
         (r'"[^"\n]*"', "<str>"),
-        (r"“[^”\n]*”", "<str>"),
-        (r"(?<![^\W_])‘[^’\n]*’(?![^\W_])", "<str>"),
+        # Quotes of a kind cannot hold their opening quote: "“““..." is one pass, not n.
+        (r"“[^“”\n]*+”", "<str>"),
+        (r"(?<![^\W_])‘[^‘’\n]*+’(?![^\W_])", "<str>"),
         (r"(?<![^\W_])'[^'\n]*'(?![^\W_])", "<str>"),
-        (r"\b[a-z][a-z0-9+.\-]*://[^\s<>]+|\bwww\.[^\s<>]+", "<url>"),
-        (r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", "<email>"),
+        # Neither a scheme nor an address starts inside a run a start before it has read.
+        (r"\b(?<![+.\-])[a-z][a-z0-9+.\-]*+://[^\s<>]+|\bwww\.[^\s<>]+", "<url>"),
+        (r"(?<![\w.+\-])[\w.+\-]++@[\w\-]++(?:\.[\w\-]++)++", "<email>"),
         (r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<id>"),
         (r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", "<id>"),
         (r"\b\d{4}-\d{2}-\d{2}(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+\-]\d{2}:?\d{2})?)?\b", "<date>"),
@@ -92,7 +112,7 @@ _MASKS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 _SPACE = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def normalise(text: str) -> str:
@@ -100,6 +120,13 @@ def normalise(text: str) -> str:
     for pattern, placeholder in _MASKS:
         text = pattern.sub(placeholder, text)
     return _SPACE.sub(" ", text).strip().casefold()
+
+
+def windowed(text: str) -> str:
+    """``text`` normalised, reading only its two ends when it is long (module docstring)."""
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return normalise(text)
+    return normalise(text[:HEAD_CHARS]) + _CUT + normalise(text[-TAIL_CHARS:])
 
 
 def text_of(content: Any) -> str:
@@ -127,18 +154,28 @@ def tool_names(tools: Any) -> list[str]:
     return sorted(names)
 
 
+def check_label(value: Any, what: str, max_chars: int, empty_hint: str) -> str:
+    """A caller-chosen label (a task tag, a tenant, a session id), trimmed; ``InvalidRequestError``
+    when it is not a string of 1 to ``max_chars`` characters without control characters.
+
+    Such labels become state keys, ledger columns and headers, so a client must not store
+    10 KB, or a newline, there. ``what`` names it in the message (``task``, ``tenant``).
+    """
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"atlas {what} must be a string, not {type(value).__name__}")
+    text = str(value).strip()  # a plain str, also for a str subclass
+    if not text:
+        raise InvalidRequestError(f"atlas {what} must not be empty ({empty_hint})")
+    if len(text) > max_chars:
+        raise InvalidRequestError(f"atlas {what} is {len(text)} characters long; at most {max_chars} are allowed")
+    if CONTROL_CHARS.search(text):
+        raise InvalidRequestError(f"atlas {what} must not contain control characters (newlines, tabs, ...)")
+    return text
+
+
 def check_tag(tag: Any) -> str:
     """The tag, trimmed; ``InvalidRequestError`` when it cannot name a task."""
-    if not isinstance(tag, str):
-        raise InvalidRequestError(f"atlas task must be a string naming the task, not {type(tag).__name__}")
-    text: str = tag.strip()
-    if not text:
-        raise InvalidRequestError("atlas task must not be empty (leave it out to derive the family)")
-    if len(text) > MAX_TAG_CHARS:
-        raise InvalidRequestError(f"atlas task is {len(text)} characters long; at most {MAX_TAG_CHARS} are allowed")
-    if _CONTROL.search(text):
-        raise InvalidRequestError("atlas task must not contain control characters (newlines, tabs, ...)")
-    return text
+    return check_label(tag, "task", MAX_TAG_CHARS, "leave it out to derive the family")
 
 
 def fingerprint(messages: Iterable[Any], params: dict[str, Any] | None = None) -> str:
@@ -155,9 +192,9 @@ def fingerprint(messages: Iterable[Any], params: dict[str, Any] | None = None) -
             user = text_of(message.get("content"))
     material = {
         "v": FINGERPRINT_VERSION,
-        "system": normalise("\n".join(system)),
+        "system": windowed("\n".join(system)),
         "tools": tool_names((params or {}).get("tools")),
-        "user": normalise(user),
+        "user": windowed(user),
     }
     data = json.dumps(material, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
     return FINGERPRINT_PREFIX + hashlib.sha256(data).hexdigest()[:_HEX_CHARS]

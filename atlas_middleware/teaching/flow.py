@@ -18,12 +18,17 @@ with first (the guided answer under ``off`` and ``audit``; the student's own ans
 is delivered alone), that call is made as a ``Stream``: the decision is made before the
 answer exists, and the user reads it as the student writes it. Under ``strict`` and
 ``verify`` the guided answer is compared or graded whole, and the adapter replays it.
+
+Under ``shadow`` the student's own answer is delivered first (live for a stream); on a
+sampled call the flow then does what ``strict`` would have done, after delivery, as an
+audit's comparison is done, and records it on ``report.shadow`` (``_shadow``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,8 +37,23 @@ from ..answers import same_final_answer
 from ..errors import JudgeError, TeacherOutputError, TeacherTruncatedError, is_timeout
 from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import ChatRequest, ChatResponse
+from ..pricing import BaselineStats, Prices
 from ..redact import redact
-from ..report import AuditInfo, CallReport, DiagnosisInfo, ErrorInfo, GateInfo, JudgeInfo, KeptAnswer, Reason
+from ..report import (
+    AdaptiveInfo,
+    AuditInfo,
+    BudgetInfo,
+    CallReport,
+    DiagnosisInfo,
+    ErrorInfo,
+    GateInfo,
+    JudgeInfo,
+    KeptAnswer,
+    Mode,
+    Reason,
+    ShadowInfo,
+)
+from ..usage import UsageByRole
 from . import prompts
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Stream, Wait
 from .deadline import Deadline
@@ -41,8 +61,8 @@ from .leaks import strip_leaks
 from .parse import Diagnosis, split_reasoning
 from .protocols import STRUCTURED, Placement, TeacherProtocol
 
-Policy = Literal["strict", "verify", "audit", "off"]
-POLICIES: tuple[Policy, ...] = ("strict", "verify", "audit", "off")
+Policy = Literal["strict", "verify", "audit", "off", "shadow"]
+POLICIES: tuple[Policy, ...] = ("strict", "verify", "audit", "off", "shadow")
 LeakAction = Literal["strip", "fallback", "allow"]
 LEAK_ACTIONS: tuple[LeakAction, ...] = ("strip", "fallback", "allow")
 
@@ -66,6 +86,10 @@ class LoopSettings:
     policy: Policy = "strict"
     teacher_model: str | None = None
     teacher_params: dict[str, Any] = field(default_factory=dict)
+    """Sent with every teacher call; never prices (those are ``teacher_prices``)."""
+    teacher_prices: Prices | None = None
+    """The teacher's custom prices (``teacher_params``' LiteLLM pricing keys): the teacher's
+    and the judge's calls; None: the backend's price (LiteLLM's cost map)."""
     protocol: TeacherProtocol = STRUCTURED
     teacher_timeout: float | None = STRUCTURED.teacher_timeout
     probe_max_tokens: int = 50
@@ -75,6 +99,29 @@ class LoopSettings:
     context_chars: int = 12000
     placement: Placement = "auto"
     leak_action: LeakAction = "strip"
+    shadow_timeout: float | None = 120.0
+    """``shadow``: seconds the guided answer made in the background may take."""
+
+
+class Slots:
+    """At most ``size`` holders at once; ``acquire`` never waits. Thread-safe: the sync
+    driver's background threads and an event loop's tasks share one ``Atlas``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.held >= self.size:
+                return False
+            self.held += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.held = max(0, self.held - 1)
 
 
 @dataclass
@@ -88,9 +135,15 @@ class CallOptions:
     """The call whose guidance ``prior_guidance`` is (``reuse: family``); None for a session's."""
     gate: GateInfo | None = None
     """The learned gate's view of the family (``learning/gate.py``), put on the report."""
+    mode: Mode | None = None
+    """The adaptive policy's mode for the family (``learning/adaptive.py``), put on the report."""
+    adaptive: AdaptiveInfo | None = None
+    """The evidence behind ``mode``, put on the report."""
     call_id: str | None = None
     """The report's call id, when the caller drew it before the flow (the gate's coins)."""
     session_id: str | None = None
+    tenant: str | None = None
+    """Whose sessions and family guidance the call may use (``tenants.py``): ``CallReport.tenant``."""
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
     learn: bool = True
     """Let the gate learn from this call when it ends; False: the caller will, with a
@@ -102,6 +155,17 @@ class CallOptions:
     as a live ``Stream``."""
     timeout: float | None = None
     """Seconds the caller gives the whole call (``timeout=``); see ``deadline.py``."""
+    student_prices: Prices | None = None
+    """The student's custom prices for this call (``pricing.py``): the probe, guided and
+    baseline calls; None: the backend's price."""
+    baseline_estimate: BaselineStats | None = None
+    """The family's measured baselines (``pricing.BaselineStats``): the counterfactual when
+    this call runs none. None: no estimate (the report then has no student-alone figures)."""
+    budget: BudgetInfo | None = None
+    """Why the day's teaching budget kept the call untaught (``budgets.py``), put on the report."""
+    background: Slots | None = None
+    """``shadow``: the slots its background teaching takes one of (``shadow.max_pending``);
+    None: unbounded."""
 
 
 Flow = Generator[Command, Any, CallReport]
@@ -122,8 +186,12 @@ def teach(
         policy=settings.policy,
         protocol=settings.protocol.name,
         session_id=options.session_id,
+        tenant=options.tenant,
         task_family=options.task_family,
         gate=options.gate,
+        mode=options.mode,
+        adaptive=options.adaptive,
+        budget=options.budget,
         learn=options.learn,
     )
     if options.call_id:
@@ -133,34 +201,48 @@ def teach(
     deadline = None
     if options.timeout is not None:  # the clock starts when the driver starts the flow
         deadline = Deadline.start(options.timeout, baseline_alongside=settings.policy == "strict")
-    return (yield from _accounted(_teach(request, settings, judge, options, report), report, deadline))
+    prices = {"student": options.student_prices, "teacher": settings.teacher_prices}
+    inner = _teach(request, settings, judge, options, report)
+    return (yield from _accounted(inner, report, deadline, prices, options.baseline_estimate))
 
 
-def _accounted(inner: Flow, report: CallReport, deadline: Deadline | None = None) -> Flow:
-    """Record usage, latency and errors of every finished call, whatever asked for it, and
-    hold every call made before delivery to the caller's deadline."""
+def _accounted(inner: Flow, report: CallReport, deadline: Deadline | None = None,
+               prices: dict[str, Prices | None] | None = None, estimate: BaselineStats | None = None) -> Flow:
+    """Record usage (priced by ``prices`` per target), latency and errors of every finished
+    call, whatever asked for it; hold every call made before delivery to the caller's
+    deadline; and where no baseline was measured, put the family's ``estimate`` on the
+    report as the counterfactual (at delivery, and again at the end: an audit's baseline
+    that failed leaves none measured)."""
     send: Any = None
+    delivered: ChatResponse | None = None
     while True:
         try:
             cmd = inner.send(send)
         except StopIteration as stop:
+            _estimated(report, delivered, estimate)
             return stop.value  # type: ignore[no-any-return]
         if deadline is not None:
             cmd = deadline.cap(cmd)
             if isinstance(cmd, (Deliver, Stream)):
                 deadline = None  # the user has the answer: what follows (an audit) is not capped
+        if isinstance(cmd, Deliver):
+            delivered = cmd.response
+            _estimated(report, delivered, estimate)
         send = yield cmd
         if isinstance(cmd, Wait):
             for result in send:
-                _record(report, result)
+                _record(report, result, prices)
         elif isinstance(cmd, Stream):
-            _record(report, send)
+            _record(report, send, prices)
 
 
-def _record(report: CallReport, result: CallResult) -> None:
+def _record(report: CallReport, result: CallResult, prices: dict[str, Prices | None] | None = None) -> None:
     role = result.call.role
     report.latency_ms[role] = max(report.latency_ms.get(role, 0.0), round(result.latency_ms, 3))
     if result.response is not None:
+        price = (prices or {}).get(result.call.target)
+        if price is not None:  # the caller's price for this model, not the backend's
+            result.response = result.response.model_copy(update={"usage": price.applied(result.response.usage)})
         report.usage.add(role, result.response.usage)
         if report.answers is not None and role in ("guided", "baseline"):
             report.answers[role] = KeptAnswer(
@@ -328,17 +410,38 @@ def _judge_failed(report: CallReport, judge: Judge, exc: BaseException) -> None:
 
 
 def _settle(report: CallReport, delivered: CallResult | None, baseline: CallResult | None) -> None:
-    """Compute the savings figures from what has been spent so far."""
+    """Compute the savings figures from what has been spent so far, against this call's
+    own baseline (``measured``); without one, none (``_estimated`` may stand in)."""
     total = report.usage.total()
     report.cost_usd = total.cost_usd if total.calls else None
     base = baseline.response if baseline is not None else None
+    report.tokens_saved = report.net_tokens = report.student_alone_cost_usd = report.cost_saved_usd = None
+    report.counterfactual_basis = report.counterfactual_samples = None
     if base is None:
-        report.tokens_saved = report.net_tokens = None
         return
     got = delivered.response if delivered is not None else None
     if got is not None:
         report.tokens_saved = base.usage.completion_tokens - got.usage.completion_tokens
     report.net_tokens = total.total_tokens - base.usage.total_tokens
+    report.counterfactual_basis = "measured"
+    _dollars(report, base.usage.cost_usd)
+
+
+def _dollars(report: CallReport, alone: float | None) -> None:
+    report.student_alone_cost_usd = alone
+    report.cost_saved_usd = None if alone is None or report.cost_usd is None else alone - report.cost_usd
+
+
+def _estimated(report: CallReport, delivered: ChatResponse | None, estimate: BaselineStats | None) -> None:
+    """The family's mean baseline as the counterfactual of a delivered call that measured
+    none; said so on the report (``estimated``, and the samples behind it)."""
+    if report.counterfactual_basis is not None or delivered is None or estimate is None or estimate.samples <= 0:
+        return
+    report.counterfactual_basis = "estimated"
+    report.counterfactual_samples = max(1, round(estimate.samples))
+    report.tokens_saved = round(estimate.mean_completion_tokens) - delivered.usage.completion_tokens
+    report.net_tokens = report.usage.total().total_tokens - round(estimate.mean_total_tokens)
+    _dollars(report, estimate.mean_cost_usd)
 
 
 def _deliver(
@@ -411,6 +514,8 @@ def _teach(
     live = options.stream
     if not options.teach:
         return (yield from _student_alone(request, report, options.skip_reason, None, live=live))
+    if s.policy == "shadow":
+        return (yield from _shadow(request, s, judge, options, report))
 
     # Under strict the baseline starts at once, so the comparison costs little latency.
     h_base = (yield _start("baseline", "student", answer_req)) if s.policy == "strict" else None
@@ -531,6 +636,73 @@ def _audit_after(
         _, why = yield from _judge(judge, task, guided, base, report)
         report.audit = _audit_info(why)
     _settle(report, guided, base)
+
+
+def _shadow(request: ChatRequest, s: LoopSettings, judge: Judge, options: CallOptions, report: CallReport) -> Flow:
+    """``shadow``, a sampled call: the student's own answer, delivered as it comes (live for
+    a stream); then, off the caller's path, what ``strict`` would have done with it: probe,
+    teacher, guided answer, the judge's pick, recorded on ``report.shadow``. At most
+    ``options.background`` such comparisons run at once (else ``skipped: busy``), each call
+    with its timeout; a failure in them is recorded, never raised."""
+    answer_req = request.with_params(_ANSWER_DROP)
+    report.shadow = ShadowInfo()
+    if options.stream:
+        base = yield from _streamed(report, "baseline", answer_req, "student_only", Reason.SHADOW_SAMPLED)
+    else:
+        base = yield from _await_one(_start("baseline", "student", answer_req))
+    if base.response is None:  # nothing delivered, nothing to compare with: the student's error
+        yield _fail(report, base.error, base)
+        return report
+    yield _deliver(report, base, "student_only", Reason.SHADOW_SAMPLED, base)
+    slots = options.background
+    if slots is not None and not slots.acquire():
+        report.shadow = ShadowInfo(skipped="busy")
+        return report
+    try:
+        would, decision = yield from _shadow_teaching(request, s, judge, options, report, base)
+    finally:
+        if slots is not None:
+            slots.release()
+    report.shadow = _shadow_info(report.usage, would, decision)
+    _settle(report, base, base)
+    return report
+
+
+def _shadow_teaching(
+    request: ChatRequest, s: LoopSettings, judge: Judge, options: CallOptions, report: CallReport, base: CallResult,
+) -> Generator[Command, Any, tuple[Reason, Literal["guided", "baseline", "student_only"]]]:
+    """``strict``'s decision against an answer already delivered: the reason and the answer
+    it would have given. ``report.reason`` stays the delivered one."""
+    delivered = report.reason
+    try:
+        if options.prior_guidance:
+            guidance: str | None = options.prior_guidance
+            report.guidance_reused, report.reused_from = True, options.reused_from
+        else:
+            guidance = yield from _guidance(request, s, report)
+        if guidance is None:
+            return report.reason, "student_only"
+        report.guidance = guidance
+        guided_req = request.with_params(_ANSWER_DROP, **_transport_timeout(s.shadow_timeout)).replace(
+            messages=s.protocol.with_guidance(request.messages, guidance, request.params, s.placement))
+        guided = yield from _await_one(_start("guided", "student", guided_req, s.shadow_timeout))
+        if guided.response is None:
+            return Reason.GUIDED_ERROR, "baseline"
+        winner, why = yield from _judge(judge, Task(request.messages, request.params), guided, base, report)
+        return why, winner
+    finally:
+        report.reason = delivered
+
+
+def _shadow_info(usage: UsageByRole, would: Reason,
+                 decision: Literal["guided", "baseline", "student_only"]) -> ShadowInfo:
+    """What teaching would have delivered, and what it would have cost with and without
+    ``strict``'s comparison (None where a price is unknown)."""
+    answer = usage.guided if usage.guided.calls else usage.baseline
+    unchecked = usage.probe + usage.teacher + answer
+    return ShadowInfo(reason=would, decision=decision, alone_usd=usage.baseline.cost_usd,
+                      unchecked_usd=unchecked.cost_usd if unchecked.calls else None,
+                      checked_usd=usage.total().cost_usd)
 
 
 def _one_survivor(report: CallReport, guided: CallResult, base: CallResult) -> Deliver:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from functools import cache
 
+from .markup import fold
+
 _NUM = r"[-−]?[$€£¥]?\s?\d[\d,]*(?:\.\d+)?(?:\s+\d+\s*/\s*\d+|\s*/\s*\d+)?\s*%?"
 _SIMPLE = r"\(?[-−]?\d[\d,]*(?:\.\d+)?\)?"
 _CHOICE = r"(?-i:\(?[A-E]\)?)(?=\s*(?:[.,;:!)]|$))"
@@ -59,8 +61,6 @@ _PATTERN_SOURCES = (
     # "the total is $240", "the value of x is 4", "the result should be 3/4"
     rf"\b(?:result|total|solution|sum|product|difference|quotient|value\s+of\s+\w+|"
     rf"final\s+(?:value|amount|count|number|price|cost))\s+{_COPULA}\s*{_QUALIFIER}{_NUM}{_STRUCTURE}",
-    # "16 - 3 - 4 = 9", "3 × 4 = 12": a computation and its result
-    rf"(?<![\w.]){_SIMPLE}\s*(?:[+\-−×x*/÷·]\s*{_SIMPLE}\s*)+=\s*{_NUM}",
     # "so x = 4." closing a sentence
     rf"(?:^|\b(?:so|thus|therefore|hence|then|giving|gives|get|got|find|yielding)\s+)[a-z]\s*=\s*{_NUM}\s*[.!]?\s*$",
     # "choose (C)", "option B is correct", "B is the right choice"
@@ -70,9 +70,29 @@ _PATTERN_SOURCES = (
 )
 
 
+# "16 - 3 - 4 = 9", "3 × 4 = 12": a computation and its result. A search for the whole
+# would start again at every number of a long chain ("1+1+1+..." with no "="), reading the
+# rest of the chain each time; instead each match reads one maximal chain, possessively,
+# and says whether "= result" follows it (no shorter chain can be followed by "="); a
+# number without an operator is read alone, so no result is taken from a chain after it.
+_CHAIN_SOURCE = (
+    rf"(?<![\w.]){_SIMPLE}\s*+(?:(?P<ops>(?:[+\-−×x*/÷·]\s*+{_SIMPLE}\s*+)++)(?P<result>=\s*{_NUM})?)?"
+)
+
+
 @cache
 def _patterns() -> list[re.Pattern[str]]:
     return [re.compile(p, re.IGNORECASE) for p in _PATTERN_SOURCES]
+
+
+@cache
+def _chain() -> re.Pattern[str]:
+    return re.compile(_CHAIN_SOURCE, re.IGNORECASE)
+
+
+def _computes(sentence: str) -> bool:
+    """Whether ``sentence`` holds a computation and its result (one pass over it)."""
+    return any(m.group("result") for m in _chain().finditer(sentence))
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
@@ -107,11 +127,13 @@ def _boxed_leak(sentence: str) -> bool:
 
 
 def leaks(sentence: str) -> bool:
-    """Whether one sentence states an answer or a computed result."""
+    """Whether one sentence states an answer or a computed result (read through invisible
+    and look-alike characters: "the ａｎｓｗｅｒ is 42" leaks too)."""
+    sentence = fold(sentence)
     if _boxed_leak(sentence):
         return True
     s = _normalised(sentence)
-    return any(p.search(s) for p in _patterns())
+    return any(p.search(s) for p in _patterns()) or _computes(s)
 
 
 def find_leaks(guidance: str) -> list[str]:

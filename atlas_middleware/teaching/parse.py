@@ -20,6 +20,12 @@ rules, the same for every protocol (``protocols/``):
    text ("Capability level: 4/5"), never from the guidance: "the lift starts at level 5"
    in a hint says nothing about the student.
 5. **Answer leaks** are found here (``leaks.py``) and handled by the flow, per setting.
+6. **Tags are read as a model reads them** (``markup.canonical``): ``＜teaching＞`` or a
+   ``<teaching>`` with a zero-width character inside is a tag, and format characters are
+   dropped; nothing else of the reply is normalised (``x²`` stays ``x²``). This is safe
+   only because everything the teacher read was defused through the same fold
+   (``prompts.defuse``): a plan or task it echoes holds no tag this reader could take for
+   the teacher's own.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TeacherOutputError, TeacherTruncatedError
+from . import markup
 from .leaks import find_leaks
 
 Untagged = Literal["guidance", "private"]
@@ -38,22 +45,26 @@ Untagged = Literal["guidance", "private"]
 MAX_GUIDANCE_CHARS = 4000
 
 _REASONING_TAG = re.compile(r"<(/?)\s*(?:think|thinking)\s*>", re.IGNORECASE)
-_TEACHING_BLOCK = re.compile(r"<teaching\s*>(.*?)</teaching\s*>", re.IGNORECASE | re.DOTALL)
+# Blocks are paired by a scan of these tags (``_teaching_blocks``): a lazy
+# ``<teaching>(.*?)</teaching>`` rereads the rest of the reply from every unclosed tag.
+_TEACHING_TAG = re.compile(r"<(/?)teaching\s*+>", re.IGNORECASE)
 _TEACHING_OPEN = re.compile(r"<teaching\s*>", re.IGNORECASE)
 _TEACHING_CLOSE = re.compile(r"</teaching\s*>", re.IGNORECASE)
 _LEVEL_TAG = re.compile(r"<level>\s*([1-5])(?:\s*/\s*5)?\s*</level>", re.IGNORECASE)
 _ANY_LEVEL_TAG = re.compile(r"</?level\s*>", re.IGNORECASE)
 # A level stated in prose must look like a rating ("Capability level: 4/5", "level = 2",
-# "rating: 3 out of 5", "level 5/5"); "starts at level 5" is not one.
+# "rating: 3 out of 5", "level 5/5"); "starts at level 5" is not one. Runs of spaces and
+# stars are read possessively here and in ``_LABEL``: "level:" and a few thousand spaces
+# would otherwise be split between two ``\s*`` in every way before the match fails.
 _LEVEL_TEXT = re.compile(
-    r"\b(?:capability|level|rating)(?:\s+(?:level|score|rating))?\s*(?::|=|\bis\b|\bof\b)\s*\**\s*([1-5])\b"
+    r"\b(?:capability|level|rating)(?:\s+(?:level|score|rating))?\s*(?::|=|\bis\b|\bof\b)\s*+\**+\s*+([1-5])\b"
     r"(?:\s*(?:/|out\s+of)\s*5)?"
     r"|\b(?:capability|level|rating)\s+([1-5])\s*(?:/|out\s+of)\s*5\b",
     re.IGNORECASE,
 )
 # A label the teacher may put before plain guidance, echoing the prompt's closing cue.
 _LABEL = re.compile(
-    r"^\s*(?:#+\s*)?\**\s*(?:your\s+)?(?:adaptive\s+teaching|teaching|guidance)\s*\**\s*:\s*\**\s*",
+    r"^\s*+(?:#++\s*+)?\**+\s*+(?:your\s++)?(?:adaptive\s++teaching|teaching|guidance)\s*+\**+\s*+:\s*+\**+\s*+",
     re.IGNORECASE,
 )
 
@@ -104,15 +115,39 @@ def split_reasoning(text: str) -> tuple[list[str], str, bool]:
     return [p.strip() for p in private if p.strip()], "".join(visible), unclosed
 
 
+def _teaching_blocks(text: str) -> list[tuple[int, int, int, int]]:
+    """Each closed ``<teaching>`` block as (start, inner start, inner end, end): an opening
+    tag runs to the first closing tag after it, tags in between are its text, as
+    ``<teaching>(.*?)</teaching>`` finds them (spaces before ``>`` allowed), in one pass."""
+    blocks: list[tuple[int, int, int, int]] = []
+    opened: re.Match[str] | None = None
+    for tag in _TEACHING_TAG.finditer(text):
+        if not tag.group(1):
+            opened = opened or tag
+        elif opened is not None:
+            blocks.append((opened.start(), opened.end(), tag.start(), tag.end()))
+            opened = None
+    return blocks
+
+
+def _without_blocks(text: str) -> str:
+    """``text`` with each closed ``<teaching>`` block replaced by a space."""
+    kept, pos = [], 0
+    for start, _, _, end in _teaching_blocks(text):
+        kept += [text[pos:start], " "]
+        pos = end
+    return "".join(kept) + text[pos:]
+
+
 def _guidance_span(visible: str, truncated: bool) -> tuple[int, int] | None:
     """Where the guidance lies in the visible text: the last closed ``<teaching>`` block,
     else an unclosed final one (not when the reply was cut: that is half a hint)."""
-    blocks = list(_TEACHING_BLOCK.finditer(visible))
+    blocks = _teaching_blocks(visible)
     if blocks:
         last = blocks[-1]
-        tail_open = [m for m in _TEACHING_OPEN.finditer(visible, last.end())]
+        tail_open = [m for m in _TEACHING_OPEN.finditer(visible, last[3])]
         if not tail_open or truncated:
-            return last.start(1), last.end(1)
+            return last[1], last[2]
         return tail_open[-1].end(), len(visible)
     if truncated:
         return None
@@ -153,7 +188,7 @@ def read_teacher_reply(
     Raises ``TeacherTruncatedError`` for a reply cut before any complete guidance and
     ``TeacherOutputError`` for one that holds no guidance in the protocol's terms.
     """
-    text = text or ""
+    text = markup.canonical(text or "")
     truncated = finish_reason == "length"
     if not text.strip() and not (reasoning or "").strip():
         if truncated:
@@ -176,7 +211,7 @@ def read_teacher_reply(
         guidance_raw, outside = "", visible
     # Text outside the guidance is private (drafts, stray lines); a <level> tag is markup,
     # read wherever it is outside a <teaching> block.
-    stray = _ANY_LEVEL_TAG.sub(" ", _TEACHING_BLOCK.sub(" ", outside)).strip()
+    stray = _ANY_LEVEL_TAG.sub(" ", _without_blocks(outside)).strip()
     level = _level(outside if span is not None or untagged == "private" else visible,
                    [*private, stray] if stray else private)
     guidance = _clean_guidance(guidance_raw)

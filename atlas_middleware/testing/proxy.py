@@ -11,11 +11,16 @@ starts the proxy on a free loopback port and waits for ``/health/liveliness``.
 
 ``passthrough`` adds ``model_list`` entries that LiteLLM serves itself (no ``atlas/``), and
 ``atlas=None`` writes a plain LiteLLM proxy config (no hooks, no ``atlas:`` section): the
-baseline the benchmarks compare against. ``num_workers`` is passed to the proxy.
+baseline the benchmarks compare against. ``deployments`` sets ``litellm_params`` of single
+``model_list`` entries by name (a key or an ``api_base`` of their own). ``num_workers`` is
+passed to the proxy.
 ``launcher="litellm"`` starts it as ``litellm --config`` (with ``ATLAS_CONFIG`` set), the
 way an existing LiteLLM deployment runs the hooks, instead of ``atlas-middleware proxy``.
 ``config_file`` runs a given config instead (copied byte for byte beside the hook module,
 addresses from ``env``): the fleet test runs the deployment recipes' own file this way.
+``virtual_keys`` (key -> ``{"team_id": ..., "user_role": ...}``) are keys the proxy accepts
+beside the master key, as LiteLLM does for the virtual keys of its database
+(``key_table_auth``): tests of what one key may see of another's calls need no database.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +54,27 @@ GENERAL_SETTINGS: dict[str, Any] = {
     "master_key": "os.environ/LITELLM_MASTER_KEY",
     "custom_auth": "atlas_hooks.user_api_key_auth",
     "custom_auth_settings": {"mode": "auto"},
+    "custom_auth_run_common_checks": True,
 }
+
+
+def key_table_auth(table: dict[str, dict[str, str]]) -> Callable[[Any, str], Awaitable[Any]]:
+    """A ``custom_auth`` that knows ``table``'s keys as LiteLLM knows a database's virtual keys.
+
+    A key of the table gets the ``UserAPIKeyAuth`` LiteLLM would build for it (hashed, with
+    its team and role); any other key goes to atlas's own auth (the master key, or a 401).
+    """
+    from ..proxy.auth import _bare, user_api_key_auth
+
+    async def auth(request: Any, api_key: str) -> Any:
+        key = _bare(api_key)
+        if key in table:
+            from litellm.proxy._types import UserAPIKeyAuth
+
+            return UserAPIKeyAuth.model_validate({"api_key": key, **table[key]})
+        return await user_api_key_auth(request, api_key)
+
+    return auth
 
 
 def free_port() -> int:
@@ -67,11 +93,13 @@ class ProxyProcess:
         passthrough: dict[str, str] | None = None,
         num_workers: int = 1,
         student_api_key: str = "sk-student-test",
+        deployments: dict[str, dict[str, Any]] | None = None,
         master_key: str = "sk-atlas-test-master",
         env: dict[str, str] | None = None,
         startup_timeout: float = 180.0,
         launcher: str = "atlas-middleware",
         config_file: Path | None = None,
+        virtual_keys: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.student_url = student_url
         self.atlas = dict(atlas) if atlas is not None else None
@@ -79,6 +107,7 @@ class ProxyProcess:
         self.passthrough = dict(passthrough or {})
         self.num_workers = num_workers
         self.student_api_key = student_api_key
+        self.deployments = {name: dict(params) for name, params in (deployments or {}).items()}
         self.master_key = master_key
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
@@ -86,6 +115,7 @@ class ProxyProcess:
             raise ValueError(f"launcher must be 'atlas-middleware' or 'litellm', not {launcher!r}")
         self.launcher = launcher
         self.config_file = config_file
+        self.virtual_keys = dict(virtual_keys or {})
         self.port = 0
         self.folder: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -110,7 +140,11 @@ class ProxyProcess:
 
     def _write_config(self) -> None:
         assert self.folder is not None
-        (self.folder / "atlas_hooks.py").write_text(HOOK_MODULE)
+        hooks = HOOK_MODULE
+        if self.virtual_keys:
+            hooks += ("from atlas_middleware.testing.proxy import key_table_auth\n\n"
+                      f"user_api_key_auth = key_table_auth({self.virtual_keys!r})\n")
+        (self.folder / "atlas_hooks.py").write_text(hooks)
         if self.config_file is not None:
             shutil.copyfile(self.config_file, self.config_path)
             return
@@ -120,7 +154,8 @@ class ProxyProcess:
         config: dict[str, Any] = {
             "model_list": [
                 {"model_name": name, "litellm_params": {
-                    "model": model, "api_base": self.student_url, "api_key": self.student_api_key}}
+                    "model": model, "api_base": self.student_url, "api_key": self.student_api_key,
+                    **self.deployments.get(name, {})}}
                 for name, model in entries
             ],
         }

@@ -75,21 +75,33 @@ def classify(request: ChatRequest) -> str:
     return "baseline"
 
 
-def hold_role(backend: Any, role: str, release: threading.Event, timeout: float = 5.0) -> None:
-    """Make ``backend.complete`` hold every ``role`` call until ``release`` is set.
+def hold_role(backend: Any, role: str, release: threading.Event, timeout: float = 5.0, *,
+              also_async: bool = False) -> None:
+    """Make ``backend.complete`` (and with ``also_async``, ``acomplete``) hold every ``role``
+    call until ``release`` is set.
 
     For tests of work that runs after the user's call returns (an audit's baseline): a
     sync baseline's thread may otherwise reach the backend before the call returns, so
     holding it, as a busy machine would, keeps the test independent of thread timing.
     """
-    complete = backend.complete
+    complete, acomplete = backend.complete, getattr(backend, "acomplete", None)
+    if also_async and acomplete is None:
+        raise TypeError("also_async: the backend has no acomplete to hold")
 
     def held(request: ChatRequest) -> Any:
         if classify(request) == role:
             assert release.wait(timeout), f"the {role} call was never released"
         return complete(request)
 
+    async def aheld(request: ChatRequest) -> Any:  # the async driver's calls: held off the event loop
+        if classify(request) == role:
+            assert await asyncio.to_thread(release.wait, timeout), f"the {role} call was never released"
+        assert acomplete is not None
+        return await acomplete(request)
+
     backend.complete = held
+    if also_async:
+        backend.acomplete = aheld
 
 
 def hold_stream(backend: Any, role: str, release: threading.Event, timeout: float = 5.0) -> None:

@@ -13,6 +13,12 @@ above; one after it is an ``error`` event and the end of the connection, without
 
     with OpenAITestServer(ScriptedBackend({...})) as server:
         litellm.completion(model="openai/student", api_base=server.url, api_key="x", ...)
+
+``strict=True`` checks a request as OpenAI's API does before answering: an unknown body
+field, a parameter of the wrong type, a message of a bad shape (400) or a model it does not
+serve (404), with OpenAI's messages. ``echo_key=True`` makes every error quote the caller's
+key, as some providers and gateways do (``bad request for key sk-...``): the redaction
+tests send a distinctive key and look for it in everything the middleware writes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,62 @@ from typing import Any, Self
 from ..messages import ChatRequest
 from ..streaming import ChunkWriter
 from .scripted import ScriptedBackend
+
+# OpenAI's chat-completions body fields (a strict server refuses any other).
+OPENAI_FIELDS = frozenset({
+    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+_NUMBERS = {"temperature": "a decimal", "top_p": "a decimal", "presence_penalty": "a decimal",
+            "frequency_penalty": "a decimal", "n": "an integer", "max_tokens": "an integer",
+            "max_completion_tokens": "an integer", "seed": "an integer", "top_logprobs": "an integer"}
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def openai_problem(model: Any, messages: Any, body: dict[str, Any], models: list[str]) -> tuple[int, str] | None:
+    """What OpenAI's API would refuse in this request (status, message), or None."""
+    unknown = sorted(set(body) - OPENAI_FIELDS)
+    if unknown:
+        return 400, f"Unrecognized request argument supplied: {unknown[0]}"
+    problem = _type_problem(body) or _messages_problem(messages)
+    if problem is not None:
+        return 400, problem
+    if model not in models:
+        return 404, f"The model `{model}` does not exist or you do not have access to it."
+    return None
+
+
+def _type_problem(body: dict[str, Any]) -> str | None:
+    for name, kind in _NUMBERS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind == "an integer" and not isinstance(value, int)):
+            return f"Invalid type for '{name}': expected {kind}, but got {type(value).__name__} instead."
+    for name in ("functions", "tools"):
+        items = body.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            return f"Invalid type for '{name}': expected an array, but got {type(items).__name__} instead."
+        for i, item in enumerate(items):
+            fn = item.get("function") if name == "tools" and isinstance(item, dict) else item
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                return f"Missing required parameter: '{name}[{i}].name'."
+    return None
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "Invalid value for 'messages': expected a non-empty array."
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            return f"Invalid value for 'messages[{i}].role'."
+    return None
 
 
 class HTTPFault(Exception):
@@ -84,13 +146,22 @@ class _Handler(JSONHandler):
     def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers=headers)
 
+    def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        if self.server.echo_key:
+            message += f" (bad request for key {self.headers.get('Authorization', '').removeprefix('Bearer ')})"
+        self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers=headers)
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
         if path in ("/health", "/v1/health", "/health/liveliness", "/health/readiness"):
             self._json(200, {"status": "ok"})
         elif path in ("/v1/models", "/models"):
+            with self.server.lock:
+                self.server.listings += 1
+            # As vLLM lists them: ``root`` is the model loaded, whatever name it is served as.
             self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "atlas-test"}
+                {"id": m, "object": "model", "created": 0, "owned_by": "atlas-test",
+                 "root": self.server.roots.get(m, m), "parent": None}
                 for m in self.server.models]})
         else:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
@@ -104,14 +175,18 @@ class _Handler(JSONHandler):
             return
         key = self.server.api_key
         if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
-            self._json(401, {"error": {"message": "invalid api key", "type": "authentication_error"}})
+            self._error(401, "invalid api key", "authentication_error")
             return
         try:
             body = json.loads(raw or b"{}")
             messages = body.pop("messages")
             model = body.pop("model")
         except (ValueError, KeyError, AttributeError):
-            self._json(400, {"error": {"message": "malformed request body", "type": "invalid_request_error"}})
+            self._error(400, "malformed request body", "invalid_request_error")
+            return
+        problem = openai_problem(model, messages, body, self.server.models) if self.server.strict else None
+        if problem is not None:
+            self._error(problem[0], problem[1], "invalid_request_error")
             return
         with self.server.lock:
             self.server.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": {"model": model, "messages": messages, **body}})
@@ -125,8 +200,7 @@ class _Handler(JSONHandler):
             else:
                 response = self.server.backend.complete(request)
         except HTTPFault as fault:
-            self._json(fault.status, {"error": {"message": fault.message, "type": "scripted", "code": fault.status}},
-                       headers=fault.headers)
+            self._error(fault.status, fault.message, "scripted", fault.headers)
             return
         except RawBody as rawbody:
             self._send(rawbody.status, rawbody.body, rawbody.content_type, rawbody.headers)
@@ -160,7 +234,10 @@ class _Handler(JSONHandler):
 
     def _events(self, items: list[Any]) -> None:
         for chunk in items:
-            self.wfile.write(f"data: {json.dumps(chunk.model_dump(exclude_none=True))}\n\n".encode())
+            data = chunk.model_dump(exclude_none=True)
+            if "usage" in data:  # on the wire, OpenAI's usage chunk has no choices (LiteLLM adds one)
+                data["choices"] = []
+            self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
         self.wfile.flush()
 
 
@@ -193,7 +270,11 @@ class QuietServer(ThreadingHTTPServer):
 
 class _Server(QuietServer):
     models: list[str]
+    roots: dict[str, str]
+    listings: int
     api_key: str | None
+    strict: bool
+    echo_key: bool
 
 
 class ThreadedTestServer:
@@ -202,6 +283,11 @@ class ThreadedTestServer:
     ``with`` block."""
 
     _thread_name = "test-server"
+
+    @property
+    def listings(self) -> int:
+        with self._server.lock:
+            return int(getattr(self._server, "listings", 0))
 
     def __init__(self, server: Any, backend: ScriptedBackend | None) -> None:
         self._server: Any = server  # the handlers read these attributes off the server
@@ -264,15 +350,26 @@ class ThreadedTestServer:
 
 
 class OpenAITestServer(ThreadedTestServer):
-    """An OpenAI-compatible ``/v1/chat/completions``; ``url`` is the api_base to use."""
+    """An OpenAI-compatible ``/v1/chat/completions``; ``url`` is the api_base to use.
+
+    ``roots`` serves models under other names, as vLLM's ``--served-model-name`` does:
+    ``{"my-teacher": "Arc-Intelligence/ATLAS-8B-Thinking"}`` lists ``my-teacher`` in
+    ``/v1/models`` with that ``root``; ``listings`` counts the ``/v1/models`` requests.
+    """
 
     _thread_name = "openai-test-server"
 
     def __init__(self, backend: ScriptedBackend | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 models: list[str] | None = None, api_key: str | None = None) -> None:
+                 models: list[str] | None = None, api_key: str | None = None, strict: bool = False,
+                 echo_key: bool = False, roots: dict[str, str] | None = None) -> None:
         super().__init__(_Server((host, port), _Handler), backend)
-        self._server.models = models or ["student", "teacher"]
+        listed = models or ["student", "teacher"]
+        self._server.models = [*listed, *(m for m in roots or {} if m not in listed)]
+        self._server.roots = dict(roots or {})
+        self._server.listings = 0
         self._server.api_key = api_key
+        self._server.strict = strict
+        self._server.echo_key = echo_key
         self.id = uuid.uuid4().hex[:8]
 
 

@@ -97,8 +97,28 @@ def _coin(*key: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-_BLOCK = {name: re.compile(rf"<answer_{name}>\n(.*?)\n</answer_{name}>", re.DOTALL) for name in "AB"}
-_ANSWER = re.compile(r"<answer>\n(.*?)\n</answer>", re.DOTALL)
+# A judge prompt's blocks, with or without the per-call code in the tag (``prompts.py``):
+# ``<answer_A_<code>>`` ... ``</answer_A_<code>>``; a block ends only at its own closing tag.
+_BLOCK = {name: re.compile(rf"<answer_{name}(_[0-9a-f]+|)>\n(.*?)\n</answer_{name}\1>", re.DOTALL) for name in "AB"}
+_ANSWER = re.compile(r"<answer(_[0-9a-f]+|)>\n(.*?)\n</answer\1>", re.DOTALL)
+_CODE_LINE = re.compile(r"[^\n]*\bcode\b[^\n]*?([0-9a-f]{8,})\n\n", re.IGNORECASE)
+
+
+def judged_answers(request: ChatRequest) -> dict[str, str]:
+    """The answers a judge prompt holds, as the judge reads them: ``{"A": ..., "B": ...}``
+    for a pairwise prompt, ``{"answer": ...}`` for a grading one (tests and doubles)."""
+    text = prompts.content_text(request.messages[-1].get("content"))
+    found = {k: m.group(2) for k in "AB" if (m := _BLOCK[k].search(text))}
+    if not found and (m := _ANSWER.search(text)):
+        found["answer"] = m.group(2)
+    return found
+
+
+def _without_code(text: str) -> str:
+    """A judge prompt without its per-call code: what a seeded coin may depend on, so a run
+    can be reproduced although every prompt carries a fresh code."""
+    m = _CODE_LINE.match(text)
+    return text if m is None else text[m.end():].replace("_" + m.group(1), "")
 
 
 @dataclass
@@ -111,7 +131,7 @@ class _JudgeDouble:
     def _read(self, request: ChatRequest) -> tuple[str, bool]:
         """The judge prompt's text, and whether this call is one of the judge's mistakes."""
         text = prompts.content_text(request.messages[-1].get("content"))
-        return text, _coin(self.seed, text) >= self.accuracy
+        return text, _coin(self.seed, _without_code(text)) >= self.accuracy
 
     def _reply(self, verdict: object) -> Reply:
         body = f"<verdict>{verdict}</verdict>"
@@ -125,7 +145,7 @@ class PairwiseJudge(_JudgeDouble):
 
     def __call__(self, request: ChatRequest) -> Reply:
         text, mistaken = self._read(request)
-        a, b = (m.group(1) if (m := _BLOCK[k].search(text)) else "" for k in "AB")
+        a, b = (m.group(2) if (m := _BLOCK[k].search(text)) else "" for k in "AB")
         right_a, right_b = self.is_right(a), self.is_right(b)
         truth = "A" if right_a and not right_b else "B" if right_b and not right_a else "TIE"
         if mistaken:  # a wrong call: the other answer, or a tie
@@ -140,5 +160,5 @@ class GradingJudge(_JudgeDouble):
     def __call__(self, request: ChatRequest) -> Reply:
         text, mistaken = self._read(request)
         m = _ANSWER.search(text)
-        right = self.is_right(m.group(1) if m else "") != mistaken
+        right = self.is_right(m.group(2) if m else "") != mistaken
         return self._reply(10 if right else 0)

@@ -10,8 +10,10 @@ protocol       for                                               reply read as
 =============  ================================================  ===========================
 
 ``teacher_protocol="auto"`` (the default) picks ``atlas`` when the teacher's model string
-names an ATLAS teacher and ``structured`` otherwise; a teacher served under another name
-(a Router group, ``--served-model-name``) needs ``teacher_protocol="atlas"`` set.
+names an ATLAS teacher and ``structured`` otherwise. A self-hosted teacher served under
+another name (vLLM's ``--served-model-name``) is recognised by what its server says it
+loaded (``root`` in ``/v1/models``, asked once: ``backends/served.py``, ``served_as_atlas``);
+a Router group, or a server that cannot say, needs ``teacher_protocol="atlas"`` set.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ STRUCTURED = StructuredProtocol()
 PROTOCOLS: dict[str, TeacherProtocol] = {p.name: p for p in (ATLAS, STRUCTURED)}
 
 _ATLAS_MODEL = re.compile(r"(?:^|/)arc-intelligence/atlas-", re.IGNORECASE)
+# What vLLM reports as ``root``: the Hugging Face id, or the path it loaded the weights from
+# (a copy named after the model, or the Hub cache's ``models--Arc-Intelligence--ATLAS-...``).
+_ATLAS_ROOT = re.compile(r"(?:^|/|--)arc-intelligence(?:/|--)atlas-|(?:^|/)atlas-\d+b", re.IGNORECASE)
+
+
+def served_as_atlas(root: str | None) -> bool:
+    """Whether the model a server says it loaded (vLLM's ``root``) is an ATLAS teacher."""
+    return bool(root) and _ATLAS_ROOT.search(root or "") is not None
 
 
 def protocol_for(setting: str, teacher_model: str | None) -> TeacherProtocol:
@@ -68,5 +78,6 @@ __all__ = [
     "guidance_of",
     "is_probe",
     "protocol_for",
+    "served_as_atlas",
     "teacher_request_protocol",
 ]
