@@ -39,6 +39,7 @@ from typing import Literal
 
 from .redact import secret_logger
 from .report import BudgetInfo
+from .state.base import OutageWarnings
 from .state.budgets import TOTAL, BudgetStore
 from .usage import UsageByRole
 
@@ -74,8 +75,11 @@ class Budget:
         self.family_daily_usd = family_daily_usd
         self.clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
-        self._lost = False
         self._unpriced_warned = False
+        self._outage = OutageWarnings(
+            log, "teaching budget: the shared state that counts the day's spend is unreachable; calls run "
+            "untaught (budget_exhausted) until it is back",
+            "teaching budget: the shared state is back; calls are taught within the budget again")
 
     def _caps(self, family: str | None) -> list[tuple[str, Literal["total", "family"], float]]:
         """(counter key, ``BudgetInfo.why``, cap) of each cap configured for the call."""
@@ -93,7 +97,7 @@ class Budget:
         if not caps:
             return None
         spent = self.store.spent(utc_day(self.clock()), [key for key, _, _ in caps])
-        self._available(spent is not None)
+        self._outage.seen(spent is not None)
         if spent is None:
             return BudgetInfo(why="state_unavailable")
         for (_, why, cap), amount in zip(caps, spent, strict=True):
@@ -111,15 +115,6 @@ class Budget:
         if amount > 0 and caps:
             self.store.charge(utc_day(self.clock()), [key for key, _, _ in caps], amount)
         return amount
-
-    def _available(self, available: bool) -> None:
-        with self._lock:
-            lost, self._lost = self._lost, not available
-        if not available and not lost:
-            log.warning("teaching budget: the shared state that counts the day's spend is unreachable; calls run "
-                        "untaught (budget_exhausted) until it is back")
-        elif available and lost:
-            log.warning("teaching budget: the shared state is back; calls are taught within the budget again")
 
     def _unpriced(self) -> None:
         with self._lock:

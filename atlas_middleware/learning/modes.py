@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from ..redact import secret_logger
 from ..report import AdaptiveInfo, CallReport
-from ..state.base import FamilyEvidence, FamilyStore
+from ..state.base import FamilyEvidence, FamilyStore, OutageWarnings
 from ..teaching.flow import sampled
 from .adaptive import AdaptiveRule, Choice, Mode, choose, cost_shares, explore_rate
 from .outcomes import Outcome
@@ -67,7 +67,9 @@ class ModeSelector:
         self._clock = clock
         self._pooled: OrderedDict[str, tuple[float, FamilyEvidence | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._lost = False
+        self._outage = OutageWarnings(
+            log, "adaptive policy: the shared state is unreachable; every family is served under strict until "
+            "it is back", "adaptive policy: the shared state is back; families return to their modes")
 
     def admit(self, key: str, pooled_key: str, call_id: str) -> tuple[Choice, FamilyEvidence | None, AdaptiveInfo]:
         """The family's mode for this call, its evidence, and what the report says of both."""
@@ -106,15 +108,7 @@ class ModeSelector:
                      f.judge_miss, f.gain, f.own)
 
     def _state_available(self) -> bool:
-        available = self._available()
-        with self._lock:
-            lost, self._lost = self._lost, not available
-        if not available and not lost:
-            log.warning("adaptive policy: the shared state is unreachable; every family is served under strict "
-                        "until it is back")
-        elif available and lost:
-            log.warning("adaptive policy: the shared state is back; families return to their modes")
-        return available
+        return self._outage.seen(self._available())
 
     def _pooled_evidence(self, key: str) -> FamilyEvidence | None:
         now = self._clock()

@@ -28,13 +28,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..errors import MissingExtraError
 from ..ledger.spool import LedgerStatus
 from ..report import TEACHER_PATH_FAILURES, CallReport, Reason
 from ..state import StateStatus
 from ..usage import ROLES
+
+S = TypeVar("S")
 
 # The guidance path's failures that are the teacher's (a probe's are the student's).
 TEACHER_FAILURES = TEACHER_PATH_FAILURES - {Reason.PROBE_ERROR, Reason.PROBE_EMPTY}
@@ -138,8 +140,11 @@ class AtlasMetrics:
         app.add_route(path, metrics, methods=["GET"])
 
 
-class _StateCollector:
-    def __init__(self, status_of: Callable[[], StateStatus | None], replica: str) -> None:
+class _StatusCollector(Generic[S]):
+    """A custom collector whose families are read from ``status_of()`` at scrape time
+    (``describe`` builds them empty)."""
+
+    def __init__(self, status_of: Callable[[], S | None], replica: str) -> None:
         import prometheus_client.core as core  # the metric families of a custom collector
 
         self._core = core
@@ -152,6 +157,11 @@ class _StateCollector:
     def collect(self) -> Iterator[Any]:
         return self._families(self._status_of())
 
+    def _families(self, status: S | None) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class _StateCollector(_StatusCollector[StateStatus]):
     def _families(self, status: StateStatus | None) -> Iterator[Any]:
         fallbacks = self._core.CounterMetricFamily(
             "atlas_state_fallbacks", "State operations served from process memory because the shared state failed",
@@ -167,20 +177,7 @@ class _StateCollector:
         yield degraded
 
 
-class _LedgerCollector:
-    def __init__(self, status_of: Callable[[], LedgerStatus | None], replica: str) -> None:
-        import prometheus_client.core as core
-
-        self._core = core
-        self._status_of = status_of
-        self._replica = replica
-
-    def describe(self) -> Iterator[Any]:
-        return self._families(None)
-
-    def collect(self) -> Iterator[Any]:
-        return self._families(self._status_of())
-
+class _LedgerCollector(_StatusCollector[LedgerStatus]):
     def _families(self, status: LedgerStatus | None) -> Iterator[Any]:
         lost = self._core.CounterMetricFamily(
             "atlas_ledger_records_lost", "Call records kept neither in the ledger nor in the spool (each logged "

@@ -18,6 +18,8 @@ of a network call on every audit call; the estimate does not need it.
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -218,3 +220,23 @@ class SharedState(Protocol):
     def status(self) -> StateStatus: ...
 
     def close(self) -> None: ...
+
+
+class OutageWarnings:
+    """One WARNING when the shared state is lost and one when it is back, however many calls
+    see the outage (the budget and the adaptive policy each keep one)."""
+
+    def __init__(self, log: logging.Logger, lost: str, back: str) -> None:
+        self._log, self._lost_text, self._back_text = log, lost, back
+        self._lock = threading.Lock()
+        self._lost = False
+
+    def seen(self, available: bool) -> bool:
+        """Record what one call saw; ``available`` back."""
+        with self._lock:
+            was_lost, self._lost = self._lost, not available
+        if not available and not was_lost:
+            self._log.warning(self._lost_text)
+        elif available and was_lost:
+            self._log.warning(self._back_text)
+        return available
