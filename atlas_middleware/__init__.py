@@ -5,11 +5,12 @@ and a non-degradation policy makes sure the delivered answer is never worse than
 student alone. Every call gets a ``CallReport`` of decisions and exact per-role tokens,
 and is appended to a ledger.
 
-    from atlas_middleware import Atlas
+    from atlas_middleware import Atlas, report_of
     atlas = Atlas(teacher="hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking",
                   teacher_api_base="http://127.0.0.1:8001/v1", policy="strict")
     resp = atlas.completion(model="openai/gpt-4o-mini", messages=[...])
-    resp.atlas.decision, resp.atlas.tokens_saved
+    report = report_of(resp)          # the call's CallReport (also resp.atlas)
+    report.decision, report.tokens_saved
 """
 
 import os as _os
@@ -21,7 +22,8 @@ import os as _os
 # as LiteLLM's proxy CLI does, unless the user set the variable themselves.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from .client import Atlas  # noqa: E402
+from .attach import report_of  # noqa: E402
+from .client import Atlas
 from .config import AtlasConfig
 from .errors import (
     AtlasError,
@@ -68,4 +70,5 @@ __all__ = [
     "UsageByRole",
     "Verdict",
     "__version__",
+    "report_of",
 ]

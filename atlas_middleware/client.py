@@ -18,7 +18,10 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
 * ``task``: name the task this call is an instance of (its family, ``t:<task>``); without
   it the family is derived from the request (``teaching/families.py``);
 * ``learn``: ``False`` keeps the gate from learning from this call when it ends; the caller
-  reports a better outcome itself with ``Atlas.learn`` (the evaluation's graded answers).
+  reports a better outcome itself with ``Atlas.learn`` (the evaluation's graded answers);
+* ``bindings``: an adapter's own objects for this call, by adapter name (the LangChain
+  adapters' ``CallBinding``): they ride beside the request and every request derived from it
+  (``ChatRequest.context``) to the student's backend, and are never sent to a model.
 
 ``stream=True`` returns a stream of OpenAI chunks with the report as ``.atlas``. When the
 delivered answer is one nothing is compared with first (``off``, ``audit``, the student's
@@ -35,8 +38,9 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from .attach import attach_report
 from .backends import ChatBackend, RetryingBackend, teacher_backend_for
 from .backends.routing import ModelRouter
 from .backends.served import served_check
@@ -44,24 +48,28 @@ from .budgets import Budget
 from .config import POLICY_SETTINGS, AtlasConfig
 from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .errors import ConfigError, InvalidRequestError
-from .judges import Judge, resolve_judge
+from .judges import Judge
 from .learning.gate import TeachingGate, gate_key
 from .learning.outcomes import Outcome
 from .learning.rebuild import rebuild
 from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
-from .messages import ChatRequest, is_large, validate_messages
+from .messages import NO_CONTEXT, CallContext, ChatRequest, is_large, validate_messages
 from .pricing import split_prices
 from .redact import redact, register_secret, secret_logger
 from .report import GUIDANCE_LOST, BudgetInfo, CallReport, Reason
 from .sessions import check_session_id
 from .state import BreakerStore, SessionStore, SharedState, open_state
+from .state.baselines import fair_baseline
 from .teaching.deadline import seconds_of
 from .teaching.families import family_of
 from .teaching.flow import CallOptions, LoopSettings, Slots, sampled, teach
 from .teaching.protocols import ATLAS, served_as_atlas
 from .tenants import DEFAULT_TENANT, scoped, tenant_of
 from .tracing import traced
+
+if TYPE_CHECKING:
+    from .streaming import AtlasStream
 
 log = secret_logger("atlas_middleware")
 
@@ -76,6 +84,17 @@ SHADOW_SALT = "shadow:"
 
 SWITCHED_OFF = frozenset({"false", "0", "off", "no"})
 """How a per-call switch (``teach``, ``learn``) is turned off in text: headers, metadata."""
+
+
+def _context(opts: dict[str, Any]) -> CallContext:
+    """What rides beside the caller's request: an adapter's bindings (the flow adds each
+    call's role and policy)."""
+    bindings = opts.get("bindings")
+    if bindings is None:
+        return NO_CONTEXT
+    if not isinstance(bindings, dict):
+        raise InvalidRequestError("bindings must be a dict of an adapter's objects by adapter name")
+    return CallContext(bindings=bindings)
 
 
 def _is_false(value: Any) -> bool:
@@ -113,11 +132,8 @@ class Atlas:
 
     def __init__(
         self,
-        teacher: str | None = None,
+        teacher: str | list[dict[str, Any]] | dict[str, Any] | None = None,
         *,
-        teacher_api_base: str | None = None,
-        teacher_api_key: str | None = None,
-        policy: str | None = None,
         judge: str | Judge | Any | None = None,
         ledger: str | Ledger | None = None,
         config: AtlasConfig | None = None,
@@ -126,24 +142,16 @@ class Atlas:
         teacher_backend: ChatBackend | None = None,
         **settings: Any,
     ) -> None:
-        overrides = dict(settings, teacher=teacher, teacher_api_base=teacher_api_base,
-                         teacher_api_key=teacher_api_key, policy=policy,
+        """``config`` (else ``AtlasConfig.load(config_file)``: the file and ``ATLAS_*``), with
+        ``teacher`` and ``**settings`` (``AtlasConfig`` settings, nested or flat) over it;
+        ``judge`` and ``ledger`` may be objects instead of settings."""
+        overrides = dict(settings, teacher=teacher, judge=judge if isinstance(judge, str) else None,
                          ledger=ledger if isinstance(ledger, str) else None)
-        judge_spec = judge
-        if judge is not None and not isinstance(judge, str):
-            judge = None  # an object judge is not a config value
-        overrides["judge"] = judge
-        if config is None:
-            config = AtlasConfig.load(config_file, **overrides)
-        else:
-            merged = config.model_dump()
-            merged.update({k: v for k, v in overrides.items() if v is not None})
-            config = AtlasConfig.build(merged)
-        if not config.teacher and teacher_backend is None:
+        config = config.merged(overrides) if config is not None else AtlasConfig.load(config_file, **overrides)
+        if not config.teacher.model and teacher_backend is None:
             raise ConfigError("no teacher model: pass teacher=... or set ATLAS_TEACHER")
         self.config = config
-        key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-        register_secret(key)
+        register_secret(config.teacher.key)
 
         self.settings: LoopSettings = config.loop_settings()
         if not self.settings.teacher_model:
@@ -151,32 +159,29 @@ class Atlas:
         # teacher_protocol: auto asks a self-hosted teacher's server once what it serves.
         self._served = served_check(config) if teacher_backend is None else None
         self._protocol_warned = False
-        self.judge: Judge = resolve_judge(
-            judge_spec if judge_spec is not None else config.judge,
-            teacher_model=self.settings.teacher_model,
-            timeout=self.settings.teacher_timeout,
-            max_tokens=self.settings.teacher_max_tokens,
-        )
+        self._judge_object = None if isinstance(judge, str) else judge  # None: the config's judge
+        self.judge: Judge = config.judge_for(self.settings, self._judge_object)
         self.ledger: Ledger = ledger if ledger is not None and not isinstance(ledger, str) else open_ledger(config.ledger_url())
         # Failed ledger writes wait in a local spool and are written when the ledger is back.
-        self.ledger_writer = SpooledWriter.for_ledger(self.ledger, config.spool, timeout=config.ledger_timeout)
+        self.ledger_writer = SpooledWriter.for_ledger(self.ledger, config.ledger.spool, timeout=config.ledger.timeout)
         teacher_inner = teacher_backend or teacher_backend_for(config)
         # A teacher group retries across its deployments itself (backends/group.py).
-        attempts = 1 if getattr(teacher_inner, "retries_inside", False) else config.teacher_retries
+        attempts = 1 if getattr(teacher_inner, "retries_inside", False) else config.teacher.retries
         self.backends: dict[str, ChatBackend] = {
             "student": student_backend or ModelRouter(lean=config.lean_http),
             "teacher": RetryingBackend(teacher_inner, attempts=attempts, budget=self.settings.teacher_timeout),
         }
         # Sessions and breaker: this process's memory, or shared by the fleet (state/).
+        state = config.state
         self.state: SharedState = open_state(
-            config.state, session_ttl=config.session_ttl, failures=config.circuit_failures,
-            cooldown=config.circuit_cooldown, timeout=config.state_timeout, prefix=config.state_prefix)
+            state.url, session_ttl=state.session_ttl, failures=state.circuit_failures,
+            cooldown=state.circuit_cooldown, timeout=state.timeout, prefix=state.prefix)
         self.breaker: BreakerStore = self.state.breaker
         self.sessions: SessionStore = self.state.sessions
         # Per task family: the learned gate and guidance reuse (learning/gate.py).
         # policy: adaptive serves a family strict whenever the shared state is down (learning/modes.py).
-        self.gate = TeachingGate(self.state.families, config.gate_rule(), learned=config.gate == "learned",
-                                 reuse=config.reuse == "family", audit_rate=config.audit_rate,
+        self.gate = TeachingGate(self.state.families, config.gate.rule(), learned=config.gate.mode == "learned",
+                                 reuse=config.gate.reuse == "family", audit_rate=config.audit_rate,
                                  adaptive=config.adaptive.rule(),
                                  # shadow's comparisons are the adaptive policy's evidence too (its sample is unbiased)
                                  adaptive_default=config.policy in ("adaptive", "shadow"),
@@ -191,6 +196,9 @@ class Atlas:
         self._shadow_slots = Slots(config.shadow.max_pending)
         self._sync = SyncDriver(self.backends)
         self._async = AsyncDriver(self.backends)
+        # Whether ``_done`` may wait on I/O: a ledger write, or the shared state (the gate's
+        # evidence, baselines, budgets); else ``acompletion`` runs it on the event loop.
+        self._done_blocks = not isinstance(self.ledger, NullLedger) or self.state.blocking
 
     def _rebuild_gate(self) -> None:
         """The gate's evidence from the ledger (``learning/rebuild.py``); a ledger that
@@ -198,12 +206,22 @@ class Atlas:
         if isinstance(self.ledger, NullLedger):
             return
         try:
-            rebuild(self.gate, self.ledger, self.config.gate_rebuild)
+            rebuild(self.gate, self.ledger, self.config.gate.rebuild, self.state.baselines)
         except Exception as exc:
             log.warning("teaching gate: could not rebuild its evidence from the ledger; starting from none: %s",
                         redact(f"{type(exc).__name__}: {exc}"))
 
     # -- the two entry points -------------------------------------------------------------
+
+    # ``stream=True`` gives a stream (``AtlasStream``); otherwise the student's backend's own
+    # response: a ``litellm.ModelResponse`` for LiteLLM models and the lean HTTP path, an
+    # OpenAI-shaped ``CompletionResponse`` for in-process models, a custom backend's ``raw``.
+    # Read the report of either with ``report_of``.
+    @overload
+    def completion(self, model: str, messages: list[dict[str, Any]], *, stream: Literal[True],
+                   **kwargs: Any) -> AtlasStream: ...
+    @overload
+    def completion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any: ...
 
     def completion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         if self._served is not None:
@@ -219,6 +237,12 @@ class Atlas:
         self._observe(delivered.report, _permitted(options))
         return self._finish(delivered, stream)
 
+    @overload
+    async def acompletion(self, model: str, messages: list[dict[str, Any]], *, stream: Literal[True],
+                          **kwargs: Any) -> AtlasStream: ...
+    @overload
+    async def acompletion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any: ...
+
     async def acompletion(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         # A large request's texts are read and built in worker threads (messages.py): one
         # caller's megabytes must not hold the other callers of this event loop.
@@ -233,14 +257,28 @@ class Atlas:
         flow = traced(teach(request, settings, self.judge, options), model, options.stream)
         waiting.until(options.timeout)
 
+        observed = False  # whether ``_observe`` has run for this call
+
+        def end(report: CallReport, out: Delivered) -> None:
+            nonlocal observed
+            self._done(report, request, out, options.learn, waiting.deadline)
+            if not observed:  # the flow ended at delivery: the same thread hop observes it
+                observed = True
+                self._observe(out.report, _permitted(options))
+
         async def done(report: CallReport, out: Delivered) -> None:
+            if not self._done_blocks:  # no ledger, state in memory: a thread hop would cost more
+                end(report, out)
+                return
             import asyncio  # loaded: this runs on its event loop (see drivers.py)
 
-            await asyncio.to_thread(self._done, report, request, out, options.learn, waiting.deadline)
+            await asyncio.to_thread(end, report, out)
 
         delivered = await self._async.run(flow, done, offload=large)
         waiting.over()
-        await self._off_loop(self._observe, delivered.report, _permitted(options))
+        if not observed:  # a live stream, or an audit still running: observe the delivery now
+            observed = True
+            await self._off_loop(self._observe, delivered.report, _permitted(options))
         return self._finish(delivered, stream)
 
     def _resolve_protocol(self) -> None:
@@ -255,6 +293,7 @@ class Atlas:
                         check.model, root)
             self.settings = dataclasses.replace(self.config.loop_settings(ATLAS),
                                                 teacher_model=self.settings.teacher_model)
+            self.judge = self.config.judge_for(self.settings, self._judge_object)  # the protocol's caps
         self._served = None
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any, large: bool = False) -> T:
@@ -282,6 +321,7 @@ class Atlas:
             raise InvalidRequestError("model must be a non-empty model string")
         validate_messages(messages)
         opts = dict(kwargs.pop("atlas", None) or {})
+        context = _context(opts)  # from the caller's own ``atlas=``: never from a request body's metadata
         metadata = kwargs.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("atlas"), dict):
             opts = {**metadata["atlas"], **opts}
@@ -292,7 +332,7 @@ class Atlas:
             timeout = seconds_of(kwargs.pop("timeout", None))
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"timeout: {exc}") from None
-        request = ChatRequest(model=model, messages=messages, params=kwargs)
+        request = ChatRequest(model=model, messages=messages, params=kwargs, context=context)
 
         settings = self.settings
         policy = opts.get("policy")
@@ -308,7 +348,7 @@ class Atlas:
         if hook is not None and not callable(hook):
             raise InvalidRequestError("on_policy must be a callable (an adapter's hook), not a value")
         # A ledger that stores texts keeps both answers too (a training export compares them).
-        keep = bool(opts.get("keep_answers")) or self.config.store_texts
+        keep = bool(opts.get("keep_answers")) or self.config.ledger.store_texts
         options = CallOptions(session_id=check_session_id(opts.get("session_id")), keep_answers=keep,
                               timeout=timeout, task_family=family_of(messages, kwargs, opts.get("task")),
                               tenant=tenant_of(opts.get("tenant"), kwargs.get("api_key")))
@@ -420,15 +460,13 @@ class Atlas:
 
     def _remember_baseline(self, report: CallReport) -> None:
         """Add the call's measured baseline to its family's means, when it is a fair sample of
-        what the student alone spends: not one ``verify`` ran because the guided answer failed
-        its grade (a harder call than most, so a longer answer than most)."""
-        if report.counterfactual_basis != "measured" or not report.task_family or report.usage.baseline.calls != 1:
-            return
-        if report.policy == "verify" and report.usage.guided.calls:
+        what the student alone spends (``state.baselines.fair_baseline``)."""
+        baseline = fair_baseline(report)
+        if baseline is None or report.task_family is None:
             return
         key = gate_key(report.student_model, report.task_family, report.tenant or DEFAULT_TENANT)
         try:
-            self.state.baselines.add(key, report.usage.baseline)
+            self.state.baselines.add(key, baseline)
         except Exception as exc:
             log.warning("baseline means: could not add call %s: %s", report.call_id,
                         redact(f"{type(exc).__name__}: {exc}"))
@@ -527,10 +565,7 @@ class Atlas:
         # A shallow copy: LiteLLM's logging thread may still be serialising the object it
         # returned, and adding an attribute to that one changes a dict it is iterating.
         out = copy.copy(response.raw)
-        try:
-            out.atlas = report
-        except (AttributeError, TypeError, ValueError):
-            object.__setattr__(out, "atlas", report)
+        attach_report(out, report)
         return out
 
     def _done(self, report: CallReport, request: ChatRequest, delivered: Delivered, learn: bool = True,
@@ -572,7 +607,7 @@ class Atlas:
             return  # nothing keeps it: skip building the record
         answer = delivered.response.text if delivered.response is not None else None
         prompt = json.dumps(request.messages, sort_keys=True, ensure_ascii=False, default=str)
-        record = LedgerRecord.from_report(report, prompt, answer, self.config.store_texts)
+        record = LedgerRecord.from_report(report, prompt, answer, self.config.ledger.store_texts)
         # Never raises, never waits past the deadline: a failed or slow write is spooled.
         self.ledger_writer.write(record, deadline)
 

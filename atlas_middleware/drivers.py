@@ -32,7 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import CancelToken, ChatBackend, astream_of, cancellation, stream_of
+from .backends.base import CancelToken, ChatBackend, astream_of, cancellation, stream_of, timeout_error_of
 from .chunks import Assembler, ChatChunk
 from .errors import AtlasError, TeacherTimeout
 from .redact import redact, secret_logger
@@ -40,7 +40,6 @@ from .report import CallReport
 from .teaching.commands import (
     BlockingResult,
     CallResult,
-    Cancel,
     Command,
     Deliver,
     ModelCall,
@@ -107,15 +106,13 @@ def _no_first_chunk(call: ModelCall, t0: float, error: BaseException | None) -> 
     return CallResult(call, response=Assembler().response(), latency_ms=_elapsed_ms(t0))
 
 
-def _timeout_error(call: ModelCall) -> Exception:
+def _timeout_error(call: ModelCall, backends: Mapping[str, ChatBackend]) -> Exception:
     message = f"{call.role} call gave no answer within {call.timeout:g} s"
     if call.role in ("guided", "baseline"):
         # Only the caller's own ``timeout`` limits the student's answers: when it runs out the
-        # caller gets LiteLLM's ``Timeout``, as from a plain call (``teaching/deadline.py``).
-        from .backends.litellm import import_litellm
-
-        error: Exception = import_litellm().Timeout(message=message, model=call.request.model, llm_provider="atlas")
-        return error
+        # caller gets what the student's model raises on a timeout, as from a plain call
+        # (``teaching/deadline.py``): LiteLLM's ``Timeout`` for a LiteLLM model.
+        return timeout_error_of(backends[call.target], call.request, message)
     return TeacherTimeout(message)
 
 
@@ -135,13 +132,15 @@ def _snapshot(report: CallReport) -> CallReport:
     })
 
 
-_Pending = tuple[ModelCall, float, Future[CallResult], CancelToken]
-"""A started call: the call, when it started, its worker's future, its cancel token."""
+_Pending = tuple[ModelCall, float, "Future[CallResult] | None", CancelToken]
+"""A started call: the call, when it started, its worker's future (None: deferred, see
+``SyncDriver._pump``), its cancel token."""
 
 
-def _give_up(future: Future[CallResult], token: CancelToken) -> None:
+def _give_up(future: Future[CallResult] | None, token: CancelToken) -> None:
     """Nobody waits for this call any more: never start it, or tell its backend to stop."""
-    future.cancel()
+    if future is not None:
+        future.cancel()
     token.cancel()
 
 
@@ -160,8 +159,9 @@ class SyncDriver:
         self._lock = threading.Lock()
         self._handles = itertools.count(1)
 
-    def _call(self, call: ModelCall, token: CancelToken) -> CallResult:
-        t0 = time.perf_counter()
+    def _call(self, call: ModelCall, token: CancelToken, t0: float) -> CallResult:
+        """Make the call; its latency counts from ``t0``, when the flow started it (a wait
+        for a free worker included, as the caller and the call's trace span see it)."""
         try:
             with cancellation(token):
                 response = self.backends[call.target].complete(call.request)
@@ -169,22 +169,41 @@ class SyncDriver:
         except Exception as exc:  # the flow decides what an error means
             return CallResult(call, error=exc, latency_ms=(time.perf_counter() - t0) * 1000)
 
+    def _submit(self, call: ModelCall, token: CancelToken, started: float) -> Future[CallResult]:
+        # The call runs in a copy of the caller's context, as an async task would: the
+        # caller's tracing (a LangChain run, an OpenTelemetry span) reaches its worker.
+        return self._pools[call.target].submit(contextvars.copy_context().run, self._call, call, token, started)
+
     def _wait(self, pending: dict[int, _Pending], handles: tuple[int, ...]) -> list[CallResult]:
-        results = []
-        for h in handles:
-            call, started, future, token = pending.pop(h)
-            if call.timeout is None:
-                results.append(future.result())
-                continue
-            remaining = started + call.timeout - time.perf_counter()
-            try:
-                results.append(future.result(timeout=max(0.0, remaining)))
-            except FutureTimeout:
-                # The thread cannot be killed: its backend is told to stop (if it can), and
-                # its late answer is ignored.
-                _give_up(future, token)
-                results.append(CallResult(call, error=_timeout_error(call), latency_ms=call.timeout * 1000))
-        return results
+        entries = [pending.pop(h) for h in handles]
+        # A deferred call runs here, in the caller's thread, while the others run in theirs.
+        here = {i: contextvars.copy_context().run(self._call, e[0], e[3], e[1])
+                for i, e in enumerate(entries) if e[2] is None}
+        return [here[i] if i in here else self._result(*e) for i, e in enumerate(entries)]
+
+    def _result(self, call: ModelCall, started: float, future: Future[CallResult] | None,
+                token: CancelToken) -> CallResult:
+        """A call's result from its worker, within its deadline."""
+        assert future is not None
+        if call.timeout is None:
+            return future.result()
+        remaining = started + call.timeout - time.perf_counter()
+        try:
+            return future.result(timeout=max(0.0, remaining))
+        except FutureTimeout:
+            # The thread cannot be killed: its backend is told to stop (if it can), and
+            # its late answer is ignored.
+            _give_up(future, token)
+            return CallResult(call, error=_timeout_error(call, self.backends), latency_ms=call.timeout * 1000)
+
+    def _undefer(self, pending: dict[int, _Pending], handle: int | None, cmd: Command) -> int | None:
+        """Start the deferred call ``handle`` in its worker unless ``cmd`` waits for it (then
+        ``_wait`` runs it in the caller's thread); the handle still deferred."""
+        if handle is None or (isinstance(cmd, Wait) and handle in cmd.handles):
+            return handle
+        call, started, _, token = pending[handle]
+        pending[handle] = (call, started, self._submit(call, token, started), token)
+        return None
 
     def _open(self, cmd: Stream, started: float) -> _Opened | CallResult:
         """Open the stream and wait for its first chunk (the result, if none comes)."""
@@ -202,7 +221,14 @@ class SyncDriver:
     def _pump(self, flow: Flow, send: Any, pending: dict[int, Any],
               started: float) -> Delivered | _Opened | CallReport:
         """Advance the flow until it delivers (returns ``Delivered``), streams (``_Opened``)
-        or ends (the report)."""
+        or ends (the report).
+
+        A call without a deadline is deferred: when the flow's next command waits for it, it
+        runs in the caller's thread, which would only wait for it (a worker's hand-off costs
+        about 16 µs of CPU; bench/overhead.py); any other command starts it in its worker
+        first. A call with a deadline always runs in a worker, which the caller can stop
+        waiting for."""
+        deferred: int | None = None
         while True:
             try:
                 cmd: Command = flow.send(send)
@@ -210,21 +236,16 @@ class SyncDriver:
                 for _, _, future, token in pending.values():
                     _give_up(future, token)
                 return stop.value  # type: ignore[no-any-return]
+            deferred = self._undefer(pending, deferred, cmd)
             send = None
             if isinstance(cmd, Start):
                 send = next(self._handles)
-                pool = self._pools[cmd.call.target]
-                token = CancelToken()
-                # The call runs in a copy of the caller's context, as an async task would: the
-                # caller's tracing (a LangChain run, an OpenTelemetry span) reaches its worker.
-                future = pool.submit(contextvars.copy_context().run, self._call, cmd.call, token)
-                pending[send] = (cmd.call, time.perf_counter(), future, token)
+                token, call, now = CancelToken(), cmd.call, time.perf_counter()
+                future = None if call.timeout is None else self._submit(call, token, now)
+                pending[send] = (call, now, future, token)
+                deferred = send if future is None else None
             elif isinstance(cmd, Wait):
-                send = self._wait(pending, cmd.handles)
-            elif isinstance(cmd, Cancel):
-                entry = pending.pop(cmd.handle, None)
-                if entry:
-                    _give_up(entry[2], entry[3])
+                send, deferred = self._wait(pending, cmd.handles), None
             elif isinstance(cmd, RunBlocking):
                 try:
                     send = BlockingResult(value=cmd.fn(*cmd.args))
@@ -346,17 +367,22 @@ class AsyncDriver:
         self._background: set[asyncio.Task[None]] = set()
         self._handles = itertools.count(1)
 
-    async def _call(self, call: ModelCall) -> CallResult:
+    async def _call(self, call: ModelCall, t0: float) -> CallResult:
+        """Make the call; its latency counts from ``t0``, when the flow started it (until
+        its task first runs, too), as in ``SyncDriver._call``."""
         import asyncio
 
-        t0 = time.perf_counter()
         try:
             coro = self.backends[call.target].acomplete(call.request)
             if call.timeout is not None:
+                # asyncio.timeout, not wait_for: this is the call's own task already, and
+                # wait_for (Python 3.11) wraps the call in a second one.
                 try:
-                    response = await asyncio.wait_for(coro, call.timeout)
+                    async with asyncio.timeout(call.timeout):
+                        response = await coro
                 except TimeoutError:
-                    return CallResult(call, error=_timeout_error(call), latency_ms=(time.perf_counter() - t0) * 1000)
+                    return CallResult(call, error=_timeout_error(call, self.backends),
+                                      latency_ms=(time.perf_counter() - t0) * 1000)
             else:
                 response = await coro
             return CallResult(call, response=response, latency_ms=(time.perf_counter() - t0) * 1000)
@@ -392,13 +418,9 @@ class AsyncDriver:
             send = None
             if isinstance(cmd, Start):
                 send = next(self._handles)
-                tasks[send] = asyncio.ensure_future(self._call(cmd.call))
+                tasks[send] = asyncio.ensure_future(self._call(cmd.call, time.perf_counter()))
             elif isinstance(cmd, Wait):
                 send = [await tasks.pop(h) for h in cmd.handles]
-            elif isinstance(cmd, Cancel):
-                dropped = tasks.pop(cmd.handle, None)
-                if dropped is not None:
-                    dropped.cancel()
             elif isinstance(cmd, RunBlocking):
                 try:
                     send = BlockingResult(value=await asyncio.to_thread(cmd.fn, *cmd.args))

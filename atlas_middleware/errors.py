@@ -84,13 +84,36 @@ class QueueFullError(AtlasError):
     """A local backend's request queue is full; retry later or add capacity."""
 
 
-# Providers' timeout exceptions, by class name: LiteLLM's ``Timeout`` and the openai SDK's
-# ``APITimeoutError`` are not ``TimeoutError``s, and the core imports neither.
-_TIMEOUT_CLASS_NAMES = frozenset({"Timeout", "APITimeoutError", "TimeoutException", "ReadTimeout"})
+# -- classifying a provider's error: the one place ------------------------------------------
+# By class name along the MRO, because the core imports no provider SDK: LiteLLM's
+# ``Timeout`` and the openai SDK's ``APITimeoutError`` are not ``TimeoutError``s, httpx's
+# ``TimeoutException`` is not either. The retries (``backends/retry.py``), the teacher group
+# and the flow's ``teacher_timeout`` reason all ask here.
+_TIMEOUT_NAMES = frozenset({"Timeout", "APITimeoutError", "TimeoutException", "ReadTimeout"})
+_TRANSIENT_NAMES = _TIMEOUT_NAMES | {
+    "APIConnectionError", "ConnectError", "RateLimitError", "ServiceUnavailableError", "InternalServerError",
+}
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+"""HTTP statuses worth a second try: time-outs, conflicts, rate limits, overloaded servers."""
+
+
+def _named(exc: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
 def is_timeout(exc: BaseException | None) -> bool:
     """Whether ``exc`` says a call ran out of time (ours, the transport's or a provider's)."""
     if exc is None:
         return False
-    return isinstance(exc, TimeoutError) or any(cls.__name__ in _TIMEOUT_CLASS_NAMES for cls in type(exc).__mro__)
+    return isinstance(exc, TimeoutError) or _named(exc, _TIMEOUT_NAMES)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same call may succeed if made again: a time-out, a lost connection, a
+    rate limit, an overloaded server. An HTTP status, where the error has one, decides."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in TRANSIENT_STATUS
+    return _named(exc, _TRANSIENT_NAMES)

@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from .answers import extract_answer, same_final_answer
 from .errors import ConfigError, JudgeError
 from .imports import import_object
-from .messages import ChatRequest, ChatResponse
+from .messages import CallContext, ChatRequest, ChatResponse, Judging
 from .teaching import markup, prompts
 from .teaching.commands import BlockingResult, CallResult, Command, ModelCall, RunBlocking, Start, Wait
 from .teaching.parse import split_reasoning
@@ -196,18 +196,22 @@ class TeacherJudge:
         max_tokens: int = 1024,
         threshold: float = 0.7,
         context_chars: int = 12000,
+        params: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.timeout = timeout
         self.max_tokens = max_tokens
         self.threshold = threshold
         self.context_chars = context_chars
+        # LiteLLM params of every judge call (``teacher.params`` less prices), as the teacher's calls have.
+        self.params = dict(params or {})
 
-    def _call(self, messages: list[dict[str, Any]]) -> ModelCall:
-        params: dict[str, Any] = {"max_tokens": self.max_tokens}
+    def _call(self, messages: list[dict[str, Any]], judging: Judging) -> ModelCall:
+        params: dict[str, Any] = {**self.params, "max_tokens": self.max_tokens}
         if self.timeout is not None:
             params["timeout"] = self.timeout  # the HTTP client gives up with the driver
-        req = ChatRequest(model=self.model, messages=messages, params=params)
+        req = ChatRequest(model=self.model, messages=messages, params=params,
+                          context=CallContext(role="judge", judging=judging))
         return ModelCall(role="judge", target="teacher", request=req, timeout=self.timeout)
 
     def compare(self, task: Task, guided: ChatResponse, baseline: ChatResponse) -> JudgeGen:
@@ -217,8 +221,8 @@ class TeacherJudge:
         if aimed := _talks_to_judge(guided=guided, baseline=baseline):
             return Verdict("undecided", {}, aimed)
         text = task.text(self.context_chars)
-        h1 = yield Start(self._call(prompts.pairwise_messages(text, guided, baseline)))
-        h2 = yield Start(self._call(prompts.pairwise_messages(text, baseline, guided)))
+        h1 = yield Start(self._call(prompts.pairwise_messages(text, guided, baseline), "pairwise"))
+        h2 = yield Start(self._call(prompts.pairwise_messages(text, baseline, guided), "pairwise"))
         r1, r2 = yield Wait((h1, h2))
         first, second = _verdict_text(r1), _verdict_text(r2)
         mapping1 = {"A": "guided", "B": "baseline", "TIE": "tie"}
@@ -234,7 +238,7 @@ class TeacherJudge:
     def score(self, task: Task, answer: ChatResponse) -> JudgeGen:
         if aimed := _talks_to_judge(guided=answer):
             raise JudgeError(f"not graded: {aimed}")
-        h = yield Start(self._call(prompts.score_messages(task.text(self.context_chars), answer)))
+        h = yield Start(self._call(prompts.score_messages(task.text(self.context_chars), answer), "score"))
         (r,) = yield Wait((h,))
         raw = _verdict_text(r)
         try:
@@ -292,11 +296,14 @@ class CallableJudge:
 
 def resolve_judge(
     spec: str | Judge | ScoreFn | None, *, teacher_model: str | None, timeout: float | None,
-    max_tokens: int = 1024,
+    max_tokens: int = 1024, params: dict[str, Any] | None = None, context_chars: int = 12000,
+    threshold: float = 0.7,
 ) -> Judge:
     """Turn a judge setting into a judge; raise ``ConfigError`` for anything unusable.
 
     ``auto`` (and None) is the teacher judge when there is a teacher, else the answer judge.
+    The teacher judge calls the teacher as the flow does: with its ``params`` (the config's
+    ``teacher.params`` less prices) and the conversation cut to ``context_chars``.
     """
     if spec in (None, "auto"):
         spec = "teacher" if teacher_model else "answer"
@@ -305,7 +312,8 @@ def resolve_judge(
     if spec == "teacher":
         if not teacher_model:
             raise ConfigError("judge 'teacher' needs a teacher model")
-        return TeacherJudge(teacher_model, timeout=timeout, max_tokens=max_tokens)
+        return TeacherJudge(teacher_model, timeout=timeout, max_tokens=max_tokens, threshold=threshold,
+                            context_chars=context_chars, params=params)
     if isinstance(spec, Judge):
         return spec
     if callable(spec):

@@ -3,19 +3,28 @@
 Adapters (LiteLLM, LangChain, the proxy) convert their own objects to these at the
 boundary. A request keeps every OpenAI parameter it was given in ``params`` untouched, so
 tools, response formats and provider options pass through the teaching loop unchanged.
+
+What is *about* a request rather than *in* it rides beside it in ``ChatRequest.context``
+(a ``CallContext``, like httpx's ``Request.extensions``): the call's role in the teaching
+loop, the policy it runs under, an adapter's bindings. No backend puts it on the wire and
+the task family never reads it, so a backend, an adapter or a test double knows which call
+it serves without working it out from the prompts' wording.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidRequestError
-from .usage import ZERO_USAGE, Usage
+from .usage import ZERO_USAGE, Role, Usage
 
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # The content part types LiteLLM accepts in a user message (its ``ValidUserMessageContentTypes``,
@@ -113,17 +122,53 @@ def validate_user_parts(messages: list[Any]) -> None:
                                           f"{sorted(USER_PART_TYPES)}, got {part.get('type')!r}")
 
 
-class ChatRequest(BaseModel):
-    """One chat-completion request: model, messages and every other parameter as given."""
+Judging = Literal["pairwise", "score"]
 
-    model_config = ConfigDict(defer_build=True, frozen=True)
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a request is for, beside it and never in it: not sent, not fingerprinted.
+
+    The flow sets ``role`` (and ``judging``) on every request it makes; a request a caller
+    hands the core has none. Requests derived from one (``replace``, ``with_params``) keep
+    its context, so an adapter's ``bindings`` reach the probe, guided and baseline calls.
+    """
+
+    role: Role | None = None
+    """The call's part in the teaching loop (the usage accounting's names); None outside the loop."""
+    judging: Judging | None = None
+    """A judge's call: a pairwise comparison or a grade of one answer."""
+    policy: str | None = None
+    """The policy this user call runs under (under ``adaptive``, its family's mode)."""
+    bindings: Mapping[str, Any] = field(default_factory=dict)
+    """An adapter's own objects for this user call, by adapter (``"langchain"``: its ``CallBinding``)."""
+
+    def replace(self, **changes: Any) -> CallContext:
+        return dataclasses.replace(self, **changes)
+
+
+NO_CONTEXT = CallContext()
+
+
+class ChatRequest(BaseModel):
+    """One chat-completion request: model, messages and every other parameter as given,
+    and beside them its ``context`` (see the module docstring)."""
+
+    model_config = ConfigDict(defer_build=True, frozen=True, arbitrary_types_allowed=True)
 
     model: str
     messages: list[dict[str, Any]]
     params: dict[str, Any] = Field(default_factory=dict)
+    # A factory, not ``default=``: pydantic deep-copies an unhashable default for every
+    # request (5 µs each, several per taught call; bench/overhead.py).
+    context: CallContext = Field(default_factory=lambda: NO_CONTEXT, exclude=True, repr=False)
 
     def replace(self, **changes: Any) -> ChatRequest:
         return self.model_copy(update=changes)
+
+    def in_context(self, **changes: Any) -> ChatRequest:
+        """This request with its context changed (``role=...``, ``policy=...``)."""
+        return self.model_copy(update={"context": self.context.replace(**changes)})
 
     def with_params(self, drop: frozenset[str] = frozenset(), **set_: Any) -> ChatRequest:
         params = {k: v for k, v in self.params.items() if k not in drop}

@@ -52,11 +52,19 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from .attach import report_of
 from .backends import LiteLLMBackend, teacher_backend_for
 from .backends.base import ChatBackend
+from .backends.compat import (
+    call_details,
+    register_custom_provider,
+    set_reported_cost,
+    set_response_cost,
+    stream_call_details,
+)
 from .backends.routing import ModelRouter
 from .client import SWITCHED_OFF, Atlas
-from .config import AtlasConfig
+from .config import AtlasConfig, is_setting
 from .errors import InvalidRequestError
 from .pricing import PRICE_PARAMS
 from .redact import redact, scrub, secret_logger, secrets_in
@@ -263,7 +271,7 @@ class AtlasLLM(CustomLLM):
         # Config values (strings, numbers) build the AtlasConfig; objects (a judge, a
         # ledger, backends) go to Atlas itself.
         return {k: v for k, v in self._kwargs.items()
-                if k in AtlasConfig.model_fields and (k not in ("judge", "ledger") or isinstance(v, str))}
+                if is_setting(k) and (k not in ("judge", "ledger") or isinstance(v, str))}
 
     @property
     def config(self) -> AtlasConfig:
@@ -278,7 +286,7 @@ class AtlasLLM(CustomLLM):
         extra = {k: v for k, v in self._kwargs.items() if k not in fields}
         config = self.config
         teacher = extra.pop("teacher_backend", None)
-        if teacher is None and config.teacher:
+        if teacher is None and config.teacher.model:
             teacher = self._own(teacher_backend_for(config))  # a model string or a group
         student = extra.pop("student_backend", None) or self._own(ModelRouter(lean=config.lean_http))
         return Atlas(config=config, student_backend=_quiet(student),
@@ -396,14 +404,14 @@ class AtlasLLM(CustomLLM):
                 observer(report)
             except Exception as exc:  # an observer (metrics) never fails the user's call
                 log.warning("atlas report observer failed: %s", redact(str(exc)))
-        details = getattr(logging_obj, "model_call_details", None)
-        if isinstance(details, dict):
+        details = call_details(logging_obj)
+        if details is not None:
             details[REPORT_KEY] = report
-        if stream and logging_obj is not None and hasattr(logging_obj, "_provider_reported_cost"):
+        if stream:
             # LiteLLM cannot price an assembled ``atlas`` stream (no such model in its map).
             # Like providers that report their own price, this one reports the report's
             # cost; tests pin the logged figure to it.
-            logging_obj._provider_reported_cost = known_cost(report)
+            set_reported_cost(logging_obj, known_cost(report))
 
     def _deliver(self, response: Any, litellm_params: dict[str, Any] | None, logging_obj: Any) -> ModelResponse:
         report: CallReport = response.atlas
@@ -414,7 +422,7 @@ class AtlasLLM(CustomLLM):
             response.atlas = report
         # Forget what LiteLLM learned on the inner call (its price, endpoint, headers):
         # the outer call is priced from the report, and says nothing about the student's host.
-        response._hidden_params = {"response_cost": known_cost(report)}
+        set_response_cost(response, known_cost(report))
         delivered: ModelResponse = response
         return delivered
 
@@ -535,13 +543,14 @@ def _generic(text: str, tool_use: dict[str, Any] | None, *, finish_reason: str |
                                  usage=usage, index=0)  # type: ignore[typeddict-item]
 
 
-def report_of(obj: Any) -> CallReport | None:
-    """The ``CallReport`` of a response or a LiteLLM stream (after its first chunk)."""
+def find_report(obj: Any) -> CallReport | None:
+    """The ``CallReport`` of a response or a LiteLLM stream (after its first chunk), or None;
+    callers use ``atlas_middleware.report_of``, which looks here for LiteLLM's objects."""
     report = getattr(obj, "atlas", None)
     if isinstance(report, CallReport):
         return report
-    details = getattr(getattr(obj, "logging_obj", None), "model_call_details", None)
-    if isinstance(details, dict) and isinstance(details.get(REPORT_KEY), CallReport):
+    details = stream_call_details(obj)
+    if details is not None and isinstance(details.get(REPORT_KEY), CallReport):
         return details[REPORT_KEY]  # type: ignore[no-any-return]
     stream = getattr(obj, "completion_stream", None)
     if isinstance(stream, PendingStream):
@@ -549,29 +558,15 @@ def report_of(obj: Any) -> CallReport | None:
     return None
 
 
-_registered: AtlasLLM | None = None
-
-
 def register(provider: AtlasLLM | None = None, **atlas_kwargs: Any) -> AtlasLLM:
     """Make ``atlas/...`` models callable through LiteLLM; returns the provider.
 
     Registering again replaces the previous ``atlas`` provider.
     """
-    global _registered
     provider = provider or AtlasLLM(**atlas_kwargs)
-    litellm.custom_provider_map = [
-        item for item in litellm.custom_provider_map if item.get("provider") != PROVIDER
-    ] + [{"provider": PROVIDER, "custom_handler": provider}]
-    from litellm.utils import custom_llm_setup
-
-    custom_llm_setup()  # type: ignore[no-untyped-call]
-    _registered = provider
+    register_custom_provider(litellm, PROVIDER, provider)
     return provider
 
 
-def registered() -> AtlasLLM | None:
-    return _registered
-
-
 __all__ = ["PROVIDER", "AtlasLLM", "PendingStream", "RequestOptions", "ReportStore", "known_cost",
-           "register", "registered", "report_of"]
+           "find_report", "register", "report_of"]

@@ -193,10 +193,12 @@ class AdaptiveInfo(BaseModel):
 
     model_config = ConfigDict(defer_build=True)
 
-    why: Literal["learning", "prior", "prospect", "bound", "checked", "settling", "degraded", "no_gain",
+    why: Literal["learning", "prior", "rare", "prospect", "bound", "checked", "settling", "degraded", "no_gain",
                  "state_unavailable"]
     """``learning``: too little evidence of its own (strict); ``prior``: little of its own, and
-    the student's other families say teaching does not pay (skip); ``prospect``: teaching does
+    the student's other families say teaching does not pay (skip); ``rare``: little of its own, and
+    the student's rare families as a class bound verify's degradation rate within the target
+    (verify, the class's figures shown as borrowed); ``prospect``: teaching does
     not pay under strict, but audit would cost less than skipping and the family's evidence so
     far could admit it soon (strict, to learn); ``bound``: the evidence
     bounds the degradation rate of this cheaper mode below the target; ``checked``: no cheaper

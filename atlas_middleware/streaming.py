@@ -183,3 +183,8 @@ class LiveCompletionStream:
             await chunks.aclose()
         for item in self._writer.end():
             yield item
+
+
+AtlasStream = CompletionStream | LiveCompletionStream
+"""What ``Atlas.completion(..., stream=True)`` returns: iterate it (``for``, or ``async for``
+after ``acompletion``) for LiteLLM's chunks; ``report_of(stream)`` is the call's report."""

@@ -44,7 +44,7 @@ from typing import Any
 
 from .redact import redact, secret_logger
 from .report import CallReport
-from .teaching.commands import CallResult, Cancel, Deliver, ModelCall, Start, Stream, Wait
+from .teaching.commands import CallResult, Deliver, ModelCall, Start, Stream, Wait
 from .teaching.flow import Flow
 
 SCOPE = "atlas_middleware"
@@ -231,8 +231,6 @@ def _observe(spans: CallTrace, cmd: Any, sent: Any, before: int) -> None:
     elif isinstance(cmd, Wait):
         for handle, result in zip(cmd.handles, sent or (), strict=False):
             spans.finish(handle, result)
-    elif isinstance(cmd, Cancel):
-        spans.drop(cmd.handle, "cancelled")
     elif isinstance(cmd, Stream):
         # The driver sends this call's result back when its stream has ended (or failed
         # before its first chunk): the span is made then, from when it was asked for.

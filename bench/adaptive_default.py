@@ -28,7 +28,7 @@ better of alone and guided in each family; the tail's templates grouped by the f
 behave like). Then, per family, what the default delivered and the mode it ended in. It
 runs ``--mixes`` (weights, judge error and degradation rates varied).
 
-    python bench/adaptive_default.py                 # 3 mixes x 8,000 calls, every policy (3 min on 2 cores)
+    python bench/adaptive_default.py                 # 5 mixes x 8,000 calls, every policy (about 8 min on 2 cores)
     python bench/adaptive_default.py --quick         # 1 mix, 2,000 calls, three rows (CI runs this)
 """
 
@@ -130,6 +130,11 @@ MIXES = [
          "harms": Kind(alone=0.75, guided=0.60, degraded=0.18, guided_tokens=1.0),
          "inert": replace(BASE_KINDS["inert"], guided_tokens=0.8)},
         {"helps": 0.35, "helps-little": 0.25, "harms": 0.15, "inert": 0.25}, judge_error=0.12, hard_share=0.03,
+        hard_error=1.0),
+    # Mix A's traffic under a careful judge (3% independent error, 1% hard items): what the
+    # same rule does when the judge's evidence can bound more.
+    Mix("E", {"helps": 0.30, "helps-little": 0.20, "harms": 0.12, "inert": 0.18, "tail": 0.20}, BASE_KINDS,
+        {"helps": 0.4, "helps-little": 0.2, "harms": 0.2, "inert": 0.2}, judge_error=0.03, hard_share=0.01,
         hard_error=1.0),
 ]
 

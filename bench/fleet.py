@@ -16,6 +16,13 @@ exports ``TEST_REDIS_URL`` and ``TEST_POSTGRES_URL``.
     python bench/fleet.py                        # 1/2/3 replicas x 64/256 clients, 10 s each
     python bench/fleet.py --replicas 1 2 4 --seconds 20 --workers 2
     python bench/fleet.py --quick                # 1 and 2 replicas, 8 clients, 3 s (CI runs this)
+    python bench/fleet.py --replicas 1 --clients 32 64 --against-proxy-load
+
+``--against-proxy-load`` also starts ``bench/proxy_load.py``'s atlas proxy (SQLite ledger,
+state in memory, one teacher, kept-alive connections, no haproxy) on the same test servers
+and measures its strict row right after each one-replica row, in the same run: a ratio of
+the two is only meaningful within one run on a shared machine. "proxy CPU ms/req" is the
+CPU of the replicas' processes while the clients ran, over the answers they got.
 """
 
 from __future__ import annotations
@@ -33,15 +40,21 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# The fleet's process harness lives with the tests (it is no part of the package's wheel).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
-from atlas_middleware.testing.fleet import (  # noqa: E402
+from fleet_harness import (  # noqa: E402
     FLEET_DIR,
     LoadBalancer,
     ServerProcess,
     closed_loop,
     fleet_env,
 )
+
 from atlas_middleware.testing.proxy import ProxyProcess, free_port  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy_load  # noqa: E402
 
 MASTER_KEY = "sk-fleet-bench"
 UNTAUGHT = {"teacher_error", "teacher_timeout", "circuit_open", "teacher_unparseable", "teacher_truncated"}
@@ -58,9 +71,29 @@ class Row:
     untaught: int
     errors: int
     reasons: dict[str, int] = field(default_factory=dict)
+    cpu_ms: float = float("nan")
+    """The replicas' CPU per answer while the clients ran."""
+    label: str = "fleet"
 
 
-def run(replicas: list[int], clients: list[int], seconds: float, workers: int) -> list[Row]:
+def _proxy_load_row(target: proxy_load.Target, clients: int, seconds: float) -> Row:
+    """``bench/proxy_load.py``'s strict row, measured its own way (kept-alive connections)."""
+    got = asyncio.run(proxy_load.load(target, clients, seconds, 2.0))
+    return Row(1, clients, got.rps, got.pct(0.5) / 1000, got.pct(0.99) / 1000, 0, got.errors, dict(got.reasons),
+               got.cpu_ms, "proxy_load strict")
+
+
+def _lean_proxy(stack: ExitStack, student: ServerProcess, teacher: ServerProcess) -> proxy_load.Target:
+    """The atlas proxy of ``bench/proxy_load.py``, started, as its strict row's target."""
+    cfg = {"teacher": "openai/teacher", "teacher_api_base": teacher.url, "teacher_api_key": "k", "policy": "strict",
+           "ledger": f"sqlite:///{tempfile.mkdtemp(prefix='atlas-bench-')}/ledger.db", "spool": "none"}
+    proxy = stack.enter_context(ProxyProcess(student_url=student.url, atlas=cfg, models={"student": "openai/student"}))
+    return proxy_load.Target("proxy_load strict", "strict", proxy.url, proxy.master_key, "student", proxy.pid or 0,
+                             {"x-atlas-policy": "strict"}, proxy_load.STRICT_TAUGHT)
+
+
+def run(replicas: list[int], clients: list[int], seconds: float, workers: int,
+        against: bool = False) -> list[Row]:
     import psycopg
 
     redis_url, pg_base = os.environ.get("TEST_REDIS_URL"), os.environ.get("TEST_POSTGRES_URL")
@@ -70,6 +103,7 @@ def run(replicas: list[int], clients: list[int], seconds: float, workers: int) -
     with ExitStack() as stack:
         student = stack.enter_context(ServerProcess("student"))
         teachers = [stack.enter_context(ServerProcess("teacher")) for _ in range(2)]
+        lean = _lean_proxy(stack, student, teachers[0]) if against else None
         for count in replicas:
             database = f"atlas_bench_{uuid.uuid4().hex[:10]}"
             with psycopg.connect(pg_base, autocommit=True) as conn:
@@ -92,7 +126,9 @@ def run(replicas: list[int], clients: list[int], seconds: float, workers: int) -
                 with LoadBalancer([p.port for p in proxies]) as lb:
                     asyncio.run(closed_loop(lb.url, MASTER_KEY, clients=8, duration=2.0))  # warm-up
                     for c in clients:
+                        cpu0 = sum(proxy_load.cpu_seconds(p.pid or 0) for p in proxies)
                         load = asyncio.run(closed_loop(lb.url, MASTER_KEY, clients=c, duration=seconds))
+                        cpu = sum(proxy_load.cpu_seconds(p.pid or 0) for p in proxies) - cpu0
                         # Answers within the window (the drain after it would understate the rate).
                         in_window = [s for s in load.answered if s.ended <= load.started + load.window]
                         taught = [s for s in in_window if s.reason and s.reason not in UNTAUGHT]
@@ -100,8 +136,12 @@ def run(replicas: list[int], clients: list[int], seconds: float, workers: int) -
                         rows.append(Row(count, c, len(taught) / load.window, _quantile(times, 0.5),
                                         _quantile(times, 0.99), len(in_window) - len(taught),
                                         len(load.sent) - len(load.answered),
-                                        dict(Counter(s.reason for s in load.answered))))
+                                        dict(Counter(s.reason for s in load.answered)),
+                                        cpu * 1000 / max(1, len(load.answered))))
                         print(rows[-1], flush=True)
+                        if lean is not None and count == 1:
+                            rows.append(_proxy_load_row(lean, c, seconds))
+                            print(rows[-1], flush=True)
             finally:
                 for proxy in proxies:
                     proxy.stop()
@@ -116,14 +156,20 @@ def _quantile(times: list[float], q: float) -> float:
 
 
 def table(rows: list[Row]) -> str:
-    one = {r.clients: r.req_s for r in rows if r.replicas == 1}
-    lines = ["| replicas | clients | taught req/s | vs 1 replica | p50 s | p99 s | untaught | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    one = {r.clients: r.req_s for r in rows if r.replicas == 1 and r.label == "fleet"}
+    lines = ["| replicas | clients | taught req/s | vs 1 replica | p50 s | p99 s | untaught | errors | proxy CPU ms/req |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = one.get(r.clients)
         ratio = f"{r.req_s / base:.2f}x" if base else "-"
-        lines.append(f"| {r.replicas} | {r.clients} | {r.req_s:.1f} | {ratio} | {r.p50:.2f} | {r.p99:.2f} | "
-                     f"{r.untaught} | {r.errors} |")
+        name = r.replicas if r.label == "fleet" else r.label
+        lines.append(f"| {name} | {r.clients} | {r.req_s:.1f} | {ratio} | {r.p50:.2f} | {r.p99:.2f} | "
+                     f"{r.untaught} | {r.errors} | {r.cpu_ms:.1f} |")
+    lean = {r.clients: r.req_s for r in rows if r.label == "proxy_load strict"}
+    for c, rate in lean.items():
+        if one.get(c):
+            lines.append(f"\n{c} clients: one replica serves {one[c] / rate:.2f}x proxy_load strict's taught req/s "
+                         f"(target >= 0.85x): {'met' if one[c] >= 0.85 * rate else 'NOT met'}")
     return "\n".join(lines)
 
 
@@ -134,11 +180,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="workers per replica")
     parser.add_argument("--quick", action="store_true", help="1 and 2 replicas, 8 clients, 3 s")
+    parser.add_argument("--against-proxy-load", action="store_true",
+                        help="also measure bench/proxy_load.py's strict row after each one-replica row")
     args = parser.parse_args()
     if args.quick:
         args.replicas, args.clients, args.seconds = [1, 2], [8], 3.0
     started = time.monotonic()
-    rows = run(args.replicas, args.clients, args.seconds, args.workers)
+    rows = run(args.replicas, args.clients, args.seconds, args.workers, args.against_proxy_load)
     print(f"\n{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"{time.monotonic() - started:.0f} s; command: python bench/fleet.py {' '.join(sys.argv[1:])}\n")
     print(table(rows))

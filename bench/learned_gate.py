@@ -34,6 +34,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from _reports import FinalReports
 from policy_frontier import TEACHER, Item, Params, backends, draw
 
 from atlas_middleware import Atlas
@@ -72,7 +73,8 @@ class Run:
 
 async def run(p: Params, items: list[Item], families: list[str], policy: str, mode: str, concurrency: int) -> Run:
     student, teacher = backends(p, items, p.judge_accuracy)
-    atlas = Atlas(teacher=TEACHER, student_backend=student, teacher_backend=teacher, ledger="none",
+    ledger = FinalReports()  # each call's final report: an audit's baseline and judge come after delivery
+    atlas = Atlas(teacher=TEACHER, student_backend=student, teacher_backend=teacher, ledger=ledger, spool="none",
                   policy=policy, audit_rate=p.audit_rate, **MODES[mode])
     out = Run(policy, mode)
     try:
@@ -84,9 +86,10 @@ async def run(p: Params, items: list[Item], families: list[str], policy: str, mo
             await atlas.aflush()  # audits finish (and teach the gate) before the next calls
             for i, response in zip(chunk, answers, strict=True):
                 text = response.choices[0].message.content
-                out.reports.append(response.atlas)
+                report = ledger.take(response.atlas)
+                out.reports.append(report)
                 out.right.append(f"The answer is {items[i].truth}" in text)
-                out.net.append(response.atlas.usage.total().total_tokens - (p.question_tokens + items[i].alone_tokens))
+                out.net.append(report.usage.total().total_tokens - (p.question_tokens + items[i].alone_tokens))
     finally:
         await atlas.aclose()
     return out

@@ -2,7 +2,9 @@
 
 Servers answer instantly from a child process (their CPU is not counted). For each variant
 we time N sequential calls and report the wall-time median and the client's CPU time per
-call (``time.process_time`` of this process: the client's own work, whatever its threads).
+call (``time.process_time`` of this process: the client's own work, whatever its threads),
+the best of five rounds of N/5 calls: on a shared machine the other jobs only ever add to
+a round, so the best round is the steadiest estimate of the call's own cost.
 
 Variants:
   raw httpx            one POST on a pooled httpx.Client
@@ -13,8 +15,9 @@ Variants:
   taught async, lean   Atlas.acompletion(strict) over HTTP, direct aiohttp (the proxy's path)
   taught, LiteLLM      Atlas(strict) over HTTP, every backend call through litellm.completion
   middleware only      Atlas(strict) with in-process backends that do no work: the loop's own work
-                       (also with the learned gate and family reuse on, in process memory; and
-                       with OpenTelemetry imported but no provider, then traced with the SDK's)
+                       (also through acompletion on one event loop; with the learned gate and
+                       family reuse on, in process memory; and with OpenTelemetry imported but
+                       no provider, then traced with the SDK's)
 
     python bench/overhead.py            # full: 300 calls per variant
     python bench/overhead.py --quick    # seconds: 20 calls per variant (CI runs this)
@@ -39,18 +42,21 @@ from _servers import servers  # noqa: E402
 QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]
 
 
-def measure(fn: Callable[[], object], n: int) -> tuple[float, float]:
-    """(median wall ms, CPU ms per call) after two warm-up calls."""
+def measure(fn: Callable[[], object], n: int, rounds: int = 5) -> tuple[float, float]:
+    """(median wall ms, CPU ms per call: the best of ``rounds`` rounds) after two warm-up calls."""
     fn()
     fn()
-    walls = []
-    cpu0 = time.process_time()
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        walls.append((time.perf_counter() - t0) * 1000)
-    cpu = (time.process_time() - cpu0) * 1000 / n
-    return statistics.median(walls), cpu
+    walls: list[float] = []
+    cpus = []
+    per_round = max(1, n // rounds)
+    for _ in range(rounds):
+        cpu0 = time.process_time()
+        for _ in range(per_round):
+            t0 = time.perf_counter()
+            fn()
+            walls.append((time.perf_counter() - t0) * 1000)
+        cpus.append((time.process_time() - cpu0) * 1000 / per_round)
+    return statistics.median(walls), min(cpus)
 
 
 def main() -> None:
@@ -116,6 +122,11 @@ def main() -> None:
             atlas = Atlas(teacher="t", student_backend=student, teacher_backend=teacher, policy="strict",
                           ledger=ledger or f"sqlite:///{tmp}/l.db", **extra)
             rows.append((label, *measure(lambda a=atlas: a.completion(model="s", messages=QUESTION), n)))  # type: ignore[misc]
+            if label == "middleware only":
+                own_loop = asyncio.new_event_loop()
+                rows.append(("middleware only, async", *measure(lambda a=atlas, lp=own_loop: lp.run_until_complete(  # type: ignore[misc]
+                    a.acompletion(model="s", messages=QUESTION)), n)))
+                own_loop.close()
             atlas.close()
 
     rows += _tracing_rows(student, teacher, n)
@@ -130,9 +141,9 @@ def main() -> None:
     lean_cpu = base["taught, lean path"][2]
     lean_async = base["taught async, lean path"][2]
     one_async = base["litellm.acompletion"][2]
-    own = base["middleware only"][2]
-    print(f"\nmiddleware's own work: {own:.2f} ms CPU per taught call (target < 1 ms): "
-          f"{'met' if own < 1 else 'NOT met'}")
+    own, own_async = base["middleware only"][2], base["middleware only, async"][2]
+    print(f"\nmiddleware's own work: {own:.2f} ms CPU per taught call, {own_async:.2f} ms async "
+          f"(target < 0.3 ms): {'met' if max(own, own_async) < 0.3 else 'NOT met'}")
     print(f"taught call on the lean path: {lean_cpu:.2f} ms CPU vs {one_litellm:.2f} ms for one "
           f"litellm.completion (target: below): {'met' if lean_cpu < one_litellm else 'NOT met'}")
     print(f"async taught call on the lean path: {lean_async:.2f} ms CPU vs {one_async:.2f} ms for one "

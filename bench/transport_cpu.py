@@ -5,7 +5,9 @@ answers every request at once. From C concurrent tasks in this process, each cli
 N chat-completion POSTs in all, over one pooled session, and the benchmark reports this
 process's CPU time (``time.process_time``) and wall time per request. This is the figure
 behind the choice of aiohttp for the lean path's async transport (docs/benchmarks.md);
-the sync transport (``httpx.Client``, one request at a time) is printed for reference.
+the sync transport (``httpx.Client``, one request at a time) is printed for reference, and so
+is the lean backend itself over each (``LeanHTTPBackend``: the same POST with its request
+building, error mapping and response parsing), so that a change to it shows what it costs.
 
     python bench/transport_cpu.py               # 16 tasks, 4,000 requests per client, 3 rounds
     python bench/transport_cpu.py --quick       # 400 requests, 1 round (CI runs this)
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -66,6 +69,38 @@ def run_httpx_sync(url: str, n: int) -> None:
             client.post(url, content=BODY, headers=HEADERS).raise_for_status()
 
 
+def _lean_request(url: str) -> Any:
+    from atlas_middleware import ChatRequest
+
+    return ChatRequest(model="openai/student", messages=[{"role": "user", "content": "What is 20 + 22?"}],
+                       params={"api_base": url.removesuffix("/chat/completions"), "api_key": "k"})
+
+
+async def run_lean_async(url: str, n: int, tasks: int) -> None:
+    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+
+    lean, request = LeanHTTPBackend(max_connections=tasks), _lean_request(url)
+
+    async def send() -> None:
+        await lean.acomplete(request)
+
+    try:
+        await _spread(send, n, tasks)
+    finally:
+        await lean.aclose()
+
+
+def run_lean_sync(url: str, n: int) -> None:
+    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+
+    lean, request = LeanHTTPBackend(), _lean_request(url)
+    try:
+        for _ in range(n):
+            lean.complete(request)
+    finally:
+        lean.close()
+
+
 def measure(fn: Callable[[], None], n: int) -> tuple[float, float]:
     """(CPU ms, wall ms) per request."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -88,6 +123,9 @@ def main() -> None:
             f"httpx.AsyncClient, {args.tasks} tasks": lambda: asyncio.run(run_httpx(url, n, args.tasks)),
             f"aiohttp.ClientSession, {args.tasks} tasks": lambda: asyncio.run(run_aiohttp(url, n, args.tasks)),
             "httpx.Client, one at a time": lambda: run_httpx_sync(url, n),
+            f"LeanHTTPBackend.acomplete (aiohttp), {args.tasks} tasks":
+                lambda: asyncio.run(run_lean_async(url, n, args.tasks)),
+            "LeanHTTPBackend.complete (httpx), one at a time": lambda: run_lean_sync(url, n),
         }
         for fn in variants.values():  # warm up: connections, imports, the server's threads
             measure(fn, n)

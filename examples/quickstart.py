@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 
-from atlas_middleware import Atlas
+from atlas_middleware import Atlas, report_of
 from atlas_middleware.testing import AtlasStyleTeacher, OpenAITestServer, PairwiseJudge, ScriptedBackend
 
 student = ScriptedBackend({
@@ -41,7 +41,7 @@ with OpenAITestServer(student) as student_server, OpenAITestServer(teacher) as t
         model="openai/student", api_base=student_server.url, api_key="not-needed-here",
         messages=[{"role": "user", "content": question}],
     )
-    report = response.atlas
+    report = report_of(response)
     print("answer:   ", response.choices[0].message.content)
     print("decision: ", report.decision, f"({report.reason.value}); protocol {report.protocol}")
     print("guidance: ", report.guidance)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from atlas_middleware.learning.adaptive import POOLED
+from atlas_middleware.learning.adaptive import POOLED, RARE
 from atlas_middleware.learning.gate import gate_key
 from atlas_middleware.proxy.headers import report_headers
 from atlas_middleware.report import CallReport, Reason
@@ -149,6 +149,30 @@ def _same_answer(guided_tokens: int) -> Any:
             "probe": Reply("Add them.", prompt_tokens=30, completion_tokens=5)}
 
 
+def test_rare_families_are_served_verify_once_their_class_bounds_it_and_a_harmful_one_is_caught(
+        make_atlas, call, state) -> None:
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **settings(), **state)
+    early = [r for k in range(6) for r in ask(call, atlas, f"help-{k}", 2)]  # each template seen twice: rare
+    assert (early[0].mode, early[0].adaptive and early[0].adaptive.why) == ("strict", "learning")
+    (new,) = ask(call, atlas, "help-new")
+    assert new.mode == "verify" and new.adaptive is not None and new.adaptive.why == "rare"
+    assert new.adaptive.borrowed >= 5 and new.decision == "guided"
+    rare = atlas.gate.store.get(gate_key("student-model", RARE, DEFAULT_TENANT))
+    assert rare is not None and rare.outcomes >= 5 and rare.degraded == 0
+    # A harmful rare template under verify: the grade sends its callers the student's own answer,
+    # and its first measured degradation takes it off verify.
+    harm = ask(call, atlas, "harm-0", 12)
+    assert harm[0].mode == "verify" and harm[0].decision == "baseline"
+    first = next(k for k, r in enumerate(harm) if r.adaptive is not None and r.adaptive.measured)
+    # Its own evidence now holds a degradation: never verify again on the class's word (here the
+    # shared prior, which has seen it harm, skips it).
+    after = [(r.mode, r.adaptive and r.adaptive.why) for r in harm[first + 1:]]
+    assert after and all(m in (("strict", "learning"), ("skip", "prior")) for m in after), after
+    assert all(r.decision in ("baseline", "student_only") for r in harm)  # never the harmful guided answer
+    e = atlas.gate.store.get(gate_key("student-model", "t:harm-0", DEFAULT_TENANT))
+    assert e is not None and e.degraded > 0
+
+
 def test_a_family_with_shorter_guided_answers_is_learned_under_strict_until_audit_saves(make_atlas, call,
                                                                                           state) -> None:
     # Teaching changes no answer here, so strict (which pays for both answers) never pays, and
@@ -231,6 +255,7 @@ def test_the_evidence_and_modes_are_rebuilt_from_the_ledger(make_atlas, call, tm
     reports = until(call, atlas, "help", "audit")
     key = gate_key("student-model", "t:help", DEFAULT_TENANT)
     live = atlas.gate.store.get(key)
+    live_baselines = atlas.state.baselines.get(key)
     atlas.close()
     rows = {row.call_id: row for row in atlas.ledger.__class__(tmp_path / "ledger.db").records()}
     assert [rows[r.call_id].mode for r in reports] == [r.mode for r in reports]  # the ledger's column
@@ -239,7 +264,25 @@ def test_the_evidence_and_modes_are_rebuilt_from_the_ledger(make_atlas, call, tm
     assert rebuilt is not None and live is not None and rebuilt.mode == "audit"
     assert rebuilt.improved == pytest.approx(live.improved) and rebuilt.judged == pytest.approx(live.judged)
     assert again.gate.store.get(gate_key("student-model", POOLED, DEFAULT_TENANT)) is not None  # the prior too
-    assert ask(call, again, "help")[0].mode == "audit"
+    # The family's measured baselines come back too: an audit call that runs none is estimated
+    # from as many samples as the live process had.
+    assert live_baselines is not None and again.state.baselines.get(key) == live_baselines
+    after = [r for r in ask(call, again, "help", 4) if r.usage.baseline.calls == 0]
+    assert after and after[0].mode == "audit" and after[0].counterfactual_basis == "estimated"
+    assert after[0].counterfactual_samples == round(live_baselines.samples)
+
+
+def test_graded_outcomes_reach_the_evidence_as_graded(make_atlas, call, state) -> None:
+    atlas, *_ = make_atlas(STUDENT, TEACHER, **settings(), **state)
+    kept = ask(call, atlas, "help", 3, learn=False)  # the caller grades these against gold answers
+    ask(call, atlas, "help", 2)  # and these the judge reads
+    for report in kept:
+        atlas.learn(report, "degraded")
+    e = atlas.gate.store.get(gate_key("student-model", "t:help", DEFAULT_TENANT))
+    assert e is not None and e.outcomes == pytest.approx(5, abs=0.01)
+    assert e.graded == pytest.approx(3, abs=0.01) and e.graded_degraded == pytest.approx(e.degraded)
+    pooled = atlas.gate.store.get(gate_key("student-model", POOLED, DEFAULT_TENANT))
+    assert pooled is not None and pooled.graded_degraded == pytest.approx(3, abs=0.01)
 
 
 def test_the_mode_and_its_evidence_are_in_the_report_and_headers(make_atlas, call, state) -> None:

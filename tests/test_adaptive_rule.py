@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from atlas_middleware.config import AtlasConfig
@@ -65,6 +67,31 @@ def test_observed_degradations_are_inflated_by_the_miss_rate_before_the_bound() 
     # The same counts read by a judge that never disagrees: a smaller miss, a lower bound.
     assert figures(ev(improved=100, degraded=3, unchanged=297, judged=100), None, RULE).degradation < f.degradation
     assert f.gain == pytest.approx((100 - 3) / 403)
+
+
+def test_graded_degradations_are_counted_as_they_are_and_judged_ones_inflated() -> None:
+    judged = ev(improved=300, degraded=4, unchanged=696, judged=600, undecided=60)
+    f = figures(judged, None, RULE)
+    assert f.bad == pytest.approx(4 / (1 - f.judge_miss)) and f.judge_miss > 0.1
+    graded = FamilyEvidence(improved=300, degraded=4, unchanged=696, judged=600, undecided=60, graded=1000,
+                            graded_degraded=4)
+    g = figures(graded, None, RULE)
+    assert g.bad == pytest.approx(4) and g.own_bad == pytest.approx(4) and g.degradation < f.degradation
+    half = FamilyEvidence(improved=300, degraded=4, unchanged=696, judged=600, undecided=60, graded=500,
+                          graded_degraded=1)
+    assert figures(half, None, RULE).bad == pytest.approx(3 / (1 - f.judge_miss) + 1)
+    # Gold answers can certify audit where the same counts read from a judge cannot.
+    judged_only = ev(improved=300, degraded=4, unchanged=696, judged=800, undecided=80, mode="verify")
+    assert candidate(figures(judged_only, None, RULE), RULE) != "audit"
+    gold = replace(judged_only, graded=1000, graded_degraded=4)
+    assert candidate(figures(gold, None, RULE), RULE) == "audit"
+
+
+def test_graded_outcomes_are_kept_apart_and_fade_like_the_others() -> None:
+    e = FamilyEvidence().observed("degraded", None, 0.5, graded=True).observed("degraded", None, 0.5)
+    assert (e.degraded, e.graded, e.graded_degraded) == (1.5, 0.5, 0.5)
+    e = e.observed("improved", None, 0.5, graded=True).observed(None, 10.0, 0.5)  # no outcome: nothing fades
+    assert (e.graded, e.graded_degraded, e.improved) == (1.25, 0.25, 1.0)
 
 
 def test_the_candidate_is_the_cheapest_mode_whose_bound_meets_the_target() -> None:
@@ -188,6 +215,32 @@ def test_the_prior_is_borrowed_only_towards_the_safe_side() -> None:
     assert explore_rate(skipped, rule) == max(rule.explore, PRIOR_EXPLORE) > rule.explore
     # A prior with too little behind it says nothing.
     assert choose(None, ev(degraded=5, unchanged=5), rule).mode == "strict"
+
+
+def test_a_rare_family_borrows_verify_from_its_models_rare_families_as_a_class() -> None:
+    rule = AdaptiveRule(min_evidence=20, prior_weight=0.0, gain_per_cost=0.1)
+    rare = ev(improved=300, degraded=2, unchanged=700, judged=600, undecided=12, teach=0.8, check=0.05,
+              cost_calls=1000)
+    few = ev(improved=2, unchanged=3, judged=2)
+    choice = choose(few, None, rule, rare=rare)
+    assert (choice.mode, choice.why) == ("verify", "rare")
+    assert choice.figures.own == 5 and choice.figures.borrowed == pytest.approx(rare.outcomes)
+    assert choice.figures.degradation == figures(rare, None, rule).degradation  # the class's bound
+    # Never audit on the class's evidence, however clean it is.
+    spotless = ev(improved=3000, unchanged=7000, judged=6000, teach=0.5, cost_calls=5000)
+    assert candidate(figures(spotless, None, rule), rule) == "audit"
+    assert choose(few, None, rule, rare=spotless).mode == "verify"
+    # A family whose own outcomes hold a degradation learns under strict.
+    assert choose(ev(improved=2, degraded=1, unchanged=2), None, rule, rare=rare).why == "learning"
+    # A class that degrades too often, or has too little behind it, lends nothing.
+    harmful = ev(improved=300, degraded=120, unchanged=580, judged=600, undecided=12, teach=0.8, cost_calls=1000)
+    assert choose(few, None, rule, rare=harmful).why == "learning"
+    assert choose(few, None, rule, rare=ev(improved=5, unchanged=14, judged=5)).why == "learning"
+    # A class whose teaching does not pay for verify's checking: the prior decides, as before.
+    dear = ev(improved=10, degraded=0, unchanged=990, judged=600, teach=1.5, check=0.1, cost_calls=1000)
+    assert choose(few, None, rule, rare=dear).why == "learning"
+    # Once a family has min_evidence outcomes of its own, its own evidence decides.
+    assert choose(ev(improved=10, unchanged=15, judged=10), None, rule, rare=rare).why != "rare"
 
 
 def test_a_down_state_serves_strict_whatever_the_evidence() -> None:

@@ -92,7 +92,7 @@ def check_overhead(out: str) -> None:
     (rows,) = tables(out)
     by = {r["variant"]: r for r in rows}
     assert {"raw httpx", "litellm.completion", "taught, lean path", "taught async, lean path",
-            "taught, LiteLLM path", "middleware only"} <= set(by)
+            "taught, LiteLLM path", "middleware only", "middleware only, async"} <= set(by)
     for r in rows:
         in_range(r["wall p50 ms"], 0.01, 10_000)
         in_range(r["client CPU ms/call"], 0.01, 10_000)
@@ -125,7 +125,9 @@ def check_policy_frontier(out: str) -> None:
 
 def check_transport_cpu(out: str) -> None:
     (rows,) = tables(out)
-    assert [r["client"].split(",")[0] for r in rows] == ["httpx.AsyncClient", "aiohttp.ClientSession", "httpx.Client"]
+    assert [r["client"].split(",")[0] for r in rows] == [
+        "httpx.AsyncClient", "aiohttp.ClientSession", "httpx.Client", "LeanHTTPBackend.acomplete (aiohttp)",
+        "LeanHTTPBackend.complete (httpx)"]
     for r in rows:
         in_range(r["CPU ms / request"], 0.001, 1000)
         in_range(r["wall ms / request"], 0.001, 1000)
@@ -137,9 +139,20 @@ def check_fleet(out: str) -> None:
     for r in rows:
         in_range(r["taught req/s"], 0.1, 100_000)
         in_range(r["p50 s"], 0.001, 600)
+        in_range(r["proxy CPU ms/req"], 0.01, 10_000)
         assert r["untaught"] == "0" and r["errors"] == "0", r
     assert rows[0]["vs 1 replica"] == "1.00x"
     in_range(rows[1]["vs 1 replica"], 0.05, 100)
+
+
+def check_fleet_costs(out: str) -> None:
+    (rows,) = tables(out)
+    assert [r["operation"] for r in rows] == [
+        "redis breaker.allow (before a call)", "redis breaker.success (after)", "redis baselines.add (after)",
+        "asyncio.to_thread hop of a no-op", "ledger append, PostgreSQL", "ledger append, SQLite",
+        "teacher call, one teacher", "teacher call, a group of two"]
+    for r in rows:
+        in_range(r["CPU µs"], 0.1, 1_000_000)
 
 
 def check_learned_gate(out: str) -> None:
@@ -205,8 +218,9 @@ def test_every_benchmark_has_a_check() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", QUICK, ids=[p.name for p in QUICK])
 def test_benchmark_quick_mode_runs_and_prints_its_figures(script: Path) -> None:
-    if script.stem == "fleet" and not (os.environ.get("TEST_REDIS_URL") and os.environ.get("TEST_POSTGRES_URL")):
-        pytest.skip("bench/fleet.py needs Redis and PostgreSQL: run scripts/ci-services.sh (CI always does)")
+    if script.stem in ("fleet", "fleet_costs") and not (os.environ.get("TEST_REDIS_URL")
+                                                      and os.environ.get("TEST_POSTGRES_URL")):
+        pytest.skip(f"bench/{script.name} needs Redis and PostgreSQL: run scripts/ci-services.sh (CI always does)")
     proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     CHECKS[script.stem](proc.stdout)

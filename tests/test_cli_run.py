@@ -56,4 +56,4 @@ def test_run_takes_the_teacher_protocol_and_leak_action(tmp_path) -> None:
         assert fallback["reason"] == "guidance_leaks_answer"
     bad = runner.invoke(app, ["run", "hi", "--student", "m", "--teacher", "t", "--teacher-protocol", "x",
                               "--ledger", "none"])
-    assert bad.exit_code == 2 and "teacher_protocol" in bad.output
+    assert bad.exit_code == 2 and "teacher.protocol" in bad.output

@@ -13,9 +13,9 @@ def test_precedence_file_env_flags(tmp_path) -> None:
     path.write_text("atlas:\n  teacher: file-teacher\n  policy: verify\n  probe_max_tokens: 80\n")
     env = {"ATLAS_POLICY": "audit", "ATLAS_TEACHER_TIMEOUT": "2.5"}
     cfg = AtlasConfig.load(path, env=env, policy="off")
-    assert (cfg.teacher, cfg.policy, cfg.teacher_timeout, cfg.probe_max_tokens) == ("file-teacher", "off", 2.5, 80)
+    assert (cfg.teacher.model, cfg.policy, cfg.teacher.timeout, cfg.teacher.probe_max_tokens) == ("file-teacher", "off", 2.5, 80)
     cfg = AtlasConfig.load(None, env={**env, "ATLAS_CONFIG": str(path)})
-    assert cfg.policy == "audit" and cfg.teacher == "file-teacher"
+    assert cfg.policy == "audit" and cfg.teacher.model == "file-teacher"
 
 
 def test_the_proxys_atlas_section_sets_the_teacher_protocol(tmp_path) -> None:
@@ -35,12 +35,12 @@ def test_the_proxys_atlas_section_sets_the_teacher_protocol(tmp_path) -> None:
         ({"judge": "math:no_such_function"}, "has no attribute"),
         ({"judge": "bogus"}, "unknown judge"),
         ({"ledger": "mysql://x"}, "unknown ledger URL"),
-        ({"teacher_timeout": -1}, "teacher_timeout"),
+        ({"teacher_timeout": -1}, r"teacher\.timeout"),
         ({"audit_rate": 2}, "audit_rate"),
-        ({"skip_level": 0}, "skip_level"),
-        ({"teacher_protocol": "socratic"}, "teacher_protocol"),
-        ({"leak_action": "shrug"}, "leak_action"),
-        ({"teacher_max_tokens": 0}, "teacher_max_tokens"),
+        ({"skip_level": 0}, r"teacher\.skip_level"),
+        ({"teacher_protocol": "socratic"}, r"teacher\.protocol"),
+        ({"leak_action": "shrug"}, r"teacher\.leak_action"),
+        ({"teacher_max_tokens": 0}, r"teacher\.max_tokens"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs, message) -> None:
@@ -70,7 +70,7 @@ def test_environment_is_read_at_construction_not_import(monkeypatch) -> None:
     monkeypatch.setenv("ATLAS_TEACHER", "env-teacher")
     monkeypatch.setenv("ATLAS_LEDGER", "none")
     atlas = Atlas(student_backend=ScriptedBackend(), teacher_backend=ScriptedBackend())
-    assert atlas.config.teacher == "env-teacher"
+    assert atlas.config.teacher.model == "env-teacher"
     atlas.close()
 
 

@@ -349,10 +349,12 @@ def test_verdicts_are_read_after_the_reasoning() -> None:
 
 def test_teacher_judge_calls_carry_its_budget() -> None:
     j = TeacherJudge("teacher-model", timeout=4.0, max_tokens=99)
-    c = j._call([{"role": "user", "content": "x"}])
+    c = j._call([{"role": "user", "content": "x"}], "score")
     assert (c.role, c.target, c.timeout) == ("judge", "teacher", 4.0)
+    assert (c.request.context.role, c.request.context.judging) == ("judge", "score")
     assert c.request.model == "teacher-model" and c.request.params == {"max_tokens": 99, "timeout": 4.0}
-    assert TeacherJudge("m").threshold == 0.7 and TeacherJudge("m")._call([]).request.params == {"max_tokens": 1024}
+    assert TeacherJudge("m").threshold == 0.7
+    assert TeacherJudge("m")._call([], "pairwise").request.params == {"max_tokens": 1024}
 
 
 # -- the parser's messages and the transcript the teacher reads --------------------------------

@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 from conftest import QUESTION
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atlas_middleware.errors import InvalidRequestError
 from atlas_middleware.ledger import LedgerQuery, SQLiteLedger
 from atlas_middleware.ledger.sqlite import SCHEMA_VERSION
+from atlas_middleware.teaching import families
 from atlas_middleware.teaching.families import (
     HEAD_CHARS,
     MAX_TAG_CHARS,
@@ -221,3 +224,33 @@ def test_a_newer_sqlite_ledger_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(LedgerError, match="newer"):
         SQLiteLedger(path)
+
+
+# -- a mask is skipped only where it cannot match ---------------------------------------------
+
+# Every character a mask starts or hinges on, and a few of each kind it must not confuse.
+_TRIGGERS = "`\"“”‘’':/.@-0123456789٣ xXabcdefwWlLoO\n\t"
+
+
+def _every_mask(text: str) -> str:
+    """``normalise`` as its rules read: every mask's pass, none skipped."""
+    for pattern, placeholder in families._MASKS:
+        text = pattern.sub(placeholder, text)
+    return families._SPACE.sub(" ", text).strip().casefold()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(text=st.text(alphabet=_TRIGGERS, max_size=40))
+def test_skipping_the_masks_a_text_cannot_match_never_changes_a_key(text: str) -> None:
+    # ``normalise`` skips a mask whose required characters (a quote, "://" or ".", "@", "-",
+    # a digit) are absent: a speed-up only, the key must stay what every pass gives.
+    assert normalise(text) == _every_mask(text)
+
+
+@pytest.mark.parametrize("text", [
+    "", "see www.example.com now", "WWW.Example.COM", "mail ann@example.org", "id deadbeef-dead-beef-dead-beefdeadbeef",
+    "at ٣:٤٥ on May ٣", "pay 0x1f or 12,000.50%", "say 'hi' and “yo” and ‘ok’ and `x` and \"q\"",
+    "```\ncode 42\n```", "https://a.b/c?d=1", "plain words only",
+])
+def test_skipping_the_masks_keeps_every_rule_on_examples(text: str) -> None:
+    assert normalise(text) == _every_mask(text)

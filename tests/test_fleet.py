@@ -34,14 +34,14 @@ from typing import Any
 
 import httpx
 import pytest
-
-from atlas_middleware.testing.fleet import (
+from fleet_harness import (
     FLEET_DIR,
     LoadBalancer,
     ServerProcess,
     closed_loop,
     fleet_env,
 )
+
 from atlas_middleware.testing.proxy import ProxyProcess, free_port
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL")

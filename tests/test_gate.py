@@ -343,12 +343,12 @@ def test_settings_are_checked() -> None:
 
     with pytest.raises(ConfigError, match="policy off makes none"):
         AtlasConfig.build({"gate": "learned", "policy": "off"})
-    with pytest.raises(ConfigError, match="gate_reopen"):
+    with pytest.raises(ConfigError, match=r"gate\.reopen"):
         AtlasConfig.build({"gate_threshold": 0.3, "gate_reopen": 0.1})
     with pytest.raises(ConfigError, match="gate"):
         AtlasConfig.build({"gate": "sometimes"})
     c = AtlasConfig.load(env={"ATLAS_GATE": "LEARNED", "ATLAS_REUSE": "family", "ATLAS_GATE_EXPLORE": "0.25"})
-    assert (c.gate, c.reuse, c.gate_rule().explore) == ("learned", "family", 0.25)
+    assert (c.gate.mode, c.gate.reuse, c.gate.rule().explore) == ("learned", "family", 0.25)
 
 
 def test_an_evaluation_teaches_the_gate_with_its_grades(tmp_path) -> None:
@@ -517,7 +517,7 @@ def test_settings_that_would_never_learn_are_refused() -> None:
     from atlas_middleware.config import AtlasConfig
     from atlas_middleware.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="gate_horizon"):
+    with pytest.raises(ConfigError, match=r"gate\.horizon"):
         AtlasConfig.build({"gate": "learned", "gate_horizon": 10, "gate_min_evidence": 10})
     with pytest.raises(ConfigError, match="audit_rate is 0"):
         AtlasConfig.build({"gate": "learned", "policy": "audit", "audit_rate": 0})

@@ -22,7 +22,7 @@ from atlas_middleware import Atlas, ChatRequest
 from atlas_middleware.backends.param_contract import ParamContract, capture_litellm_body
 from atlas_middleware.backends.routing import ModelRouter
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
-from atlas_middleware.testing.scripted import classify
+from atlas_middleware.testing.wire import guess_context
 
 litellm = pytest.importorskip("litellm")
 
@@ -233,8 +233,7 @@ def test_probe_and_teacher_caps_use_the_field_each_model_takes(lean, student_mod
                   policy="off", probe_max_tokens=50, teacher_max_tokens=700, ledger="none", lean_http=lean) as atlas:
         resp = atlas.completion(model=student_model, messages=QUESTION, api_base=student.url, api_key="sk-s")
         assert (resp.atlas.decision, resp.atlas.guidance) == ("guided", "Carry the one.")
-    probes = [r for r in student.requests
-              if classify(ChatRequest(model=r["body"]["model"], messages=r["body"]["messages"])) == "probe"]
+    probes = [r for r in student.requests if guess_context(r["body"]["messages"]).role == "probe"]  # the wire
     assert len(probes) == 1 and len(student.requests) == 2 and len(teacher.requests) == 1
     for sent, cap in ((probes[0], 50), (teacher.requests[0], 700)):
         assert sent["body"][field] == cap and other not in sent["body"]

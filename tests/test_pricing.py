@@ -95,7 +95,7 @@ def test_a_numeric_string_is_a_price_as_litellm_reads_it(make_atlas, call) -> No
 @pytest.mark.parametrize("bad", [{"input_cost_per_token": "free", "output_cost_per_token": 1e-6},
                                  {"output_cost_per_token": 1e-6}])
 def test_a_bad_teacher_price_is_refused_at_start_naming_the_field(bad: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match=r"teacher_params: .*(input_cost_per_token|output_cost_per_token)"):
+    with pytest.raises(ConfigError, match=r"teacher\.params: .*(input_cost_per_token|output_cost_per_token)"):
         Atlas(teacher="t", teacher_params=bad, student_backend=ScriptedBackend(), teacher_backend=ScriptedBackend(),
               ledger="none")
 
@@ -411,7 +411,7 @@ def test_a_version_2_postgres_ledger_gains_the_columns(make_atlas) -> None:  # t
     ({"litellm_params": {"model": "atlas/openai/m"}, "model_info": {"input_cost_per_token": 1e-6}},
      {}, r"model_list\[0\] \(m\): input_cost_per_token is given without output_cost_per_token"),
     ({"litellm_params": {"model": "atlas/openai/m"}}, {"teacher_params": {"output_cost_per_token": -2}},
-     r"teacher_params: .*output_cost_per_token: must be a price"),
+     r"teacher\.params: .*output_cost_per_token: must be a price"),
 ])
 def test_the_proxy_refuses_a_bad_price_at_start(tmp_path: Path, deployment: dict[str, Any], atlas: dict[str, Any],
                                                 message: str) -> None:

@@ -336,11 +336,11 @@ def test_proxy_start_up_check_accepts_the_recipe(recipe: str, tmp_path: Path,
     assert full["ATLAS_CONFIG"] == str(PROXY_CONFIG.resolve())
     config = check_atlas_config(settings, full)
     assert config is not None
-    assert config.teacher == "hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking"
-    assert config.teacher_api_base == env["ATLAS_TEACHER_API_BASE"]
-    assert config.ledger == env["ATLAS_LEDGER"]
+    assert config.teacher.model == "hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking"
+    assert config.teacher.api_base == env["ATLAS_TEACHER_API_BASE"]
+    assert config.ledger.url == env["ATLAS_LEDGER"]
     if "state" in type(config).model_fields:  # the shared state backend
-        assert config.state == env["ATLAS_STATE"]
+        assert config.state.url == env["ATLAS_STATE"]
 
 
 def test_teachers_serve_what_the_config_asks_for() -> None:

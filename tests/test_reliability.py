@@ -147,6 +147,9 @@ def test_teacher_killed_mid_run_every_call_still_answered() -> None:
             atlas.close()
     finally:
         child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()  # the pipe is ours to close (a ResourceWarning otherwise)
 
 
 # -- secrets --------------------------------------------------------------------------------
@@ -198,18 +201,23 @@ def test_texts_are_stored_only_on_opt_in(make_atlas, tmp_path) -> None:
 
 @pytest.mark.parametrize("protocol", ["atlas", "structured"])
 @pytest.mark.parametrize("placement", ["user", "system"])
-def test_classify_roles_of_the_loop(protocol: str, placement: str) -> None:
-    # guards the scripted backends every other test relies on
+def test_the_wire_guess_of_roles_of_the_loop(protocol: str, placement: str) -> None:
+    # guards the doubles served over a wire (test servers, LangChain chat models), which
+    # see only the messages: in this process the role rides beside the request
     from atlas_middleware.messages import ChatRequest
     from atlas_middleware.teaching.protocols import PROTOCOLS
+    from atlas_middleware.testing.wire import guess_context
 
     p = PROTOCOLS[protocol]
-    probe = ChatRequest(model="m", messages=p.probe_messages(QUESTION))
-    guided = ChatRequest(model="m", messages=p.with_guidance(QUESTION, "x", {}, placement))  # type: ignore[arg-type]
-    teacher = ChatRequest(model="m", messages=p.teacher_messages(QUESTION, {}, "plan", 1000))
-    assert [classify(r) for r in (probe, guided, teacher)] == ["probe", "guided", "teacher"]
-    assert classify(ChatRequest(model="m", messages=QUESTION)) == "baseline"
-    assert guidance_of(guided) == "x"
+    probe = p.probe_messages(QUESTION)
+    guided = p.with_guidance(QUESTION, "x", {}, placement)  # type: ignore[arg-type]
+    teacher = p.teacher_messages(QUESTION, {}, "plan", 1000)
+    assert [guess_context(m).role for m in (probe, guided, teacher, QUESTION)] == [
+        "probe", "guided", "teacher", "baseline"]
+    assert guidance_of(ChatRequest(model="m", messages=guided)) == "x"
+    # in this process the request's own context is what counts, whatever its text says
+    assert classify(ChatRequest(model="m", messages=probe)) == "baseline"
+    assert classify(ChatRequest(model="m", messages=QUESTION).in_context(role="probe")) == "probe"
 
 
 class SlowDown(Exception):

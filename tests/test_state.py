@@ -191,7 +191,7 @@ def test_fallback_close_survives_a_dead_primary() -> None:
                                    "rediss://user:pw@cache.example:6380/2"])
 def test_state_setting_accepts_memory_and_redis_urls(value: str) -> None:
     config = AtlasConfig.build({"state": value})
-    assert config.state == ("memory" if value.strip().lower() == "memory" else value)
+    assert config.state.url == ("memory" if value.strip().lower() == "memory" else value)
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -208,8 +208,8 @@ def test_bad_state_setting_is_a_config_error_without_the_password(value: str, ex
 def test_state_settings_from_the_environment() -> None:
     config = AtlasConfig.load(env={"ATLAS_STATE": "redis://r:6379/1", "ATLAS_STATE_TIMEOUT": "0.05",
                                    "ATLAS_STATE_PREFIX": "litellm-atlas:"})
-    assert (config.state, config.state_timeout, config.state_prefix) == ("redis://r:6379/1", 0.05, "litellm-atlas:")
-    assert AtlasConfig.build({}).state == "memory" and AtlasConfig.build({}).state_prefix == "atlas:"
+    assert (config.state.url, config.state.timeout, config.state.prefix) == ("redis://r:6379/1", 0.05, "litellm-atlas:")
+    assert AtlasConfig.build({}).state.url == "memory" and AtlasConfig.build({}).state.prefix == "atlas:"
     for bad in ({"state_timeout": 0}, {"state_timeout": -1}, {"state_prefix": ""}):
         with pytest.raises(ConfigError):
             AtlasConfig.build(bad)

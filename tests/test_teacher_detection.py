@@ -43,6 +43,8 @@ def test_an_atlas_teacher_served_under_another_name_is_spoken_to_as_atlas(caplog
     s, t = _servers({SERVED_AS: "Arc-Intelligence/ATLAS-8B-Thinking"})
     with s, t, _atlas(t.url) as atlas, caplog.at_level(logging.WARNING, "atlas_middleware"):
         reports = [_call(atlas, s.url) for _ in range(3)]
+        # the judge grades with the resolved protocol's caps too (ATLAS-8B-Thinking reasons first)
+        assert (atlas.judge.max_tokens, atlas.judge.timeout) == (2048, 60.0)  # type: ignore[attr-defined]
         second = _atlas(t.url)  # another client on the same teacher: the answer is remembered
         _call(second, s.url)
         second.close()

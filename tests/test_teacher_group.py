@@ -18,6 +18,7 @@ import pytest
 from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
 
 from atlas_middleware import Atlas, Reason
+from atlas_middleware.backends.compat import router_cooled_down
 from atlas_middleware.backends.group import TeacherGroupBackend
 from atlas_middleware.errors import ConfigError
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
@@ -93,8 +94,7 @@ def _cooled(group: TeacherGroupBackend, dep_id: str, within: float = 3.0) -> boo
     """Whether the Router has ``dep_id`` in cooldown (its failure hooks may run a moment later)."""
     end = time.monotonic() + within
     while time.monotonic() < end:
-        active = group.router.cooldown_cache.get_active_cooldowns(model_ids=list(group.params), parent_otel_span=None)
-        if dep_id in [d for d, _ in active]:
+        if dep_id in router_cooled_down(group.router, list(group.params)):
             return True
         time.sleep(0.02)
     return False
@@ -112,8 +112,8 @@ def test_group_config_forms_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
                                         '"api_base": "http://t1:8000/v1"}}]')
     monkeypatch.setenv("ATLAS_TEACHER_ROUTER", '{"routing_strategy": "least-busy", "cooldown_time": 10}')
     config = AtlasConfig.load()
-    assert [d["api_base"] for d in config.teacher] == ["http://t0:8000/v1", "http://t1:8000/v1"]  # type: ignore[union-attr]
-    assert config.teacher_router == {"routing_strategy": "least-busy", "cooldown_time": 10}
+    assert [d["api_base"] for d in config.teacher.model] == ["http://t0:8000/v1", "http://t1:8000/v1"]  # type: ignore[union-attr]
+    assert config.teacher.router == {"routing_strategy": "least-busy", "cooldown_time": 10}
     # The group's first model names the teacher: protocol detection and reports.
     settings = config.loop_settings()
     assert settings.teacher_model == "hosted_vllm/Arc-Intelligence/ATLAS-8B-Thinking"
@@ -309,7 +309,7 @@ def test_the_proxy_launcher_reads_and_checks_a_teacher_group(tmp_path) -> None:
              for i in range(2)]
     config = check({"teacher": group, "teacher_router": {"routing_strategy": "least-busy", "allowed_fails": 1,
                                                           "cooldown_time": 20}, "ledger": "none"})
-    assert [d["api_base"] for d in config.teacher] == ["http://teacher-0:8000/v1", "http://teacher-1:8000/v1"]
+    assert [d["api_base"] for d in config.teacher.model] == ["http://teacher-0:8000/v1", "http://teacher-1:8000/v1"]
     assert config.loop_settings().protocol.name == "atlas"
     with pytest.raises(ConfigError, match=r"teacher\[1\]: a deployment needs a 'model'"):
         check({"teacher": [group[0], {"api_base": "http://teacher-1:8000/v1"}], "ledger": "none"})

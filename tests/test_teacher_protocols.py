@@ -77,11 +77,10 @@ def test_atlas_probe_is_the_training_prompt_in_the_users_message() -> None:
     probe = ATLAS.probe_messages([{"role": "system", "content": "s"}, *QUESTION])
     assert probe[0] == {"role": "system", "content": "s"} and len(probe) == 2
     assert probe[-1]["content"] == f"Question: What is 20 + 22?\n\n{ATLAS_PROBE}"
-    assert ATLAS_PROBE.endswith("Your initial approach (be concise):") and ATLAS.is_probe(probe)
+    assert ATLAS_PROBE.endswith("Your initial approach (be concise):")
     # a conversation that does not end on the user's text gets the request as a new message
     after_tool = [*QUESTION, {"role": "tool", "tool_call_id": "1", "content": "42"}]
     assert ATLAS.probe_messages(after_tool)[-1] == {"role": "user", "content": ATLAS_PROBE}
-    assert not STRUCTURED.is_probe(probe) and not ATLAS.is_probe(STRUCTURED.probe_messages(QUESTION))
 
 
 def test_placement_user_form_is_the_training_guided_prompt() -> None:
@@ -334,4 +333,4 @@ def test_new_config_fields_are_documented_with_their_variables() -> None:
     from atlas_middleware import config
 
     for var in ("ATLAS_TEACHER_PROTOCOL", "ATLAS_GUIDANCE_PLACEMENT", "ATLAS_LEAK_ACTION"):
-        assert var in (config.__doc__ or "")
+        assert f"`{var}`" in config.env_table()

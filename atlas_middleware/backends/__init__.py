@@ -53,11 +53,11 @@ def teacher_backend_for(config: AtlasConfig) -> ChatBackend:
     """The teacher's backend: ``backend_for`` its model string, or a ``TeacherGroupBackend``
     (``group.py``) for a list of deployments, ``teacher_api_base`` / ``teacher_api_key``
     filling in what a deployment leaves out."""
-    key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-    if isinstance(config.teacher, list):
+    teacher = config.teacher
+    if isinstance(teacher.model, list):
         from .group import TeacherGroupBackend
 
-        return TeacherGroupBackend(config.teacher, router_settings=config.teacher_router,
-                                   attempts=config.teacher_retries, lean=config.lean_http,
-                                   defaults={"api_base": config.teacher_api_base, "api_key": key})
-    return backend_for(config.teacher or "", api_base=config.teacher_api_base, api_key=key, lean=config.lean_http)
+        return TeacherGroupBackend(teacher.model, router_settings=teacher.router,
+                                   attempts=teacher.retries, lean=config.lean_http,
+                                   defaults={"api_base": teacher.api_base, "api_key": teacher.key})
+    return backend_for(teacher.model or "", api_base=teacher.api_base, api_key=teacher.key, lean=config.lean_http)

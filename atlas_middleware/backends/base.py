@@ -28,7 +28,13 @@ from ..messages import ChatRequest, ChatResponse
 class ChatBackend(Protocol):
     """Every method takes a typed request and returns a typed response (or its chunks), or
     raises the provider's own exception unchanged. A stream raises before its first chunk
-    what the whole call would have raised; a failure after it ends the iteration."""
+    what the whole call would have raised; a failure after it ends the iteration.
+
+    A backend may also have ``timeout_error(request, message) -> Exception``: the error its
+    own model raises when a call runs out of time (``litellm.Timeout`` for LiteLLM models).
+    The drivers raise it when the caller's deadline passes, so a caller sees the same error
+    as from the model alone; without it, a builtin ``TimeoutError`` (``timeout_error_of``).
+    """
 
     def complete(self, request: ChatRequest) -> ChatResponse: ...
 
@@ -53,6 +59,16 @@ def astream_of(backend: Any, request: ChatRequest) -> AsyncIterator[ChatChunk]:
     if method is not None:
         return method(request)  # type: ignore[no-any-return]
     return _awhole(backend, request)
+
+
+def timeout_error_of(backend: Any, request: ChatRequest, message: str) -> Exception:
+    """The error ``backend``'s model raises when ``request`` runs out of time: its own
+    ``timeout_error``, else a builtin ``TimeoutError`` (what in-process models, asyncio and
+    LangChain's runnables raise)."""
+    method = getattr(backend, "timeout_error", None)
+    if method is None:
+        return TimeoutError(message)
+    return method(request, message)  # type: ignore[no-any-return]
 
 
 def _whole(backend: Any, request: ChatRequest) -> Iterator[ChatChunk]:

@@ -40,27 +40,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ..chunks import ChatChunk
-from ..errors import ConfigError
+from ..errors import ConfigError, is_transient
 from ..messages import ChatRequest, ChatResponse
 from ..redact import register_secret
 from .base import current_cancel_token
+from .compat import (
+    hidden_params,
+    router_apick,
+    router_event,
+    router_failure,
+    router_forget,
+    router_pick,
+    router_skip,
+    router_strategy_logger,
+    router_success,
+)
 from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm
-from .retry import is_transient
 
 GROUP_NAME = "atlas-teacher"
 ROUTER_DEFAULTS: dict[str, Any] = {"routing_strategy": "simple-shuffle", "allowed_fails": 0, "cooldown_time": 30.0}
 """A replica that fails (a timeout, a 429, a 5xx) is cooled down at once, for 30 s: a
 teacher call lost to a hung replica costs a user's call its guidance. A lone deployment is
 never cooled down (LiteLLM's rule)."""
-_SELECTORS = ("leastbusy_logger", "lowesttpm_logger", "lowesttpm_logger_v2", "lowestlatency_logger",
-              "lowestcost_logger")
-"""The Router's attributes for its routing strategy's logger (at most one is set)."""
-_SKIP = "_retry_skipped_deployment_ids"
 _ROUTER_ONLY = frozenset({"order", "weight", "rpm", "tpm", "cooldown_time", "max_parallel_requests"})
 """Deployment params the Router reads for itself; the lean path does not send them."""
 _MARGIN = 0.05
@@ -126,24 +133,13 @@ class TeacherGroupBackend:
         return lean is not None and all(lean.accepts(self._request_for(d, request, 1.0)) for d in self.params)
 
     def _selector(self) -> Any:
-        for attr in _SELECTORS:
-            selector = getattr(self.router, attr, None)
-            if selector is not None:
-                return selector
-        return None
+        return router_strategy_logger(self.router)
 
     def _event(self, dep_id: str, request: ChatRequest, exc: BaseException | None = None,
                stream: bool = False) -> dict[str, Any]:
         """The kwargs LiteLLM's logging hands the Router's hooks after a routed call."""
-        model = self.params[dep_id]["model"]
-        kwargs: dict[str, Any] = {
-            "model": model, "messages": request.messages, "call_type": "completion", "stream": stream,
-            "litellm_params": {"metadata": {"model_group": self.name, "deployment": model},
-                               "model_info": {"id": dep_id}},
-        }
-        if exc is not None:
-            kwargs["exception"] = exc
-        return kwargs
+        return router_event(self.params[dep_id]["model"], request.messages, self.name, dep_id, exc=exc,
+                            stream=stream)
 
     def _response_obj(self, response: ChatResponse) -> Any:
         """What latency-based routing reads from a response: its usage."""
@@ -160,29 +156,27 @@ class TeacherGroupBackend:
     def _success(self, dep_id: str, request: ChatRequest, response: ChatResponse, start: datetime) -> tuple[Any, ...]:
         kwargs, end = self._event(dep_id, request), datetime.now()
         response_obj = self._response_obj(response)
-        self.router.sync_deployment_callback_on_success(kwargs, response_obj, start, end)
+        router_success(self.router, kwargs, response_obj, start, end)
         return kwargs, response_obj, start, end
 
     def _failure(self, dep_id: str, request: ChatRequest, exc: BaseException, start: datetime) -> tuple[Any, ...]:
         kwargs, end = self._event(dep_id, request, exc), datetime.now()
         # Failure counts and the cooldown decision; the Router schedules its cooldown event
         # on the running loop (a sync caller gets one for the call: failures are rare).
-        _on_a_loop(self.router.deployment_callback_on_failure, kwargs, None, start, end)
+        _on_a_loop(router_failure, self.router, kwargs, start, end)
         return kwargs, None, start, end
 
     def _pick(self, request: ChatRequest, skipped: tuple[str, ...]) -> str:
-        deployment = self.router.get_available_deployment(
-            model=self.name, messages=request.messages, request_kwargs={_SKIP: skipped})
+        deployment = router_pick(self.router, self.name, request.messages, skipped)
         return str(deployment["model_info"]["id"])
 
     async def _apick(self, request: ChatRequest, skipped: tuple[str, ...]) -> str:
-        deployment = await self.router.async_get_available_deployment(
-            model=self.name, messages=request.messages, request_kwargs={_SKIP: skipped})
+        deployment = await router_apick(self.router, self.name, request.messages, skipped)
         return str(deployment["model_info"]["id"])
 
     def _router_kwargs(self, request: ChatRequest, timeout: float | None, skipped: tuple[str, ...]) -> dict[str, Any]:
         kwargs = {**request.params, "model": self.name, "messages": request.messages, "num_retries": 0,
-                  _SKIP: skipped}
+                  **router_skip(skipped)}
         if timeout is not None:
             kwargs["timeout"] = timeout
         return kwargs
@@ -201,76 +195,111 @@ class TeacherGroupBackend:
         assert state.error is not None
         raise state.error
 
-    def complete(self, request: ChatRequest) -> ChatResponse:
+    # -- one call, written once: a plan of steps that thin sync and async loops run ----------
+
+    def _plan(self, request: ChatRequest, stream: bool) -> _Plan:
+        """The call's attempts, hooks and answer as steps, no I/O (like ``teaching/flow.py``):
+        ``_Emit`` hands the caller the response, or each chunk of a stream. A stream is
+        retried only until its first chunk."""
         lean = self._lean_ok(request)
         for attempt in self._attempts(request):
-            timeout = attempt.timeout()
             try:
                 if lean:
-                    dep_id = attempt.dep_id = self._pick(request, attempt.skipped)
-                    sub = self._request_for(dep_id, request, timeout)
-                    self._pre(dep_id, sub)
-                    start = datetime.now()
-                    try:
-                        response: ChatResponse = self.lean.complete(sub)
-                    except Exception as exc:
-                        self._call(self._selector(), "log_failure_event", *self._failure(dep_id, sub, exc, start))
-                        raise
-                    self._call(self._selector(), "log_success_event", *self._success(dep_id, sub, response, start))
+                    answer, sent = yield from self._lean_attempt(request, attempt, stream)
                 else:
-                    raw = self.router.completion(**self._router_kwargs(request, timeout, attempt.skipped))
-                    response = from_model_response(raw, self._priced(request, raw), self._litellm)
+                    answer = yield _Route(self._router_kwargs(request, attempt.timeout(), attempt.skipped), stream)
             except Exception as exc:
                 attempt.failed(exc)
                 continue
             attempt.done = True
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            if not stream:
+                yield _Emit(answer if lean else from_model_response(answer, self._priced(request, answer),
+                                                                    self._litellm))
+            elif lean:
+                yield from self._lean_chunks(sent, *answer)
+            else:
+                yield from self._router_chunks(request, *answer)
+            return
 
-    async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        lean = self._lean_ok(request)
-        for attempt in self._attempts(request):
-            timeout = attempt.timeout()
-            try:
-                if lean:
-                    response = await self._alean(request, attempt, timeout)
-                else:
-                    raw = await self.router.acompletion(**self._router_kwargs(request, timeout, attempt.skipped))
-                    response = from_model_response(raw, self._priced(request, raw), self._litellm)
-            except Exception as exc:
-                attempt.failed(exc)
-                continue
-            attempt.done = True
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _alean(self, request: ChatRequest, attempt: _Attempt, timeout: float | None) -> ChatResponse:
-        dep_id = attempt.dep_id = await self._apick(request, attempt.skipped)
-        sub = self._request_for(dep_id, request, timeout)
+    def _lean_attempt(self, request: ChatRequest, attempt: _Attempt,
+                      stream: bool) -> Generator[_Step, Any, tuple[Any, _Sent]]:
+        """One lean attempt: a deployment from the Router, the POST, its outcome reported
+        (a stream's success is reported at its end, by ``_lean_chunks``)."""
+        dep_id = attempt.dep_id = yield _Pick(request, attempt.skipped)
+        sub = self._request_for(dep_id, request, attempt.timeout())
         self._pre(dep_id, sub)
-        start = datetime.now()
-        selector = self._selector()
+        sent = _Sent(dep_id, sub, datetime.now())
         try:
-            response: ChatResponse = await self.lean.acomplete(sub)
+            answer = yield _Lean(sub, stream)
         except asyncio.CancelledError:
             # The driver gave up on the call. At its deadline that is this deployment not
             # answering in time: a timeout, as the sync path's transport reports it.
-            late = attempt.deadline is not None and time.monotonic() >= attempt.deadline - 0.05
-            exc = self._litellm.Timeout(message=f"no answer from {dep_id} within the teacher's timeout",
-                                        model=sub.model, llm_provider="openai") if late else None
-            if exc is not None:
-                await self._acall(selector, "async_log_failure_event", *self._failure(dep_id, sub, exc, start))
+            if attempt.deadline is not None and time.monotonic() >= attempt.deadline - _MARGIN:
+                late = self._litellm.Timeout(message=f"no answer from {dep_id} within the teacher's timeout",
+                                             model=sub.model, llm_provider="openai")
+                yield _Hook("failure", self._failure(dep_id, sub, late, sent.start))
             raise
         except Exception as exc:
-            await self._acall(selector, "async_log_failure_event", *self._failure(dep_id, sub, exc, start))
+            yield _Hook("failure", self._failure(dep_id, sub, exc, sent.start))
             raise
-        await self._acall(selector, "async_log_success_event", *self._success(dep_id, sub, response, start))
-        return response
+        if not stream:
+            yield _Hook("success", self._success(dep_id, sub, answer, sent.start))
+        return answer, sent
+
+    def _lean_chunks(self, sent: _Sent, first: Any, chunks: Any) -> _Plan:
+        last, chunk = None, first
+        try:
+            while chunk is not _END:
+                last = chunk
+                yield _Emit(chunk)
+                chunk = yield _Next(chunks)
+        except Exception as exc:
+            yield _Hook("failure", self._failure(sent.dep_id, sent.request, exc, sent.start))
+            raise
+        if last is not None and last.usage is not None:
+            response = ChatResponse(content=None, usage=last.usage)
+            yield _Hook("success", self._success(sent.dep_id, sent.request, response, sent.start))
+
+    def _router_chunks(self, request: ChatRequest, piece: Any, pieces: Any) -> _Plan:
+        reader = OpenAIStream(request, self._litellm)
+        while piece is not _END:
+            chunk = reader.read(piece)
+            if chunk is not None:
+                yield _Emit(chunk)
+            piece = yield _Next(pieces)
+        yield _Emit(reader.end())
+
+    def _run(self, plan: _Plan) -> Iterator[Any]:
+        outcome: _Outcome = _NOTHING
+        while (step := _advance(plan, outcome)) is not None:
+            if isinstance(step, _Emit):
+                yield step.value
+            outcome = _NOTHING if isinstance(step, _Emit) else _outcome(step.run, self)
+
+    async def _arun(self, plan: _Plan) -> AsyncIterator[Any]:
+        outcome: _Outcome = _NOTHING
+        while (step := _advance(plan, outcome)) is not None:
+            if isinstance(step, _Emit):
+                yield step.value
+            outcome = _NOTHING if isinstance(step, _Emit) else await _aoutcome(step.arun, self)
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        [response] = self._run(self._plan(request, stream=False))
+        return response  # type: ignore[no-any-return]
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        [response] = [r async for r in self._arun(self._plan(request, stream=False))]
+        return response  # type: ignore[no-any-return]
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        return self._run(self._plan(request, stream=True))
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return self._arun(self._plan(request, stream=True))
 
     def _priced(self, request: ChatRequest, raw: Any) -> ChatRequest:
         """The request as the deployment that answered saw it: its model string prices it."""
-        hidden = getattr(raw, "_hidden_params", None) or {}
-        dep_id = str(hidden.get("model_id") or "")
+        dep_id = str(hidden_params(raw).get("model_id") or "")
         if dep_id in self.params:
             return ChatRequest(model=self.params[dep_id]["model"], messages=request.messages, params=request.params)
         return ChatRequest(model=self.model, messages=request.messages, params=request.params)
@@ -285,94 +314,151 @@ class TeacherGroupBackend:
         if selector is not None:
             await getattr(selector, hook)(*args)
 
-    # -- streams: retried only until the first chunk ----------------------------------------
-
-    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
-        if self._lean_ok(request):
-            chunks: Iterator[ChatChunk] = self._lean_stream(request)
-        else:
-            chunks = self._router_stream(request)
-        return chunks
-
-    def _lean_stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
-        for attempt in self._attempts(request):
-            dep_id = attempt.dep_id = self._pick(request, attempt.skipped)
-            sub = self._request_for(dep_id, request, attempt.timeout())
-            self._pre(dep_id, sub)
-            start = datetime.now()
-            try:
-                chunks = self.lean.stream(sub)
-                first = next(chunks, None)
-            except Exception as exc:
-                self._call(self._selector(), "log_failure_event", *self._failure(dep_id, sub, exc, start))
-                attempt.failed(exc)
-                continue
-            attempt.done = True
-            yield from self._reported(dep_id, sub, start, first, chunks)
-            return
-
-    def _reported(self, dep_id: str, sub: ChatRequest, start: datetime, first: ChatChunk | None,
-                  chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:
-        last = first
-        try:
-            if first is not None:
-                yield first
-            for last in chunks:
-                yield last
-        except Exception as exc:
-            self._call(self._selector(), "log_failure_event", *self._failure(dep_id, sub, exc, start))
-            raise
-        usage = last.usage if last is not None and last.usage is not None else None
-        if usage is not None:
-            response = ChatResponse(content=None, usage=usage)
-            self._call(self._selector(), "log_success_event", *self._success(dep_id, sub, response, start))
-
-    def _router_stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
-        for attempt in self._attempts(request):
-            try:
-                raw = self.router.completion(**self._router_kwargs(request, attempt.timeout(), attempt.skipped),
-                                             **STREAM_USAGE)
-                pieces = iter(raw)
-                head = next(pieces, None)
-            except Exception as exc:
-                attempt.failed(exc)
-                continue
-            attempt.done = True
-            reader = OpenAIStream(request, self._litellm)
-            for piece in ([head] if head is not None else []):
-                chunk = reader.read(piece)
-                if chunk is not None:
-                    yield chunk
-            for piece in pieces:
-                chunk = reader.read(piece)
-                if chunk is not None:
-                    yield chunk
-            yield reader.end()
-            return
-
-    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        # The teaching flow reads a teacher whole; a stream of a group is its whole answer,
-        # with the same attempts and the same reporting as ``acomplete``.
-        yield ChatChunk.whole(await self.acomplete(request))
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
         if self.lean is not None:
             self.lean.close()
         # The Router registers its hooks in LiteLLM's global callback lists: take them out.
-        self.router.discard()
-        selector = self._selector()
-        lm = self._litellm
-        for name in ("callbacks", "input_callback"):
-            hooks = getattr(lm, name, None)
-            if isinstance(hooks, list) and selector is not None:
-                setattr(lm, name, [h for h in hooks if h is not selector])
+        router_forget(self._litellm, self.router)
 
     async def aclose(self) -> None:
         if self.lean is not None:
             await self.lean.aclose()
         self.close()
+
+
+# -- the plan's steps: each says what to do, and does it on either side ------------------------
+
+_END = object()
+"""The end of a stream (a step's answer when there is no next chunk)."""
+
+
+class _Emit:
+    """Hand ``value`` to the caller: the response, or a stream's next chunk."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Pick:
+    """The Router's pick of a deployment, the ones in ``skipped`` left out."""
+
+    def __init__(self, request: ChatRequest, skipped: tuple[str, ...]) -> None:
+        self.request, self.skipped = request, skipped
+
+    def run(self, group: TeacherGroupBackend) -> str:
+        return group._pick(self.request, self.skipped)
+
+    async def arun(self, group: TeacherGroupBackend) -> str:
+        return await group._apick(self.request, self.skipped)
+
+
+class _Lean:
+    """The lean backend's call: the response, or a stream's first chunk (``_END``: none) and the rest."""
+
+    def __init__(self, request: ChatRequest, stream: bool) -> None:
+        self.request, self.stream = request, stream
+
+    def run(self, group: TeacherGroupBackend) -> Any:
+        if not self.stream:
+            return group.lean.complete(self.request)
+        chunks = group.lean.stream(self.request)
+        return next(chunks, _END), chunks
+
+    async def arun(self, group: TeacherGroupBackend) -> Any:
+        if not self.stream:
+            return await group.lean.acomplete(self.request)
+        chunks = group.lean.astream(self.request)
+        return await anext(chunks, _END), chunks
+
+
+class _Route:
+    """The Router's own call: its response, or a stream's first piece (``_END``: none) and the rest."""
+
+    def __init__(self, kwargs: dict[str, Any], stream: bool) -> None:
+        self.kwargs, self.stream = ({**kwargs, **STREAM_USAGE} if stream else kwargs), stream
+
+    def run(self, group: TeacherGroupBackend) -> Any:
+        raw = group.router.completion(**self.kwargs)
+        if not self.stream:
+            return raw
+        pieces = iter(raw)
+        return next(pieces, _END), pieces
+
+    async def arun(self, group: TeacherGroupBackend) -> Any:
+        raw = await group.router.acompletion(**self.kwargs)
+        if not self.stream:
+            return raw
+        pieces = aiter(raw)
+        return await anext(pieces, _END), pieces
+
+
+class _Next:
+    """A stream's next chunk, or ``_END``."""
+
+    def __init__(self, chunks: Any) -> None:
+        self.chunks = chunks
+
+    def run(self, group: TeacherGroupBackend) -> Any:
+        return next(self.chunks, _END)
+
+    async def arun(self, group: TeacherGroupBackend) -> Any:
+        return await anext(self.chunks, _END)
+
+
+class _Hook:
+    """An outcome for the routing strategy's logger: ``success`` or ``failure``."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+        self.kind, self.args = kind, args
+
+    def run(self, group: TeacherGroupBackend) -> None:
+        group._call(group._selector(), f"log_{self.kind}_event", *self.args)
+
+    async def arun(self, group: TeacherGroupBackend) -> None:
+        await group._acall(group._selector(), f"async_log_{self.kind}_event", *self.args)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A lean attempt that was sent: to which deployment, what, when."""
+
+    dep_id: str
+    request: ChatRequest
+    start: datetime
+
+
+_Step = _Pick | _Lean | _Route | _Next | _Hook
+_Plan = Generator[_Step | _Emit, Any, None]
+_Outcome = tuple[Any, BaseException | None]
+"""What a step gave the plan: its value, or its error."""
+_NOTHING: _Outcome = (None, None)
+
+
+def _advance(plan: _Plan, outcome: _Outcome) -> _Step | _Emit | None:
+    """The plan's next step, given the last one's outcome; None when it is done."""
+    value, error = outcome
+    try:
+        return plan.throw(error) if error is not None else plan.send(value)
+    except StopIteration:
+        return None
+
+
+def _outcome(run: Callable[[TeacherGroupBackend], Any], group: TeacherGroupBackend) -> _Outcome:
+    try:
+        return run(group), None
+    except Exception as exc:  # the plan decides what a failure means
+        return None, exc
+
+
+async def _aoutcome(arun: Callable[[TeacherGroupBackend], Awaitable[Any]], group: TeacherGroupBackend) -> _Outcome:
+    try:
+        return await arun(group), None
+    except (Exception, asyncio.CancelledError) as exc:  # the plan reports a cut-off attempt, then re-raises
+        return None, exc
 
 
 class _Attempt:

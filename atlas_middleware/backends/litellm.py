@@ -14,6 +14,7 @@ from ..chunks import ChatChunk, ToolCallDelta
 from ..messages import ChatRequest, ChatResponse, ToolCall, is_large
 from ..redact import remember_call, scrub
 from ..usage import Usage
+from .compat import hidden_params
 
 _litellm: Any = None
 ESTIMATOR = "estimated:litellm.token_counter"
@@ -76,8 +77,7 @@ def _unit_prices(litellm: Any, model: str) -> tuple[float, float, float] | None:
 
 
 def _cost(litellm: Any, response: Any, model: str, usage: Usage) -> float | None:
-    hidden = getattr(response, "_hidden_params", None) or {}
-    cost = hidden.get("response_cost")
+    cost = hidden_params(response).get("response_cost")
     if isinstance(cost, (int, float)):
         return float(cost)
     prices = _unit_prices(litellm, model)
@@ -214,6 +214,15 @@ class OpenAIStream:
         return ChatChunk(usage=from_model_response(whole, self.request, self.litellm).usage, model=self._model)
 
 
+def litellm_timeout(request: ChatRequest, message: str) -> Exception:
+    """LiteLLM's ``Timeout`` for ``request``: what ``litellm.completion(..., timeout=T)``
+    raises when T passes (the LiteLLM backend's and the lean path's ``timeout_error``)."""
+    provider, _, rest = request.model.partition("/")
+    error: Exception = import_litellm().Timeout(message=message, model=request.model,
+                                                llm_provider=provider if rest else "atlas")
+    return error
+
+
 class LiteLLMBackend:
     """Calls ``litellm.completion``/``acompletion``.
 
@@ -233,6 +242,9 @@ class LiteLLMBackend:
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         return {**self.defaults, **request.params, "model": request.model, "messages": request.messages}
+
+    def timeout_error(self, request: ChatRequest, message: str) -> Exception:
+        return litellm_timeout(request, message)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         litellm = import_litellm()

@@ -46,6 +46,7 @@ from ..errors import ConfigError, InvalidRequestError, MissingExtraError
 from ..messages import ChatRequest, ChatResponse
 from ..usage import Usage
 from .base import WholeAnswerStreams, current_cancel_token
+from .compat import raise_recompile_limit
 from .local_batcher import Batcher, RequestAbandonedError
 
 PREFIX = "local/"
@@ -125,9 +126,7 @@ class LocalBackend(WholeAnswerStreams):
                 def compiler(step: Callable[..., Any]) -> Callable[..., Any]:
                     # One compiled graph per bucket (static shapes), all on one code object:
                     # keep dynamo from falling back to eager after its default 8.
-                    config = torch._dynamo.config
-                    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-                    setattr(config, name, max(getattr(config, name), 64))
+                    raise_recompile_limit(torch, 64)
                     return torch.compile(step, mode="reduce-overhead", dynamic=False)  # type: ignore[no-any-return]
         self._generator = BatchGenerator(
             model, tokenizer, self.device, cache=self.options.cache, max_len=self.max_context,

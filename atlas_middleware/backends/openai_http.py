@@ -20,6 +20,12 @@ learns it from LiteLLM once per model and parameter set: ``max_completion_tokens
 o-series and gpt-5 models, what ``drop_params`` drops, ``extra_body`` merged, ...). Anything
 else, and anything the contract is not sure of, goes to LiteLLM.
 
+Both transports share everything but the sending: ``_prepare`` builds one ``_Post`` (URL,
+headers, the encoded body, the timeout, the environment's proxy for the URL), ``_error``
+maps a failure, ``_parse`` reads an answer and ``_Events`` reads an event stream, and no
+redirect is followed (``FOLLOW_REDIRECTS``). What is left in each client method is the
+transport call itself. tests/test_conformance.py runs the same checks over both.
+
 Streams (``stream`` / ``astream``) post the same body with ``stream`` and
 ``stream_options.include_usage`` set and read the server-sent events as they arrive: an
 error status raises before the first chunk, as the whole call would; an ``error`` event, or
@@ -34,24 +40,32 @@ import os
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 
 from ..chunks import ChatChunk
+from ..errors import ConfigError
 from ..messages import ChatRequest, ChatResponse, is_large
 from ..redact import redact, remember_call, remember_secret
-from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm, sized
+from .compat import release_session
+from .litellm import STREAM_USAGE, OpenAIStream, from_model_response, import_litellm, litellm_timeout, sized
 from .param_contract import ParamContract
 
 LEAN_PREFIXES = {"hosted_vllm/": "hosted_vllm", "openai/": "openai"}
 # Where LiteLLM looks for a key when none is passed: the lean path must look there too.
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}
 DEFAULT_TIMEOUT = 600.0
-_DONE = ChatChunk(model="[DONE]")
-"""The end of an event stream (compared by identity)."""
+FOLLOW_REDIRECTS = False
+"""A redirect is an answer, an error one, never followed: the OpenAI SDK's rule (aiohttp would
+resend a POST after a 301/302 as a GET)."""
+_ERROR_STATUS = 300
+"""The first status that is not an answer: redirects (not followed) and errors."""
+_TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, TimeoutError)
+"""What either client raises when no answer came (``_error`` tells timeouts apart)."""
 
 _STATUS_ERRORS = {
     400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
@@ -74,7 +88,8 @@ class LeanHTTPBackend:
     def __init__(self, defaults: dict[str, Any] | None = None, max_connections: int = 256) -> None:
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
         self._max_connections = max_connections
-        self._sync: httpx.Client | None = None
+        # One httpx pool per proxy (the environment's, per URL: ``_proxy``); almost always one.
+        self._sync: dict[str | None, httpx.Client] = {}
         # One pool per event loop (an aiohttp session is bound to the loop it was made on).
         self._async: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._proxies: dict[str, str | None] = {}
@@ -82,6 +97,9 @@ class LeanHTTPBackend:
         self._litellm = import_litellm()  # exception types and usage estimation
         self._contract = ParamContract()
         self._memo = threading.local()
+
+    def timeout_error(self, request: ChatRequest, message: str) -> Exception:
+        return litellm_timeout(request, message)  # this path answers as LiteLLM would
 
     def accepts(self, request: ChatRequest) -> bool:
         return self._body(request) is not None
@@ -106,12 +124,13 @@ class LeanHTTPBackend:
         memo.request, memo.body = request, body
         return body
 
-    def _prepare(self, request: ChatRequest) -> tuple[str, dict[str, str], bytes, float, str]:
+    def _prepare(self, request: ChatRequest, stream: bool = False) -> _Post:
+        """The POST either transport sends; with ``stream``, asking for events with their usage."""
         body = self._body(request)
         self._memo.request = self._memo.body = None
         if body is None:
-            raise ValueError(f"the lean path cannot send this request as LiteLLM would ({request.model}); "
-                             "route it through LiteLLM (ModelRouter does)")
+            raise ConfigError(f"the lean path cannot send this request as LiteLLM would ({request.model}); "
+                              "route it through LiteLLM (ModelRouter does)")
         params = {**self.defaults, **request.params}
         split = _split_model(request.model)
         assert split is not None
@@ -127,19 +146,29 @@ class LeanHTTPBackend:
         if api_key:
             remember_secret(str(api_key))
             headers["Authorization"] = f"Bearer {api_key}"
+        if stream:
+            body = {**body, **STREAM_USAGE}
+            headers["Accept"] = "text/event-stream"
         # Encoded once, here, the way httpx encodes ``json=`` (UTF-8, compact, no NaN), so
         # both transports send the same bytes.
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         timeout = float(params.get("timeout") or DEFAULT_TIMEOUT)
-        return url, headers, content, timeout, provider
+        return _Post(url, headers, content, timeout, self._proxy(url), provider, request.model)
 
-    def _client(self) -> httpx.Client:
+    def _client(self, proxy: str | None) -> httpx.Client:
+        client = self._sync.get(proxy)  # the hot path: no lock once the pool exists
+        if client is not None:
+            return client
         with self._lock:
-            if self._sync is None:
+            if proxy not in self._sync:
                 limits = httpx.Limits(max_connections=self._max_connections,
                                       max_keepalive_connections=self._max_connections)
-                self._sync = httpx.Client(limits=limits)
-            return self._sync
+                # An explicit transport: httpx then reads no proxy from the environment
+                # itself (``_proxy`` decided, for both clients); certificates still come
+                # from it (SSL_CERT_FILE), as ``trust_env`` has them.
+                transport = httpx.HTTPTransport(limits=limits, proxy=proxy)
+                self._sync[proxy] = httpx.Client(transport=transport, follow_redirects=FOLLOW_REDIRECTS)
+            return self._sync[proxy]
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -150,7 +179,7 @@ class LeanHTTPBackend:
             # Pools of loops that have ended (``asyncio.run`` per call) are dropped, and
             # their sockets closed, instead of piling up.
             for old_loop in [lp for lp in self._async if lp.is_closed()]:
-                _release(self._async.pop(old_loop))
+                release_session(self._async.pop(old_loop))
             session = self._async.get(loop)
             if session is None:
                 connector = aiohttp.TCPConnector(
@@ -166,7 +195,8 @@ class LeanHTTPBackend:
 
     def _proxy(self, url: str) -> str | None:
         """The proxy the environment names for ``url`` (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY),
-        as httpx and LiteLLM honour it; read once per URL, as httpx reads it once per client."""
+        as httpx and LiteLLM honour it; read once per URL, as httpx reads it once per client.
+        Both transports use this answer (aiohttp reads none itself: no ``trust_env``)."""
         if url not in self._proxies:
             parts = urllib.parse.urlsplit(url)
             found = urllib.request.getproxies()
@@ -176,8 +206,8 @@ class LeanHTTPBackend:
             self._proxies[url] = proxy or None
         return self._proxies[url]
 
-    def _error(self, exc: Exception | None, reply: _Reply | None, provider: str, model: str) -> Exception:
-        lm = self._litellm
+    def _error(self, exc: Exception | None, reply: _Reply | None, post: _Post) -> Exception:
+        lm, provider, model = self._litellm, post.provider, post.model
         if reply is None:
             if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
                 return lm.Timeout(message=redact(f"{provider} request timed out: {exc!r}"), model=model, llm_provider=provider)  # type: ignore[no-any-return]
@@ -194,9 +224,10 @@ class LeanHTTPBackend:
             return lm.APIError(status_code=status, message=message, llm_provider=provider, model=model)  # type: ignore[no-any-return]
         return getattr(lm, name)(message=message, llm_provider=provider, model=model, response=response)  # type: ignore[no-any-return]
 
-    def _parse(self, request: ChatRequest, reply: _Reply, provider: str) -> ChatResponse:
-        if reply.status >= 400:
-            raise self._error(None, reply, provider, request.model)
+    def _parse(self, request: ChatRequest, reply: _Reply, post: _Post) -> ChatResponse:
+        if reply.status >= _ERROR_STATUS:
+            raise self._error(None, reply, post)
+        provider = post.provider
         try:
             data = json.loads(reply.content)
             data["choices"][0]  # noqa: B018 - shape check: a body without choices is garbage
@@ -211,126 +242,82 @@ class LeanHTTPBackend:
                 _reasoning_as_litellm(choice["message"])
         return from_model_response(data, request, self._litellm)
 
-    def complete(self, request: ChatRequest) -> ChatResponse:
-        url, headers, content, timeout, provider = self._prepare(request)
-        try:
-            response = self._client().post(url, content=content, headers=headers, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise self._error(exc, None, provider, request.model) from exc
-        reply = _Reply(url, response.status_code, response.headers, response.content)
-        return self._parse(request, reply, provider)
-
-    async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        url, headers, content, timeout, provider = await self._aprepare(self._prepare, request)
-        try:
-            async with self._session().post(
-                url, data=content, headers=headers, proxy=self._proxy(url),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                # As httpx (the sync path) and the OpenAI SDK: a redirect is an answer, not
-                # something to follow (aiohttp would resend a POST after 301/302 as a GET).
-                allow_redirects=False,
-            ) as response:
-                reply = _Reply(url, response.status, response.headers, await response.read())
-        except (TimeoutError, aiohttp.ClientError) as exc:  # _error tells timeouts apart
-            raise self._error(exc, None, provider, request.model) from exc
-        return await sized(request, self._parse, request, reply, provider)
-
-    # -- streams --------------------------------------------------------------------------
-
-    async def _aprepare(self, prepare: Callable[[ChatRequest], _Prepared], request: ChatRequest) -> _Prepared:
-        """``prepare`` (the body, encoded) on the loop; for a large request in a worker thread:
+    async def _aprepare(self, request: ChatRequest, stream: bool = False) -> _Post:
+        """``_prepare`` (the body, encoded) on the loop; for a large request in a worker thread:
         encoding a few MB of messages takes tens of ms (``messages.LARGE_REQUEST_CHARS``)."""
         if not is_large(request.messages):
-            return prepare(request)
+            return self._prepare(request, stream)
         self._memo.request = self._memo.body = None  # the worker works the body out itself
-        return await asyncio.to_thread(prepare, request)
+        return await asyncio.to_thread(self._prepare, request, stream)
 
-    def _prepare_stream(self, request: ChatRequest) -> tuple[str, dict[str, str], bytes, float, str]:
-        """The body the whole call would send, asking for a stream with its usage."""
-        url, headers, content, timeout, provider = self._prepare(request)
-        body = {**json.loads(content), **STREAM_USAGE}
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        return url, {**headers, "Accept": "text/event-stream"}, content, timeout, provider
+    # -- the transport calls: all that differs between the two clients ------------------------
+    # httpx's timeout bounds the connection and each read; aiohttp's bounds a whole answer
+    # (``total``) and a stream's connection and each of its reads, as httpx's does.
 
-    def _event(self, line: str, reader: OpenAIStream, provider: str, model: str) -> ChatChunk | None:
-        """One line of the event stream: a chunk, None (nothing to pass on), or ``_DONE``."""
-        if not line.startswith("data:"):
-            return None  # blank separators, comments, ``event:`` names
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            return _DONE
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        post = self._prepare(request)
         try:
-            data = json.loads(payload)
-        except ValueError as exc:
-            raise self._litellm.APIError(status_code=200, message=redact(
-                f"{provider} sent a malformed stream event: {payload[:200]!r}"), llm_provider=provider,
-                model=model) from exc
-        if isinstance(data, dict) and data.get("error") is not None:
-            error = data["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            code = error.get("code") if isinstance(error, dict) else None
-            raise self._litellm.APIError(status_code=code if isinstance(code, int) else 500,
-                                         message=redact(f"{provider} stream failed: {message}"),
-                                         llm_provider=provider, model=model)
-        return reader.read(data)
+            response = self._client(post.proxy).post(post.url, content=post.content, headers=post.headers,
+                                                     timeout=post.timeout)
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, None, post) from exc
+        return self._parse(request, _Reply(post.url, response.status_code, response.headers, response.content), post)
 
-    def _cut_short(self, provider: str, model: str) -> Exception:
-        return self._litellm.APIConnectionError(  # type: ignore[no-any-return]
-            message=f"{provider} stream ended before its finish reason", llm_provider=provider, model=model)
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        post = await self._aprepare(request)
+        try:
+            async with self._session().post(post.url, data=post.content, headers=post.headers, proxy=post.proxy,
+                                            timeout=aiohttp.ClientTimeout(total=post.timeout),
+                                            allow_redirects=FOLLOW_REDIRECTS) as response:
+                reply = _Reply(post.url, response.status, response.headers, await response.read())
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, None, post) from exc
+        return await sized(request, self._parse, request, reply, post)
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
-        url, headers, content, timeout, provider = self._prepare_stream(request)
-        reader = OpenAIStream(request, self._litellm)
+        post = self._prepare(request, stream=True)
+        events = _Events(request, post, self._litellm)
         try:
-            with self._client().stream("POST", url, content=content, headers=headers, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    raise self._error(None, _Reply(url, response.status_code, response.headers, response.read()),
-                                      provider, request.model)
+            with self._client(post.proxy).stream("POST", post.url, content=post.content, headers=post.headers,
+                                                 timeout=post.timeout) as response:
+                if response.status_code >= _ERROR_STATUS:
+                    reply = _Reply(post.url, response.status_code, response.headers, response.read())
+                    raise self._error(None, reply, post)
                 for line in response.iter_lines():
-                    chunk = self._event(line, reader, provider, request.model)
-                    if chunk is _DONE:
+                    yield from events.feed(line)
+                    if events.done:
                         break
-                    if chunk is not None:
-                        yield chunk
-        except httpx.HTTPError as exc:
-            raise self._error(exc, None, provider, request.model) from exc
-        if not reader.finished:
-            raise self._cut_short(provider, request.model)
-        yield reader.end()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, None, post) from exc
+        yield events.end()
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        url, headers, content, timeout, provider = await self._aprepare(self._prepare_stream, request)
-        reader = OpenAIStream(request, self._litellm)
+        post = await self._aprepare(request, stream=True)
+        events = _Events(request, post, self._litellm)
         try:
-            async with self._session().post(
-                url, data=content, headers=headers, proxy=self._proxy(url),
-                # A stream lasts as long as the model writes: the timeout bounds the connection
-                # and each read, as httpx's does on the sync path.
-                timeout=aiohttp.ClientTimeout(connect=timeout, sock_read=timeout), allow_redirects=False,
-            ) as response:
-                if response.status >= 400:
-                    raise self._error(None, _Reply(url, response.status, response.headers, await response.read()),
-                                      provider, request.model)
+            async with self._session().post(post.url, data=post.content, headers=post.headers, proxy=post.proxy,
+                                            timeout=aiohttp.ClientTimeout(connect=post.timeout,
+                                                                          sock_read=post.timeout),
+                                            allow_redirects=FOLLOW_REDIRECTS) as response:
+                if response.status >= _ERROR_STATUS:
+                    reply = _Reply(post.url, response.status, response.headers, await response.read())
+                    raise self._error(None, reply, post)
                 async for raw in response.content:
-                    chunk = self._event(raw.decode("utf-8", errors="replace").strip(), reader, provider,
-                                        request.model)
-                    if chunk is _DONE:
-                        break
-                    if chunk is not None:
+                    for chunk in events.feed(raw.decode("utf-8", errors="replace")):
                         yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._error(exc, None, provider, request.model) from exc
-        if not reader.finished:
-            raise self._cut_short(provider, request.model)
-        yield await sized(request, reader.end)
+                    if events.done:
+                        break
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, None, post) from exc
+        yield await sized(request, events.end)
 
     def close(self) -> None:
         with self._lock:
-            if self._sync is not None:
-                self._sync.close()
-                self._sync = None
+            for client in self._sync.values():
+                client.close()
+            self._sync.clear()
             for session in self._async.values():
-                _release(session)
+                release_session(session)
             self._async.clear()
 
     async def aclose(self) -> None:
@@ -358,6 +345,66 @@ def _reasoning_as_litellm(message: dict[str, Any]) -> None:
         message["provider_specific_fields"] = extra
 
 
+@dataclass(frozen=True, slots=True)
+class _Post:
+    """One request as both transports send it, built once (``LeanHTTPBackend._prepare``)."""
+
+    url: str
+    headers: dict[str, str]
+    content: bytes
+    """The body, encoded."""
+    timeout: float
+    proxy: str | None
+    """The environment's proxy for ``url`` (``LeanHTTPBackend._proxy``), or None."""
+    provider: str
+    model: str
+    """The request's model string, as LiteLLM's exceptions name it."""
+
+
+class _Events:
+    """A server-sent event stream, read line by line whichever transport reads it (no I/O):
+    the chunks each line gives, ``done`` at ``[DONE]``, and the end, or the error of a stream
+    cut short. An ``error`` event raises where it stands."""
+
+    def __init__(self, request: ChatRequest, post: _Post, lm: Any) -> None:
+        self._reader = OpenAIStream(request, lm)
+        self._post, self._lm = post, lm
+        self.done = False
+
+    def feed(self, line: str) -> list[ChatChunk]:
+        line = line.strip()
+        if not line.startswith("data:"):
+            return []  # blank separators, comments, ``event:`` names
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return []
+        provider, model = self._post.provider, self._post.model
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise self._lm.APIError(status_code=200, message=redact(
+                f"{provider} sent a malformed stream event: {payload[:200]!r}"), llm_provider=provider,
+                model=model) from exc
+        if isinstance(data, dict) and data.get("error") is not None:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            code = error.get("code") if isinstance(error, dict) else None
+            raise self._lm.APIError(status_code=code if isinstance(code, int) else 500,
+                                    message=redact(f"{provider} stream failed: {message}"),
+                                    llm_provider=provider, model=model)
+        chunk = self._reader.read(data)
+        return [] if chunk is None else [chunk]
+
+    def end(self) -> ChatChunk:
+        """The stream's last chunk (its usage); a stream with no finish reason was cut short."""
+        if not self._reader.finished:
+            provider, model = self._post.provider, self._post.model
+            raise self._lm.APIConnectionError(
+                message=f"{provider} stream ended before its finish reason", llm_provider=provider, model=model)
+        return self._reader.end()
+
+
 class _Reply:
     """Status, headers and body of one HTTP response, whichever client fetched it."""
 
@@ -381,42 +428,3 @@ class _Reply:
 _DECODED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
-def _release(session: aiohttp.ClientSession) -> None:
-    """Close a pool from outside its event loop (``session.close()`` must run on that loop).
-
-    The connector's ``_close`` closes its connections and marks it closed without waiting;
-    once the loop itself is closed it touches nothing, so the sockets are closed directly.
-    """
-    connector = session.connector
-    session.detach()  # the session counts as closed: no "unclosed session" warning later
-    if connector is None:
-        return
-    loop: asyncio.AbstractEventLoop = connector._loop
-    if loop.is_closed():
-        for conns in list(connector._conns.values()):
-            for protocol, _ in conns:
-                transport = protocol.transport
-                sock = transport.get_extra_info("socket") if transport is not None else None
-                # asyncio hands out a TransportSocket wrapper; the real socket is inside it.
-                raw = getattr(sock, "_sock", sock)
-                if raw is not None:
-                    try:
-                        raw.close()
-                    except OSError:
-                        pass
-        connector._close()
-    elif loop.is_running() and _running_loop() is not loop:
-        loop.call_soon_threadsafe(connector._close)  # the loop lives in another thread
-    else:
-        connector._close()
-
-
-_Prepared = tuple[str, dict[str, str], bytes, float, str]
-"""What a call sends: url, headers, the encoded body, its timeout, the provider."""
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -10,7 +10,8 @@ set, and then replays the answer.
 
 How a body is learnt (``capture``): LiteLLM's own ``completion`` runs (the undecorated
 function, so no callbacks, caching or retries) with a logging object that stops it at its
-pre-call log, where it holds the exact request body, before any connection is opened. The
+pre-call log, where it holds the exact request body, before any connection is opened
+(``compat.capture_request_body``: the LiteLLM internals this relies on). The
 openai SDK merges ``extra_body`` into the JSON afterwards; that step is done here.
 
 What is learnt per key (``Plan``): the key is the model, ``api_base``, LiteLLM's global
@@ -36,7 +37,6 @@ dictionary look-up and one pass over the messages.
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import threading
 import uuid
@@ -44,6 +44,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compat import CaptureUnavailable, capture_request_body
 from .litellm import import_litellm
 
 # Parameters the lean path may serve; anything else (``functions``, ``stream``, LiteLLM's
@@ -329,31 +330,6 @@ def _verdict(given: dict[str, Any], sent: Any) -> str:
 
 # -- asking LiteLLM -------------------------------------------------------------------------
 
-_logging_class: Any = None
-
-
-def _capturing_logging() -> Any:
-    """A LiteLLM logging object that keeps the request at its pre-call log and stops there."""
-    global _logging_class
-    if _logging_class is None:
-        from litellm.litellm_core_utils.litellm_logging import Logging
-
-        class CapturingLogging(Logging):
-            captured: dict[str, Any] | None = None
-
-            def pre_call(self, input: Any, api_key: Any, model: Any = None, additional_args: Any = None) -> None:
-                self.captured = dict(additional_args or {})
-                raise _Captured
-
-        _logging_class = CapturingLogging
-    return _logging_class
-
-
-class _Captured(BaseException):
-    """Stops LiteLLM at its pre-call log. A BaseException, so that LiteLLM's own handlers
-    (``except Exception``: exception mapping, failure logging) never see it."""
-
-
 def capture_litellm_body(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
     """The JSON body ``litellm.completion(model, messages, **params)`` would send.
 
@@ -361,25 +337,17 @@ def capture_litellm_body(model: str, messages: list[dict[str, Any]], params: dic
     ``drop_params``, say) or would not send it as a chat-completions body.
     """
     litellm = import_litellm()
-    completion = getattr(litellm.main.completion, "__wrapped__", None)
-    if completion is None:
-        raise NotSure("this LiteLLM has no undecorated completion to learn from")
-    log = _capturing_logging()(
-        model=model, messages=messages, stream=False, call_type="completion",
-        start_time=datetime.datetime.now(), litellm_call_id=f"atlas-capture-{uuid.uuid4().hex}",
-        function_id="atlas-capture", supports_correlation_logging=False,
-    )
     kwargs = copy.deepcopy({k: v for k, v in params.items() if k != "timeout"})
     kwargs["api_key"] = "atlas-capture"  # the body never depends on the key: keep it out
     try:
-        completion(model=model, messages=copy.deepcopy(messages), litellm_logging_obj=log, **kwargs)
-    except _Captured:
-        pass
+        data = capture_request_body(litellm, model, copy.deepcopy(messages), kwargs,
+                                    call_id=f"atlas-capture-{uuid.uuid4().hex}")
+    except CaptureUnavailable as exc:
+        raise NotSure(str(exc)) from None
     except Exception as exc:  # LiteLLM's own refusal (an unsupported parameter, ...)
         raise NotSure(f"LiteLLM refused the request: {type(exc).__name__}") from exc
-    if log.captured is None:
+    if data is None:
         raise NotSure("LiteLLM answered without a request")
-    data = log.captured.get("complete_input_dict")
     if not isinstance(data, dict):
         raise NotSure("LiteLLM's request body is not a JSON object")
     body = dict(data)

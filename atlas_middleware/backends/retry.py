@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from ..chunks import ChatChunk
+from ..errors import is_transient
 from ..messages import ChatRequest, ChatResponse
 from .base import ChatBackend, WrapperBackend, astream_of, current_cancel_token, stream_of
 
@@ -23,21 +24,6 @@ from .base import ChatBackend, WrapperBackend, astream_of, current_cancel_token,
 # atlas_middleware must stay cheap: tests/test_public_api.py).
 if TYPE_CHECKING:
     from tenacity import RetryCallState
-
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-_TRANSIENT_NAMES = frozenset(
-    {"APIConnectionError", "Timeout", "APITimeoutError", "RateLimitError",
-     "ServiceUnavailableError", "InternalServerError", "ConnectError", "ReadTimeout"}
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        return status in TRANSIENT_STATUS
-    return type(exc).__name__ in _TRANSIENT_NAMES
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:

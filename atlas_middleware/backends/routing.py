@@ -20,7 +20,7 @@ from typing import Any
 
 from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
-from .base import ChatBackend, astream_of, stream_of
+from .base import ChatBackend, astream_of, stream_of, timeout_error_of
 from .litellm import LiteLLMBackend
 
 IN_PROCESS_PREFIXES = ("local/", "vllm/")
@@ -56,6 +56,9 @@ class ModelRouter:
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         return self.backend(request).complete(request)
+
+    def timeout_error(self, request: ChatRequest, message: str) -> Exception:
+        return timeout_error_of(self.backend(request), request, message)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         return await self.backend(request).acomplete(request)

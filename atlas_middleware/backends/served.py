@@ -91,10 +91,10 @@ def served_check(config: AtlasConfig) -> ServedModelCheck | None:
     that already says ATLAS, a teacher group, or a hosted API (no ``teacher_api_base``)."""
     from ..teaching.protocols import ATLAS, protocol_for
 
-    model = config.teacher
-    if config.teacher_protocol != "auto" or not isinstance(model, str) or not config.teacher_api_base:
+    teacher = config.teacher
+    model = teacher.model
+    if teacher.protocol != "auto" or not isinstance(model, str) or not teacher.api_base:
         return None
     if protocol_for("auto", model) is ATLAS:
         return None
-    key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-    return ServedModelCheck(config.teacher_api_base, model, key)
+    return ServedModelCheck(teacher.api_base, model, teacher.key)

@@ -74,15 +74,15 @@ def report(
         cfg = AtlasConfig.load(str(config) if config else None, ledger=ledger, spool=spool)
         store = open_ledger(cfg.ledger_url())
         try:
-            writer = SpooledWriter.for_ledger(store, cfg.spool)
+            writer = SpooledWriter.for_ledger(store, cfg.ledger.spool)
             if flush:
                 typer.echo(f"flushed {writer.flush()} spooled record(s) to the ledger", err=True)
             records = _of_model(store.records(query), model)
             summary = summarize(
                 records, ledger=store.url, group_by=group_by,
                 filters=filters, pending_spooled=writer.pending(), top=top,
-                gate_rule=cfg.gate_rule(), audit_rate=cfg.audit_rate, gate_records=cfg.gate_rebuild,
-                gate_mode=cfg.gate,
+                gate_rule=cfg.gate.rule(), audit_rate=cfg.audit_rate, gate_records=cfg.gate.rebuild,
+                gate_mode=cfg.gate.mode,
             )
         finally:
             store.close()

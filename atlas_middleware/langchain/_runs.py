@@ -17,8 +17,9 @@ The teacher's and the delivered replay's runs carry no ``usage_metadata``: the r
 tokens were counted by the run that produced them, and the teacher's are the report's and
 the ledger's (``get_usage_metadata_callback`` counts the student's tokens, once).
 
-This module owns every touchpoint of LangChain's callback internals (``_StreamingCallbackHandler``,
-run managers built from a config), so an upgrade that changes them breaks here.
+This module owns every touchpoint of LangChain's callback machinery (run managers built from
+a config); the one private name it needs (the streaming handler's class) is in
+``backends/compat.py``.
 """
 
 from __future__ import annotations
@@ -41,37 +42,30 @@ from langchain_core.runnables.config import (
 )
 from langgraph.constants import TAG_NOSTREAM
 
+from ..backends.compat import streams_to
 from ..chunks import ChatChunk
-from ..messages import ChatRequest, ChatResponse
-from ..teaching import protocols
+from ..messages import CallContext, ChatRequest, ChatResponse
 from ._convert import restore_messages
-
-try:  # what LangChain itself checks before it streams a model (BaseChatModel._should_stream)
-    from langchain_core.tracers._streaming import _StreamingCallbackHandler
-except ImportError:  # pragma: no cover - a LangChain without it: replay whenever there is a run
-    _StreamingCallbackHandler = object  # type: ignore[assignment,misc]
-
-ROLE_KEY = "atlas_role"
-"""Run metadata naming the call's part in the teaching loop."""
+from .backend import JUDGING_KEY, ROLE_KEY, role_metadata
 
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
 
 
-def _config(role: str, *, streams: bool) -> RunnableConfig | None:
+def _config(context: CallContext, *, streams: bool) -> RunnableConfig | None:
     config = var_child_runnable_config.get()
     if config is None:
         return None
     tags = [*(config.get("tags") or [])]
     if not streams and TAG_NOSTREAM not in tags:
         tags.append(TAG_NOSTREAM)
-    return {**config, "tags": tags, "metadata": {**(config.get("metadata") or {}), ROLE_KEY: role}}
+    return {**config, "tags": tags, "metadata": {**(config.get("metadata") or {}), **role_metadata(context)}}
 
 
 @contextmanager
-def child_run(role: str, *, streams: bool) -> Iterator[None]:
-    """Run the model call made inside as a child run with ``role`` in its metadata, tagged
+def child_run(context: CallContext, *, streams: bool) -> Iterator[None]:
+    """Run the model call made inside as a child run with its role in its metadata, tagged
     ``nostream`` unless its tokens are the delivered answer (``streams``)."""
-    config = _config(role, streams=streams)
+    config = _config(context, streams=streams)
     if config is None:  # outside a graph run: nothing to tag
         yield
         return
@@ -102,7 +96,7 @@ def _result(message: AIMessage) -> LLMResult:
 
 
 def _streamed(handlers: list[Any]) -> bool:
-    return any(isinstance(h, _StreamingCallbackHandler) for h in handlers)
+    return streams_to(handlers)  # what LangChain checks before it streams a model
 
 
 def with_id(message: AIMessage) -> AIMessage:
@@ -140,12 +134,6 @@ async def areplay(config: RunnableConfig | None, message: AIMessage, name: str, 
 # -- the teacher's and judge's calls, as child runs --------------------------------------------
 
 
-def _teacher_role(request: ChatRequest) -> str:
-    # The core sends the teacher's and the judge's calls to one backend; the teacher's
-    # prompt is the protocol's, anything else is a judge's.
-    return "teacher" if protocols.teacher_request_protocol(request.messages) is not None else "judge"
-
-
 def _answer(response: ChatResponse) -> AIMessage:
     return AIMessage(content=response.content or "", response_metadata={"model_name": response.model or "",
                                                                         "finish_reason": response.finish_reason})
@@ -161,7 +149,8 @@ class TracedTeacher:
         self.retries_inside = getattr(inner, "retries_inside", False)
 
     def _start(self, request: ChatRequest) -> tuple[RunnableConfig | None, list[BaseMessage]]:
-        return _config(_teacher_role(request), streams=False), restore_messages(request.messages)
+        # The core sends the teacher's and the judge's calls to one backend; each says which it is.
+        return _config(request.context, streams=False), restore_messages(request.messages)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         config, prompt = self._start(request)
@@ -199,4 +188,5 @@ class TracedTeacher:
         return self.inner.astream(request)  # type: ignore[no-any-return]
 
 
-__all__ = ["ROLE_KEY", "TracedTeacher", "areplay", "child_run", "replay", "with_id"]
+__all__ = ["JUDGING_KEY", "ROLE_KEY", "TracedTeacher", "areplay", "child_run", "replay", "role_metadata",
+           "with_id"]

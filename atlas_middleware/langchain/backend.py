@@ -8,12 +8,13 @@ Two ways to use it:
   model serves as a teacher.
 * per call, with a ``CallBinding`` (``AtlasChatModel``, ``AtlasAgentMiddleware``): the
   adapter says how to run the student for one user call (the caller's own messages, the
-  agent's ``handler``) and passes the binding itself in the request's parameters
-  (``bound_params``). The core copies parameters to the probe, guided and baseline
-  requests, so each of them finds its way back here. The binding lives as long as those
-  requests do: an ``audit`` baseline, which the core starts in the background after the
-  user's call has returned, still finds it (a registry scoped to the user's call would
-  have dropped it by then).
+  agent's ``handler``) and passes the binding beside the request, in its context
+  (``bound_params``: ``ChatRequest.context.bindings``, never sent to a model). The core
+  keeps the context on the probe, guided and baseline requests it derives, so each of them
+  finds its way back here, and their runner is told each call's role. The binding lives as
+  long as those requests do: an ``audit`` baseline, which the core starts in the background
+  after the user's call has returned, still finds it (a registry scoped to the user's call
+  would have dropped it by then).
 
 Streams (``stream`` / ``astream``) run the model's own ``stream`` / ``astream`` and pass its
 ``AIMessageChunk`` objects on as the ``raw`` of each ``ChatChunk``, so ``AtlasChatModel`` can
@@ -40,17 +41,35 @@ from langsmith.run_helpers import tracing_context
 
 from ..chunks import ChatChunk, ToolCallDelta
 from ..errors import ConfigError
-from ..messages import ChatRequest, ChatResponse
+from ..messages import CallContext, ChatRequest, ChatResponse
 from ._convert import restore_messages, to_chat_response
 
-BINDING_KEY = "atlas_langchain_call"
-"""Request parameter that holds the ``CallBinding`` of a request (never sent to a model)."""
+BINDING_KEY = "langchain"
+"""The adapter's name in ``CallContext.bindings``: where a request's ``CallBinding`` rides."""
+
+ROLE_KEY = "atlas_role"
+"""Run metadata naming the call's part in the teaching loop (``ChatRequest.context.role``)."""
+JUDGING_KEY = "atlas_judging"
+"""Run metadata of a judge's call: ``pairwise`` or ``score``."""
+
+
+def role_metadata(context: CallContext) -> dict[str, Any]:
+    """The run metadata that names a call's role: what a chat model in the run can read
+    (LangChain never sends run metadata to a provider)."""
+    if context.role is None:
+        return {}
+    out: dict[str, Any] = {ROLE_KEY: context.role}
+    if context.judging is not None:
+        out[JUDGING_KEY] = context.judging
+    return out
+
 
 # Parameters the backend maps itself instead of passing them as call keywords.
 _TOOL_PARAMS = ("tools", "tool_choice")
 
-Runner = Callable[[list[BaseMessage], dict[str, Any]], Any]
-AsyncRunner = Callable[[list[BaseMessage], dict[str, Any]], Awaitable[Any]]
+Runner = Callable[[list[BaseMessage], dict[str, Any], CallContext], Any]
+AsyncRunner = Callable[[list[BaseMessage], dict[str, Any], CallContext], Awaitable[Any]]
+"""How to run the student: its messages, the call keywords, and the call's context (its role)."""
 
 
 @dataclass
@@ -83,13 +102,16 @@ class CallBinding:
 
 
 def bound_params(params: dict[str, Any], binding: CallBinding) -> dict[str, Any]:
-    """``params`` with ``binding`` attached, for ``Atlas.completion``.
+    """``params`` with ``binding`` attached, for ``Atlas.completion`` (its ``atlas`` options'
+    ``bindings``).
 
-    The binding travels on the request (and the probe, guided and baseline requests the
+    The binding travels beside the request (and the probe, guided and baseline requests the
     core derives from it), so it stays reachable for as long as the core may still run a
     call of this user call, background audits included, and is freed with the requests.
     """
-    return {**params, BINDING_KEY: binding}
+    opts = dict(params.get("atlas") or {})
+    opts["bindings"] = {**(opts.get("bindings") or {}), BINDING_KEY: binding}
+    return {**params, "atlas": opts}
 
 
 def _run_isolated(fn: Callable[[], Any]) -> Any:
@@ -119,16 +141,21 @@ def split_params(params: dict[str, Any]) -> tuple[list[Any] | None, Any, list[st
     """(tools, tool_choice, stop, call keywords) of a request's parameters."""
     # ``timeout`` is the transport deadline the core adds to guidance-path calls; LangChain
     # models take no such call keyword (the driver enforces the deadline itself).
-    kwargs = {k: v for k, v in params.items() if k not in (*_TOOL_PARAMS, "stop", "timeout", BINDING_KEY)}
+    kwargs = {k: v for k, v in params.items() if k not in (*_TOOL_PARAMS, "stop", "timeout")}
     stop = params.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     return params.get("tools") or None, params.get("tool_choice"), stop or None, kwargs
 
 
-def prepare_model(model: BaseChatModel, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """``model`` with the request's tools bound, and the keywords for ``invoke``."""
+def prepare_model(model: BaseChatModel, params: dict[str, Any],
+                  context: CallContext | None = None) -> tuple[Any, dict[str, Any]]:
+    """``model`` with the request's tools bound, and the keywords for ``invoke`` (with the
+    call's role in the run's metadata, when it has one)."""
     tools, tool_choice, stop, kwargs = split_params(params)
+    metadata = role_metadata(context) if context is not None else {}
+    if metadata:
+        kwargs["config"] = {"metadata": metadata}
     runnable: Any = model
     if tools:
         extra = {"tool_choice": tool_choice} if tool_choice is not None else {}
@@ -225,14 +252,14 @@ class LangChainBackend:
         self.isolate = isolate
 
     def _resolve(self, request: ChatRequest) -> tuple[CallBinding | None, list[BaseMessage], dict[str, Any]]:
-        binding = request.params.get(BINDING_KEY)
-        params = {k: v for k, v in request.params.items() if k != BINDING_KEY}
+        binding = request.context.bindings.get(BINDING_KEY)
+        params = request.params
         if binding is None:
             if self.model is None:
                 raise ConfigError("this LangChainBackend serves bound calls only, and the request has no binding")
             return None, restore_messages(request.messages), params
         if not isinstance(binding, CallBinding):
-            raise ConfigError(f"the request's {BINDING_KEY!r} parameter is not a LangChain call binding")
+            raise ConfigError(f"the request's {BINDING_KEY!r} binding is not a LangChain call binding")
         messages = restore_messages(request.messages, binding.originals, binding.original_dicts)
         return binding, messages, params
 
@@ -243,9 +270,9 @@ class LangChainBackend:
         if binding is None:
             model = self.model
             assert model is not None
-            runnable, kwargs = prepare_model(model, params)
+            runnable, kwargs = prepare_model(model, params, request.context)
             return self._wrap(self._call(lambda: runnable.invoke(messages, **kwargs)))
-        return self._wrap(self._call(lambda: binding.run(messages, params)))
+        return self._wrap(self._call(lambda: binding.run(messages, params, request.context)))
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return _run_isolated(fn) if self.isolate else fn()
@@ -257,9 +284,9 @@ class LangChainBackend:
         if binding is None:
             model = self.model
             assert model is not None
-            runnable, kwargs = prepare_model(model, params)
+            runnable, kwargs = prepare_model(model, params, request.context)
             return self._wrap(await self._acall(lambda: runnable.ainvoke(messages, **kwargs)))
-        return self._wrap(await self._acall(lambda: binding.arun(messages, params)))
+        return self._wrap(await self._acall(lambda: binding.arun(messages, params, request.context)))
 
     async def _acall(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         return await _arun_isolated(fn) if self.isolate else await fn()
@@ -271,9 +298,12 @@ class LangChainBackend:
         binding, messages, params = self._resolve(request)
         if binding is None:
             assert self.model is not None
-            runnable, kwargs = prepare_model(self.model, params)
+            runnable, kwargs = prepare_model(self.model, params, request.context)
         elif binding.prepare is not None:
             runnable, kwargs = binding.prepare(params)
+            metadata = role_metadata(request.context)
+            if metadata:  # as the binding's ``run`` has it
+                kwargs = {**kwargs, "config": {"metadata": metadata}}
         else:
             return None
         return runnable, messages, kwargs

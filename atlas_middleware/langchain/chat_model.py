@@ -13,7 +13,6 @@ every provider call exactly once. The per-role split is in ``response_metadata["
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -31,12 +30,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from ..chunks import ChatChunk
 from ..client import Atlas
-from ..config import AtlasConfig
+from ..config import FLAT, AtlasConfig, is_setting, unknown_setting
 from ..errors import ConfigError
+from ..messages import CallContext
 from ..report import CallReport
 from ..streaming import LiveCompletionStream
 from ._convert import model_name, openai_tools, to_openai_messages, usage_metadata
-from .backend import CallBinding, Delivery, LangChainBackend, bound_params, prepare_model
+from .backend import CallBinding, Delivery, LangChainBackend, bound_params, prepare_model, role_metadata
 
 REPLAY_CHARS = 48
 # The run metadata key that names a call's task (its family, ``teaching/families.py``):
@@ -89,13 +89,6 @@ def _with_run_options(config: RunnableConfig | None, kwargs: dict[str, Any]) -> 
     return {**kwargs, "atlas": {**opts, **found}} if found else kwargs
 
 
-def unknown_setting(name: str, known: set[str], owner: str) -> str:
-    """The message for a setting ``owner`` does not have, with the closest one it does."""
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else "; Atlas settings go in atlas_settings={...}"
-    return f"{owner} has no setting '{name}'{hint}"
-
-
 class _Relay:
     """The student's chunks of a live stream, passed on as the student shaped them, then the
     final chunk: the student's message metadata, the call's whole usage and its report."""
@@ -124,8 +117,10 @@ class AtlasChatModel(BaseChatModel):
 
     ``temperature``, ``max_tokens`` and ``stop`` are passed to the student's calls when set;
     ``timeout`` and ``max_retries`` bound the teacher (the wrapper's own dependency);
-    ``api_key`` is the teacher's key. Everything else of the student is configured on the
-    student itself.
+    ``api_key`` is the teacher's key. Every ``AtlasConfig`` setting (``policy``,
+    ``teacher_api_base``, ``gate={...}``, ...) is taken as a keyword too, or in
+    ``atlas_settings={...}``, and checked by ``AtlasConfig``. Everything else of the student
+    is configured on the student itself.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -133,10 +128,9 @@ class AtlasChatModel(BaseChatModel):
     student: BaseChatModel
     teacher: str | BaseChatModel | None = None
     """A LiteLLM model string, or another LangChain chat model (``None``: ``ATLAS_TEACHER``)."""
-    teacher_api_base: str | None = None
     api_key: SecretStr | None = Field(default=None, alias="teacher_api_key")
-    policy: str | None = None
     judge: Any = None
+    """A judge setting, or a judge object."""
     ledger: Any = None
     session_id: str | None = None
     """Share one diagnosis across the calls of one task (see ``Atlas._observe``)."""
@@ -145,7 +139,8 @@ class AtlasChatModel(BaseChatModel):
     ``atlas_tenant`` metadata, else the default tenant (the student's key is not seen here)."""
     config: AtlasConfig | None = None
     atlas_settings: dict[str, Any] = Field(default_factory=dict)
-    """Further ``AtlasConfig`` fields (``probe_max_tokens``, ``skip_level``, ...)."""
+    """``AtlasConfig`` settings (``policy``, ``teacher={...}``, ``probe_max_tokens``, ...); the
+    same given as keywords land here."""
 
     temperature: float | None = None
     max_tokens: int | None = None
@@ -165,9 +160,14 @@ class AtlasChatModel(BaseChatModel):
         if isinstance(data, dict):
             known = {name for name, field in cls.model_fields.items()} | {
                 field.alias for field in cls.model_fields.values() if field.alias}
-            unknown = sorted(set(data) - known)
+            settings = {k: v for k, v in data.items() if k not in known and is_setting(k)}
+            unknown = sorted(set(data) - known - set(settings))
             if unknown:
-                raise ConfigError(unknown_setting(unknown[0], known, "AtlasChatModel"))
+                raise ConfigError(unknown_setting(unknown[0], known | set(AtlasConfig.model_fields) | set(FLAT),
+                                                  "AtlasChatModel"))
+            if settings:  # AtlasConfig's settings as keywords: ``Atlas`` checks them with the rest
+                data = {k: v for k, v in data.items() if k not in settings}
+                data["atlas_settings"] = {**settings, **(data.get("atlas_settings") or {})}
         return data
 
     @model_validator(mode="after")
@@ -181,12 +181,10 @@ class AtlasChatModel(BaseChatModel):
         teacher_backend = LangChainBackend(self.teacher) if isinstance(self.teacher, BaseChatModel) else None
         teacher = model_name(self.teacher) if isinstance(self.teacher, BaseChatModel) else self.teacher
         self._backend = LangChainBackend()
-        self._atlas = Atlas(
-            teacher, teacher_api_base=self.teacher_api_base,
-            teacher_api_key=self.api_key.get_secret_value() if self.api_key else None,
-            policy=self.policy, judge=self.judge, ledger=self.ledger, config=self.config,
-            student_backend=self._backend, teacher_backend=teacher_backend, **settings,
-        )
+        if self.api_key is not None:
+            settings.setdefault("teacher_api_key", self.api_key.get_secret_value())
+        self._atlas = Atlas(teacher, judge=self.judge, ledger=self.ledger, config=self.config,
+                            student_backend=self._backend, teacher_backend=teacher_backend, **settings)
         return self
 
     @property
@@ -261,13 +259,15 @@ class AtlasChatModel(BaseChatModel):
                 call_kwargs["model"] = override
             return runnable, call_kwargs
 
-        def run(msgs: list[BaseMessage], p: dict[str, Any]) -> Any:
+        # The call's role goes in the student's run metadata (``atlas_role``), as the agent
+        # middleware's child runs carry it: never in what the model is sent.
+        def run(msgs: list[BaseMessage], p: dict[str, Any], context: CallContext) -> Any:
             runnable, call_kwargs = prepared(p)
-            return runnable.invoke(msgs, **call_kwargs)
+            return runnable.invoke(msgs, config={"metadata": role_metadata(context)}, **call_kwargs)
 
-        async def arun(msgs: list[BaseMessage], p: dict[str, Any]) -> Any:
+        async def arun(msgs: list[BaseMessage], p: dict[str, Any], context: CallContext) -> Any:
             runnable, call_kwargs = prepared(p)
-            return await runnable.ainvoke(msgs, **call_kwargs)
+            return await runnable.ainvoke(msgs, config={"metadata": role_metadata(context)}, **call_kwargs)
 
         dicts = to_openai_messages(messages)
         binding = CallBinding(originals=messages, original_dicts=dicts, run=run, arun=arun, prepare=prepared)

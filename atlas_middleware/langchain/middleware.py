@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired, cast
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
@@ -33,7 +33,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from ..client import Atlas
 from ..config import AtlasConfig
-from ..teaching import protocols
+from ..messages import CallContext
 from ._convert import model_name, openai_tools, to_openai_messages
 from ._runs import TracedTeacher, areplay, child_run, replay, with_id
 from .backend import CallBinding, Delivery, LangChainBackend, ai_message_of, bound_params
@@ -99,39 +99,22 @@ def _structured_tools(response_format: Any) -> list[Any]:
     return []
 
 
-def _plain(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """Role and text of each message: what the protocols' detectors read."""
-    roles = {HumanMessage: "user", SystemMessage: "system", AIMessage: "assistant"}
-    return [{"role": next((r for t, r in roles.items() if isinstance(m, t)), "tool"), "content": m.text}
-            for m in messages]
-
-
-def _is_probe(messages: Sequence[BaseMessage]) -> bool:
-    return protocols.is_probe(_plain(messages))
-
-
-def _is_guided(messages: Sequence[BaseMessage]) -> bool:
-    return protocols.guidance_of(_plain(messages)) is not None
-
-
-def _role(messages: Sequence[BaseMessage]) -> str:
-    return "probe" if _is_probe(messages) else "guided" if _is_guided(messages) else "baseline"
-
-
 class _Step:
-    """One agent model step: the effective policy, and the student answers that streamed live."""
+    """One agent model step: the student answers that streamed live."""
 
-    def __init__(self, policy: str) -> None:
-        self.policy = policy
+    def __init__(self) -> None:
         self.live: list[AIMessage] = []
 
-    def streams(self, role: str) -> bool:
+    @staticmethod
+    def streams(context: CallContext) -> bool:
         """Only a call whose tokens are the answer streams: the guided call where the policy
-        delivers it without comparing first; under shadow, the student's own answer."""
-        return (role == "guided" and self.policy in ("off", "audit")) or (role == "baseline" and self.policy == "shadow")
+        delivers it without comparing first; under shadow, the student's own answer. The
+        role and the policy (under ``adaptive``, the family's mode) ride with the request."""
+        role, policy = context.role, context.policy
+        return (role == "guided" and policy in ("off", "audit")) or (role == "baseline" and policy == "shadow")
 
-    def ran(self, result: Any, role: str) -> Any:
-        if self.streams(role):
+    def ran(self, result: Any, context: CallContext) -> Any:
+        if self.streams(context):
             self.live.append(ai_message_of(result))
         return result
 
@@ -143,8 +126,9 @@ class _Step:
 class AtlasAgentMiddleware(AgentMiddleware):
     """Teach an agent's model: ``create_agent(model, tools, middleware=[AtlasAgentMiddleware(...)])``.
 
-    ``teacher`` is a LiteLLM model string or a LangChain chat model; ``policy``, ``judge``,
-    ``ledger`` and further ``AtlasConfig`` fields (``**settings``) configure the core.
+    ``teacher`` is a LiteLLM model string or a LangChain chat model; ``judge`` and ``ledger``
+    (settings or objects), ``config`` and ``AtlasConfig`` settings as keywords (``policy``,
+    ``teacher_api_base``, ...: ``**settings``, checked by ``AtlasConfig``) configure the core.
     ``session_key(request)`` overrides how model calls are grouped into one task.
     ``tenant`` says whose sessions and family guidance the agent's calls use (``tenants.py``);
     a run's ``config={"metadata": {"atlas_tenant": ...}}`` overrides it (an agent serving
@@ -155,9 +139,6 @@ class AtlasAgentMiddleware(AgentMiddleware):
         self,
         teacher: str | BaseChatModel | None = None,
         *,
-        teacher_api_base: str | None = None,
-        teacher_api_key: str | None = None,
-        policy: str | None = None,
         judge: Any = None,
         ledger: Any = None,
         config: AtlasConfig | None = None,
@@ -171,7 +152,6 @@ class AtlasAgentMiddleware(AgentMiddleware):
         teacher_backend = LangChainBackend(teacher) if isinstance(teacher, BaseChatModel) else None
         self.atlas = Atlas(
             model_name(teacher) if isinstance(teacher, BaseChatModel) else teacher,
-            teacher_api_base=teacher_api_base, teacher_api_key=teacher_api_key, policy=policy,
             judge=judge, ledger=ledger, config=config, student_backend=self._backend,
             teacher_backend=teacher_backend, **settings,
         )
@@ -201,12 +181,12 @@ class AtlasAgentMiddleware(AgentMiddleware):
             originals.insert(0, request.system_message)
         dicts = to_openai_messages(originals)
 
-        def step(restored: list[BaseMessage], params: dict[str, Any]) -> ModelRequest:
+        def step(restored: list[BaseMessage], params: dict[str, Any], context: CallContext) -> ModelRequest:
             system = None
             if restored and isinstance(restored[0], SystemMessage):
                 system, restored = restored[0], restored[1:]
             messages = cast("list[AnyMessage]", restored)
-            if _is_probe(messages):
+            if context.role == "probe":
                 # The probe asks for a short plan in plain text: no tools, no structured output.
                 settings = {**request.model_settings}
                 if "max_tokens" in params:
@@ -215,20 +195,18 @@ class AtlasAgentMiddleware(AgentMiddleware):
                                         response_format=None, model_settings=settings)
             return request.override(messages=messages, system_message=system)
 
-        # Every call but the live answer runs tagged ``nostream`` (``_runs.py``). The policy
-        # is this call's own: under ``adaptive`` the core says which its family's mode runs
-        # (``on_policy``, below).
-        state = _Step(self.atlas.settings.policy)
+        # Every call but the live answer runs tagged ``nostream`` (``_runs.py``); each call's
+        # role and policy come with it (``ChatRequest.context``).
+        state = _Step()
 
-        def run_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
-            role = _role(messages)
-            return state.ran(run(step(messages, params), child_run(role, streams=state.streams(role))), role)
+        def run_step(messages: list[BaseMessage], params: dict[str, Any], context: CallContext) -> Any:
+            tags = child_run(context, streams=state.streams(context))
+            return state.ran(run(step(messages, params, context), tags), context)
 
-        async def arun_step(messages: list[BaseMessage], params: dict[str, Any]) -> Any:
+        async def arun_step(messages: list[BaseMessage], params: dict[str, Any], context: CallContext) -> Any:
             # Runs in its own task (the core's async driver), so the tag stays in this call.
-            role = _role(messages)
-            with child_run(role, streams=state.streams(role)):
-                return state.ran(await arun(step(messages, params)), role)
+            with child_run(context, streams=state.streams(context)):
+                return state.ran(await arun(step(messages, params, context)), context)
 
         binding = CallBinding(originals=originals, original_dicts=dicts, run=run_step, arun=arun_step)
         params: dict[str, Any] = {}
@@ -237,8 +215,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
             params["tools"] = tools
         if request.tool_choice is not None:
             params["tool_choice"] = request.tool_choice
-        params["atlas"] = {"session_id": self.session_key(request),
-                           "on_policy": lambda policy: setattr(state, "policy", policy)}
+        params["atlas"] = {"session_id": self.session_key(request)}
         task = run_task()
         if task is not None:
             params["atlas"]["task"] = task

@@ -43,7 +43,9 @@ errors as visible ones) times the credible upper bound of the disagreement rate,
 times, ``judge_misses``); the observed degradations are inflated by it (``d / (1 - miss)``)
 before the bound below. Never optimistic: with no judged comparison yet the miss rate is
 ``MAX_MISS``, and a judge's false alarm (an improvement it called a degradation) counts as
-a degradation, since nothing in the data tells the two apart.
+a degradation, since nothing in the data tells the two apart. Outcomes graded against gold
+answers (``Atlas.learn``; ``FamilyEvidence.graded``) have no judge in them and are counted
+as they are: they are the way to a bound the judge's errors cannot keep up.
 
 **The bound.** ``degradation`` is the ``credibility`` quantile of the Beta posterior of the
 (inflated) degradation rate, uniform prior plus shared prior plus own counts. ``audit`` is
@@ -75,7 +77,7 @@ backend that is down serves every family ``strict`` (``why = state_unavailable``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..state.base import FamilyEvidence
@@ -84,11 +86,14 @@ from .posterior import beta_quantile
 
 Mode = Literal["skip", "audit", "verify", "strict"]
 MODES: tuple[Mode, ...] = ("skip", "audit", "verify", "strict")
-Why = Literal["learning", "prior", "prospect", "bound", "checked", "settling", "degraded", "no_gain",
+Why = Literal["learning", "prior", "rare", "prospect", "bound", "checked", "settling", "degraded", "no_gain",
               "state_unavailable"]
 
 POOLED = "*"
 """The family key of a student model's pooled evidence (real keys are ``t:...``/``f:...``)."""
+RARE = "~"
+"""The family key of a student model's rare families as a class: the outcomes of calls made
+while their family had fewer than ``min_evidence`` outcomes of its own."""
 MAX_MISS = 0.5
 """A judge that misses half the degradations is no better than a coin: the most assumed."""
 MARGIN = 0.01
@@ -205,13 +210,20 @@ def figures(e: FamilyEvidence | None, pooled: FamilyEvidence | None, rule: Adapt
     improved, degraded = e.improved + s * pooled.improved, e.degraded + s * pooled.degraded
     total = e.outcomes + s * pooled.outcomes
     miss, grade_miss = judge_misses(e, pooled, rule)
-    bad = min(degraded / (1.0 - miss), total)
+    bad = min(_inflated(e, miss) + s * _inflated(pooled, miss), total)
     bound = beta_quantile(rule.credibility, 1.0 + bad, 1.0 + total - bad)
     # Dirichlet(1, 1, 1) prior: the means of the improved and degraded shares.
     gain = (improved - degraded) / (total + 3.0)
     return Figures(own=e.outcomes, borrowed=s * pooled.outcomes, gain=gain, degradation=bound, judge_miss=miss,
                    grade_miss=grade_miss, costs=_costs(e, pooled, rule), bad=bad, total=total,
-                   own_bad=min(e.degraded / (1.0 - miss), e.outcomes))
+                   own_bad=min(_inflated(e, miss), e.outcomes))
+
+
+def _inflated(e: FamilyEvidence, miss: float) -> float:
+    """``e``'s degradations with the judged ones inflated for the judge's misses; graded ones
+    (gold answers) are counted as they are."""
+    graded = min(e.graded_degraded, e.degraded)
+    return (e.degraded - graded) / (1.0 - miss) + graded
 
 
 def value(f: Figures, mode: Mode, rule: AdaptiveRule) -> float:
@@ -258,13 +270,17 @@ def _projected_bound(bad: float, total: float, rate: float, more: float, credibi
 
 
 def choose(e: FamilyEvidence | None, pooled: FamilyEvidence | None, rule: AdaptiveRule, *,
-           state_available: bool = True) -> Choice:
-    """The family's mode now, from its evidence (``e.mode``: the mode it is in)."""
+           state_available: bool = True, rare: FamilyEvidence | None = None) -> Choice:
+    """The family's mode now, from its evidence (``e.mode``: the mode it is in), its model's
+    ``pooled`` evidence and, for a family with too little of its own, its model's ``rare``
+    families as a class (module docstring, "Rare families")."""
     f = figures(e, pooled, rule)
     if not state_available:
         return Choice("strict", "state_unavailable", f)
     current: Mode = _mode(e)
     if f.own < rule.min_evidence:
+        if (as_rare := _rare(f, e, rare, pooled, rule)) is not None:
+            return as_rare
         informed = pooled is not None and pooled.outcomes >= rule.min_evidence
         if informed and value(f, "strict", rule) < value(f, "skip", rule) - MARGIN:
             return Choice("skip", "prior", f)
@@ -282,6 +298,21 @@ def choose(e: FamilyEvidence | None, pooled: FamilyEvidence | None, rule: Adapti
         kept: Mode = current if current in ("strict", "verify") else "strict"
         return Choice(kept, "settling", f)
     return Choice(best, "checked" if best == "strict" else "bound", f)
+
+
+def _rare(f: Figures, e: FamilyEvidence | None, rare: FamilyEvidence | None, pooled: FamilyEvidence | None,
+          rule: AdaptiveRule) -> Choice | None:
+    """``verify`` for a family with too little evidence of its own, when the model's rare
+    families as a class bound verify's degradation rate within the target and teaching them
+    under verify pays; None otherwise. Never for a family whose own outcomes hold a
+    degradation, and never ``audit``: a cheaper mode than verify needs a family's own evidence."""
+    if rare is None or rare.outcomes < rule.min_evidence or (e is not None and e.degraded > 0):
+        return None
+    fr = figures(rare, pooled, rule)
+    if candidate(fr, rule) == "strict" or value(fr, "verify", rule) - value(fr, "skip", rule) <= MARGIN:
+        return None
+    # The class's figures, reported as borrowed: the family's own outcomes are still its own.
+    return Choice("verify", "rare", replace(fr, own=f.own, borrowed=fr.own, own_bad=f.own_bad))
 
 
 def explore_rate(choice: Choice, rule: AdaptiveRule) -> float:

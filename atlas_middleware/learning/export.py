@@ -154,9 +154,9 @@ class TiktokenCounter:
         from ..backends.litellm import import_litellm
 
         import_litellm()  # its cost map from the package, not the network
-        from litellm.litellm_core_utils.default_encoding import encoding
+        from ..backends.compat import default_encoding
 
-        self._encoding = encoding
+        self._encoding = default_encoding()
 
     def count(self, text: str) -> int:
         return len(self._encoding.encode(text, disallowed_special=()))

@@ -76,7 +76,7 @@ from ..report import GUIDANCE_LOST, AdaptiveInfo, CallReport, GateInfo, Mode, Re
 from ..state.base import FamilyEvidence, FamilyStore
 from ..teaching.flow import sampled
 from ..tenants import DEFAULT_TENANT, scoped
-from .adaptive import POOLED, AdaptiveRule
+from .adaptive import POOLED, RARE, AdaptiveRule
 from .modes import ModeSelector
 from .outcomes import Outcome, outcome_of
 from .posterior import beta_cdf
@@ -223,7 +223,7 @@ class TeachingGate:
         """The adaptive policy's word on one call (``learning/adaptive.py``): the family's mode,
         the policy the call runs under, and the evidence for its report."""
         choice, evidence, info = self.modes.admit(gate_key(model, family, tenant), gate_key(model, POOLED, tenant),
-                                                  call_id)
+                                                  call_id, gate_key(model, RARE, tenant))
         out = Admission(mode=choice.mode, adaptive=info, policy=choice.mode)
         if choice.mode == "skip":
             if not info.explored:
@@ -253,7 +253,8 @@ class TeachingGate:
         # evidence and mode, so that a family switched from shadow to adaptive starts informed.
         if report.mode is not None or report.policy == "shadow":
             if graded is not None or in_sample(report, rate):
-                self.modes.observe(report, key, gate_key(report.student_model, POOLED, tenant), outcome)
+                self.modes.observe(report, key, gate_key(report.student_model, POOLED, tenant), outcome,
+                                   gate_key(report.student_model, RARE, tenant), graded=graded is not None)
         elif self.learned and outcome is not None:
             evidence = self.store.observe(key, outcome, report.net_tokens, self.rule.discount)
             closed = should_close(evidence, self.rule)

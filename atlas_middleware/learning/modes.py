@@ -5,8 +5,10 @@ and mode written back after it.
 Keys are the gate's (``gate.gate_key``: tenant, student model, family), so the evidence is
 shared by a fleet through Redis like the gate's and rebuilt from the ledger at start by the
 same replay (``rebuild.py``); the pooled evidence of a tenant's student model is one more
-key (family ``adaptive.POOLED``), read at most every ``POOLED_TTL`` seconds by a process
-(it moves slowly, and a call should not pay a second round trip for it).
+key (family ``adaptive.POOLED``), and the evidence of its rare families as a class one more
+(family ``adaptive.RARE``: the calls made while their family had fewer than ``min_evidence``
+outcomes); each is read at most every ``POOLED_TTL`` seconds by a process (they move slowly,
+and a call should not pay a second round trip for them).
 
 A shared state that is down (``FallbackState`` serving from memory) serves every family
 ``strict``, never its cheapest mode: the evidence memory holds may be another replica's
@@ -69,29 +71,42 @@ class ModeSelector:
         self._lock = threading.Lock()
         self._outage = OutageWarnings(
             log, "adaptive policy: the shared state is unreachable; every family is served under strict until "
-            "it is back", "adaptive policy: the shared state is back; families return to their modes")
+            "it is back", "adaptive policy: the shared state is back; families return to their modes",
+            on_back=self._forget_pooled)
 
-    def admit(self, key: str, pooled_key: str, call_id: str) -> tuple[Choice, FamilyEvidence | None, AdaptiveInfo]:
+    def admit(self, key: str, pooled_key: str, call_id: str,
+              rare_key: str | None = None) -> tuple[Choice, FamilyEvidence | None, AdaptiveInfo]:
         """The family's mode for this call, its evidence, and what the report says of both."""
         evidence = self.store.get(key)
         available = self._state_available()
-        choice = choose(evidence, self._pooled_evidence(pooled_key), self.rule, state_available=available)
+        rare = self._rare_evidence(evidence, rare_key)
+        choice = choose(evidence, self._pooled_evidence(pooled_key), self.rule, state_available=available, rare=rare)
         explored = choice.mode == "skip" and sampled(call_id, explore_rate(choice, self.rule), EXPLORE_SALT)
         measured = choice.mode == "verify" and sampled(call_id, self.rule.audit_rate, MEASURE_SALT)
         return choice, evidence if available else None, info_of(choice, explored=explored, measured=measured)
 
-    def observe(self, report: CallReport, key: str, pooled_key: str, outcome: Outcome | None) -> None:
+    def observe(self, report: CallReport, key: str, pooled_key: str, outcome: Outcome | None,
+                rare_key: str | None = None, graded: bool = False) -> None:
         """Add a call of the family's unbiased sample (``gate.in_sample``) to its evidence and
-        its model's pooled evidence, then move the family if its evidence says so."""
+        its model's pooled evidence (and to its rare families' while the family is rare), then
+        move the family if its evidence says so. ``graded``: ``outcome`` came from gold
+        answers (``Atlas.learn``), which the rule does not inflate for the judge's misses."""
         judge, cost = judge_read(report), cost_shares(report.usage)
         if outcome is None and judge is None and cost is None:
             return
         discount = self.rule.discount
-        evidence = self.store.observe(key, outcome, report.net_tokens, discount, judge=judge, cost=cost)
-        pooled = self.store.observe(pooled_key, outcome, None, discount, judge=judge, cost=cost)
+        evidence = self.store.observe(key, outcome, report.net_tokens, discount, judge=judge, cost=cost, graded=graded)
+        pooled = self.store.observe(pooled_key, outcome, None, discount, judge=judge, cost=cost, graded=graded)
         self._remember(pooled_key, pooled)
+        rare = None
+        if rare_key is not None:
+            if evidence.outcomes - (outcome is not None) < self.rule.min_evidence:  # rare when the call came
+                rare = self.store.observe(rare_key, outcome, None, discount, judge=judge, cost=cost, graded=graded)
+                self._remember(rare_key, rare)
+            else:
+                rare = self._pooled_evidence(rare_key)
         now = evidence.mode or "strict"
-        choice = choose(evidence, pooled, self.rule)
+        choice = choose(evidence, pooled, self.rule, rare=rare)
         new, why = choice.mode, choice.why
         if outcome == "degraded" and report.mode in ("audit", "verify"):
             # An audited (or measured) degradation: back to strict at once, to earn the way down again.
@@ -109,6 +124,18 @@ class ModeSelector:
 
     def _state_available(self) -> bool:
         return self._outage.seen(self._available())
+
+    def _forget_pooled(self) -> None:
+        """After an outage the state may have lost the pooled and rare evidence this process
+        still holds: a stale view must not lend a rare family a cheaper mode."""
+        with self._lock:
+            self._pooled.clear()
+
+    def _rare_evidence(self, evidence: FamilyEvidence | None, rare_key: str | None) -> FamilyEvidence | None:
+        """The rare families' evidence, read only for a family that is rare itself."""
+        if rare_key is None or (evidence is not None and evidence.outcomes >= self.rule.min_evidence):
+            return None
+        return self._pooled_evidence(rare_key)
 
     def _pooled_evidence(self, key: str) -> FamilyEvidence | None:
         now = self._clock()

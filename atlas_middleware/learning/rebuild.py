@@ -12,7 +12,8 @@ With Redis, only the first replica to start since Redis was last empty replays
 others find the evidence there. Calls the caller kept from learning (``learn: False``) are
 skipped, as they were live; so are an evaluation's, whose grades (``Atlas.learn``) are not
 in the ledger. The adaptive policy's evidence and modes (``modes.py``) come back the same way:
-its calls' reports carry their mode. Reuse needs texts: a ledger written without ``store_texts`` holds no guidance
+its calls' reports carry their mode, and so do the families' measured baselines, the
+counterfactual's estimate for calls that run none (``state/baselines.py``). Reuse needs texts: a ledger written without ``store_texts`` holds no guidance
 to reuse, so only the gate's evidence comes back. Each report carries its tenant, so the
 replayed evidence and guidance come back under the tenant whose calls made them; a record
 written before tenants existed counts for the default tenant and leaves no guidance to reuse
@@ -28,8 +29,10 @@ from ..ledger.base import Ledger, LedgerQuery
 from ..redact import secret_logger
 from ..report import CallReport
 from ..state.base import FamilyEvidence
+from ..state.baselines import BaselineStore, fair_baseline
 from ..state.families import MemoryFamilies
-from .gate import TeachingGate
+from ..tenants import DEFAULT_TENANT
+from .gate import TeachingGate, gate_key
 
 log = secret_logger("atlas_middleware.learning")
 
@@ -46,21 +49,34 @@ def replay(reports: Iterable[CallReport], gate: TeachingGate) -> dict[str, Famil
     return scratch.store.snapshot()
 
 
-def rebuild(gate: TeachingGate, ledger: Ledger, records: int) -> int:
-    """Load the evidence of the ledger's last ``records`` records into ``gate``'s store;
-    the number of records replayed (0 when another replica has done it)."""
+def rebuild(gate: TeachingGate, ledger: Ledger, records: int, baselines: BaselineStore | None = None) -> int:
+    """Load the evidence of the ledger's last ``records`` records into ``gate``'s store, and
+    their measured baselines into ``baselines`` (the counterfactual's estimate); the number of
+    records replayed (0 when another replica has done it)."""
     if records <= 0 or not gate.store.claim_rebuild():
         return 0
     t0 = time.perf_counter()
     try:
-        rows = [r for r in ledger.records(LedgerQuery(last=records)) if r.task_family]
-        evidence = replay((r.report() for r in rows), gate)
+        reports = [r.report() for r in ledger.records(LedgerQuery(last=records)) if r.task_family]
+        evidence = replay(reports, gate)
         gate.store.load(evidence)
+        if baselines is not None:
+            replay_baselines(reports, baselines)
     except BaseException:
         gate.store.finish_rebuild(False)  # the next replica to start tries again
         raise
     gate.store.finish_rebuild(True)
     closed = sum(e.closed for e in evidence.values())
     log.info("teaching gate rebuilt from %d ledger records in %.2f s: %d families, %d closed",
-             len(rows), time.perf_counter() - t0, len(evidence), closed)
-    return len(rows)
+             len(reports), time.perf_counter() - t0, len(evidence), closed)
+    return len(reports)
+
+
+def replay_baselines(reports: Iterable[CallReport], baselines: BaselineStore) -> None:
+    """Add the fair measured baselines of ``reports`` (oldest first) to their families' means,
+    as the live calls did (``Atlas._remember_baseline``)."""
+    for report in reports:
+        baseline = fair_baseline(report)
+        if baseline is not None and report.task_family is not None:
+            baselines.add(gate_key(report.student_model, report.task_family, report.tenant or DEFAULT_TENANT),
+                          baseline)

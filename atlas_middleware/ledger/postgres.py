@@ -77,6 +77,9 @@ calls_table = sa.Table(
     sa.Column("report_json", sa.Text, nullable=False),
 )
 _COLUMNS = tuple(c.name for c in calls_table.columns if c.name != "seq")
+# Built once, the row given as parameters: a statement built per write (``.values(row)``)
+# cost about 0.45 ms more CPU per call, a twentieth of a fleet replica's (bench/fleet_costs.py).
+_INSERT = pg_insert(calls_table).on_conflict_do_nothing(index_elements=["call_id"])
 
 # version -> statements that bring a database from version-1 to version. Version 1 is the
 # ``create_all`` above; later versions append ALTERs here and bump SCHEMA_VERSION.
@@ -179,15 +182,13 @@ class PostgresLedger:
     def append(self, record: LedgerRecord) -> None:
         row = record.model_dump()
         row["tokens"] = json.dumps(record.tokens, sort_keys=True)
-        stmt = pg_insert(calls_table).values({c: row[c] for c in _COLUMNS}).on_conflict_do_nothing(
-            index_elements=["call_id"]
-        )
+        values = {c: row[c] for c in _COLUMNS}
         for attempt in (1, 2):
             try:
                 if not self._schema_ready:
                     self._ensure_schema()
                 with self._engine.begin() as conn:
-                    conn.execute(stmt)
+                    conn.execute(_INSERT, values)
                 return
             except sa_exc.DBAPIError as exc:
                 # A connection the server dropped (restart, failover): one retry on a fresh one.

@@ -26,6 +26,8 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from ..backends.compat import proxy_auth_error
+
 # The headers LiteLLM 1.108 takes a key from, in its order of precedence (``get_api_key``
 # in litellm/proxy/auth/user_api_key_auth.py); an operator's ``litellm_key_header_name``
 # comes before them all.
@@ -96,12 +98,10 @@ def key_problem(headers: Mapping[str, str]) -> str | None:
 
 
 async def user_api_key_auth(request: Any, api_key: str) -> Any:
-    from litellm.proxy._types import ProxyException
-
     proxy = _proxy()
     master_key = getattr(proxy, "master_key", None)
     no_database = getattr(proxy, "prisma_client", None) is None
     if no_database and isinstance(master_key, str) and master_key:
         if not _is(_bare(api_key), master_key):
-            raise ProxyException(message=WRONG_KEY, type="auth_error", param="api_key", code=401)
+            raise proxy_auth_error(WRONG_KEY)
     raise _UseLiteLLMAuth()

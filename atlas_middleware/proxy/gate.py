@@ -91,8 +91,9 @@ class GateLimits:
     @classmethod
     def of(cls, config: Any) -> GateLimits:
         """The limits an ``AtlasConfig`` sets."""
-        return cls(max_body_bytes=int(config.proxy_max_body_mb * MIB), body_timeout=config.proxy_body_timeout,
-                   max_json_depth=config.proxy_max_json_depth)
+        proxy = config.proxy
+        return cls(max_body_bytes=int(proxy.max_body_mb * MIB), body_timeout=proxy.body_timeout,
+                   max_json_depth=proxy.max_json_depth)
 
 
 # -- the body, without parsing it -------------------------------------------------------------

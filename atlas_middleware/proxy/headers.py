@@ -20,7 +20,6 @@ from typing import Any
 
 from ..report import CallReport
 
-HEADER_PREFIX = "x-atlas-"
 BODY_FIELD = "atlas"
 
 

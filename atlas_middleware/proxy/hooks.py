@@ -36,7 +36,7 @@ from litellm.types.utils import ModelResponse
 
 from ..errors import AtlasError, InvalidRequestError
 from ..messages import validate_messages, validate_user_parts
-from ..provider import PROVIDER, AtlasLLM, PendingStream, report_of
+from ..provider import PROVIDER, AtlasLLM, PendingStream, find_report
 from ..redact import guard_loggers, redact, secret_logger
 from ..report import CallReport
 from . import auth, gate, tenants
@@ -112,7 +112,7 @@ class AtlasProxyHooks(CustomLogger):
         return await asyncio.to_thread(self.teacher_status)
 
     def report_for(self, data: dict[str, Any], response: Any) -> CallReport | None:
-        report = report_of(response) or self.provider.reports.get(data.get("litellm_call_id"))
+        report = find_report(response) or self.provider.reports.get(data.get("litellm_call_id"))
         if report is None:
             # After the success hook the body field is a JSON dict; the proxy may also have
             # turned the whole response into a dict.

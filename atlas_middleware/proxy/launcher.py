@@ -155,7 +155,6 @@ def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> Atlas
     ledger is opened and closed (an SQLite file is created where the proxy would create
     it; a Postgres server that is down is only a warning, as in the proxy).
     """
-    from ..judges import resolve_judge
     from ..ledger import open_ledger
 
     proxy_config = _proxy_config(settings.config)
@@ -164,19 +163,17 @@ def check_atlas_config(settings: ProxySettings, env: Mapping[str, str]) -> Atlas
     env = _with_config_environment(env, proxy_config)
     check_deployment_prices(proxy_config)
     config = AtlasConfig.load(env=env)
-    if not config.teacher:
+    if not config.teacher.model:
         raise ConfigError("no teacher model: set 'teacher' in the atlas: section of the proxy config, "
                           "or ATLAS_TEACHER")
-    if isinstance(config.teacher, list):
+    if isinstance(config.teacher.model, list):
         # A teacher group: its Router is built (and dropped) now, so a setting it does not
         # take stops the launch instead of every taught call.
         from ..backends import teacher_backend_for
 
         teacher_backend_for(config).close()  # type: ignore[attr-defined]
-    loop = config.loop_settings()
     with _import_path(env):
-        resolve_judge(config.judge, teacher_model=loop.teacher_model, timeout=loop.teacher_timeout,
-                      max_tokens=loop.teacher_max_tokens)
+        config.judge_for(config.loop_settings())
     try:
         open_ledger(config.ledger_url()).close()
     except LedgerError as exc:

@@ -39,10 +39,10 @@ class TeacherCheck:
 
 def _deployments(config: Any) -> list[dict[str, Any]]:
     """The teacher's deployments as ``{model, api_base, api_key}`` (one for a model string)."""
-    if isinstance(config.teacher, list):
-        return [dict(d) for d in config.teacher]
-    key = config.teacher_api_key.get_secret_value() if config.teacher_api_key else None
-    return [{"model": config.teacher, "api_base": config.teacher_api_base, "api_key": key}]
+    teacher = config.teacher
+    if isinstance(teacher.model, list):
+        return [dict(d) for d in teacher.model]
+    return [{"model": teacher.model, "api_base": teacher.api_base, "api_key": teacher.key}]
 
 
 def _routing_problem(model: str, api_base: str | None) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -111,21 +112,31 @@ class FamilyEvidence:
     """The adaptive policy's mode for the family (``learning/adaptive.py``); None: none chosen yet."""
     mode_outcomes: float = 0.0
     """Outcomes counted since the family entered ``mode`` (not discounted)."""
+    graded: float = 0.0
+    """Of the outcomes, those graded against a gold answer (``Atlas.learn``) rather than read
+    from a judge's verdict, discounted alike: the adaptive policy does not inflate them for
+    the judge's misses."""
+    graded_degraded: float = 0.0
+    """Of ``degraded``, the graded ones."""
 
     @property
     def outcomes(self) -> float:
         return self.improved + self.degraded + self.unchanged
 
     def observed(self, outcome: str | None, net_tokens: float | None, discount: float, *,
-                 judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+                 judge: str | None = None, cost: tuple[float, float] | None = None,
+                 graded: bool = False) -> FamilyEvidence:
         """This evidence after one more call: its outcome and net tokens, either may be None;
         ``judge``: ``decided`` or ``undecided`` when a pairwise judge read two different
-        answers; ``cost``: its (teaching, checking) cost as shares of the student alone."""
+        answers; ``cost``: its (teaching, checking) cost as shares of the student alone;
+        ``graded``: the outcome came from gold answers, not from a judge."""
         changes: dict[str, Any] = {}
         if outcome is not None:
             for name in OUTCOME_FIELDS:
                 changes[name] = getattr(self, name) * discount + (outcome == name)
             changes["mode_outcomes"] = self.mode_outcomes + 1.0
+            changes["graded"] = self.graded * discount + graded
+            changes["graded_degraded"] = self.graded_degraded * discount + (graded and outcome == "degraded")
         if net_tokens is not None:
             changes.update(net_tokens=self.net_tokens * discount + net_tokens, net_calls=self.net_calls * discount + 1.0)
         if judge is not None:
@@ -144,7 +155,8 @@ class FamilyStore(Protocol):
     def get(self, family: str) -> FamilyEvidence | None: ...
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
-                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+                judge: str | None = None, cost: tuple[float, float] | None = None,
+                graded: bool = False) -> FamilyEvidence:
         """Add one call (``FamilyEvidence.observed``, atomically); the evidence after it."""
         ...
 
@@ -226,8 +238,11 @@ class OutageWarnings:
     """One WARNING when the shared state is lost and one when it is back, however many calls
     see the outage (the budget and the adaptive policy each keep one)."""
 
-    def __init__(self, log: logging.Logger, lost: str, back: str) -> None:
+    def __init__(self, log: logging.Logger, lost: str, back: str,
+                 on_back: Callable[[], None] | None = None) -> None:
         self._log, self._lost_text, self._back_text = log, lost, back
+        self._on_back = on_back
+        """Called once when the state is back: what a process kept of it may be stale."""
         self._lock = threading.Lock()
         self._lost = False
 
@@ -239,4 +254,6 @@ class OutageWarnings:
             self._log.warning(self._lost_text)
         elif available and was_lost:
             self._log.warning(self._back_text)
+            if self._on_back is not None:
+                self._on_back()
         return available

@@ -18,10 +18,24 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..pricing import BaselineStats
 from ..usage import Usage
+
+if TYPE_CHECKING:
+    from ..report import CallReport
+
+
+def fair_baseline(report: CallReport) -> Usage | None:
+    """The call's measured baseline when it is a fair sample of what the student alone spends
+    on its family; None otherwise. Not one ``verify`` ran because the guided answer failed its
+    grade: a harder call than most, so a longer answer than most."""
+    if report.counterfactual_basis != "measured" or not report.task_family or report.usage.baseline.calls != 1:
+        return None
+    if report.policy == "verify" and report.usage.guided.calls:
+        return None
+    return report.usage.baseline
 
 
 @runtime_checkable

@@ -229,11 +229,12 @@ class _Families:
                               lambda: self._memory.get(family))
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
-                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+                judge: str | None = None, cost: tuple[float, float] | None = None,
+                graded: bool = False) -> FamilyEvidence:
         evidence = self._mirrored(
             "family_observe", family,
-            lambda s: s.families.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost),
-            lambda: self._memory.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost))
+            lambda s: s.families.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost, graded=graded),
+            lambda: self._memory.observe(family, outcome, net_tokens, discount, judge=judge, cost=cost, graded=graded))
         assert evidence is not None
         return evidence
 

@@ -34,10 +34,11 @@ class MemoryFamilies:
             return evidence
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
-                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+                judge: str | None = None, cost: tuple[float, float] | None = None,
+                graded: bool = False) -> FamilyEvidence:
         with self._lock:
             evidence = self._data.get(family, FamilyEvidence()).observed(outcome, net_tokens, discount,
-                                                                         judge=judge, cost=cost)
+                                                                         judge=judge, cost=cost, graded=graded)
             self._put(family, evidence)
             return evidence
 

@@ -21,9 +21,11 @@ can serve):
   ``net_tokens`` and ``net_calls``, the gate's ``closed`` (``1``/``0``), the reusable
   ``guidance`` with ``guidance_from``, and the adaptive policy's evidence: the judge's
   ``judged`` and ``undecided`` counts, the cost shares ``cost_teach``, ``cost_check`` and
-  ``cost_calls``, its ``mode`` and ``mode_outcomes``. The pooled evidence of a student
-  model (the adaptive policy's shared prior) is one more such hash, under the family key
-  ``*`` (``learning.adaptive.POOLED``). Each call's update is one Lua script (decay and add
+  ``cost_calls``, its ``mode`` and ``mode_outcomes``, and the outcomes graded against gold
+  answers, ``graded`` and ``graded_degraded``. The pooled evidence of a student model (the
+  adaptive policy's shared prior) is one more such hash, under the family key ``*``
+  (``learning.adaptive.POOLED``), and its rare families as a class another, under ``~``
+  (``learning.adaptive.RARE``). Each call's update is one Lua script (decay and add
   together, so two replicas' calls never lose one another's), and every write renews a TTL
   of ``family_ttl`` (30 days): a template nobody uses any more is forgotten.
 * ``<prefix>baseline:<model>|<family key>``: one hash per student model and task family
@@ -107,8 +109,9 @@ return 'open'
 
 # observe: ARGV[1] outcome ('' none), ARGV[2] net tokens ('' none), ARGV[3] discount,
 # ARGV[4] TTL ms, ARGV[5] the judge's read ('' none, 'decided', 'undecided'), ARGV[6] and
-# ARGV[7] the teaching and checking cost shares ('' none) -> the hash after the update
-# (HGETALL's flat list). ``FamilyEvidence.observed`` is the same update in Python.
+# ARGV[7] the teaching and checking cost shares ('' none), ARGV[8] '1' when the outcome was
+# graded against gold answers -> the hash after the update (HGETALL's flat list).
+# ``FamilyEvidence.observed`` is the same update in Python.
 _OBSERVE = """
 local g = tonumber(ARGV[3])
 local function num(x) return string.format('%.17g', x) end
@@ -126,6 +129,12 @@ if ARGV[1] ~= '' then
   end
   decayed(names, adds)
   redis.call('HINCRBYFLOAT', KEYS[1], 'mode_outcomes', 1)
+  local graded, graded_degraded = 0, 0
+  if ARGV[8] == '1' then
+    graded = 1
+    if ARGV[1] == 'degraded' then graded_degraded = 1 end
+  end
+  decayed({'graded', 'graded_degraded'}, {graded, graded_degraded})
 end
 if ARGV[2] ~= '' then
   decayed({'net_tokens', 'net_calls'}, {tonumber(ARGV[2]), 1})
@@ -169,7 +178,7 @@ return 1
 _BASELINE_FIELDS = ("samples", "prompt_tokens", "completion_tokens", "priced", "cost_usd")
 
 _FLOATS = ("improved", "degraded", "unchanged", "net_tokens", "net_calls", "judged", "undecided", "cost_teach",
-           "cost_check", "cost_calls", "mode_outcomes")
+           "cost_check", "cost_calls", "mode_outcomes", "graded", "graded_degraded")
 
 
 def evidence_of(fields: dict[str, str]) -> FamilyEvidence:
@@ -271,11 +280,13 @@ class RedisFamilies:
         return evidence_of(fields) if fields else None
 
     def observe(self, family: str, outcome: str | None, net_tokens: float | None, discount: float, *,
-                judge: str | None = None, cost: tuple[float, float] | None = None) -> FamilyEvidence:
+                judge: str | None = None, cost: tuple[float, float] | None = None,
+                graded: bool = False) -> FamilyEvidence:
         flat = self._observe(keys=[self._prefix + family],
                              args=[outcome or "", "" if net_tokens is None else repr(float(net_tokens)),
                                    repr(float(discount)), self._ttl_ms, judge or "",
-                                   *(("", "") if cost is None else (repr(float(cost[0])), repr(float(cost[1]))))])
+                                   *(("", "") if cost is None else (repr(float(cost[0])), repr(float(cost[1])))),
+                                   "1" if graded else ""])
         return evidence_of(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def _write(self, family: str, fields: dict[str, str]) -> None:

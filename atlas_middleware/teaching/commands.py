@@ -8,8 +8,7 @@ command                   meaning                                     the driver
 ========================  ==========================================  ===================
 ``Start(call)``           start a model call now, do not wait         a ``Handle``
 ``Wait(handles)``         wait for these calls to finish              ``list[CallResult]``
-``Cancel(handle)``        the result is no longer needed              ``None``
-``RunBlocking(fn, args)`` run user code (a judge) off the event loop  ``CallResult``-like
+``RunBlocking(fn, args)`` run user code (a judge) off the event loop  a ``BlockingResult``
 ``Stream(call, report)``  make the call as a stream and hand its      ``CallResult`` when
                           chunks to the user as they come             the stream ends
 ``Deliver(...)``          the user's answer is ready: return it now   ``None``
@@ -74,12 +73,10 @@ class Wait:
 
 
 @dataclass(frozen=True)
-class Cancel:
-    handle: Handle
-
-
-@dataclass(frozen=True)
 class RunBlocking:
+    """Run ``fn(*args)`` (user code: a judge) off the event loop; the driver sends back a
+    ``BlockingResult`` with its value or the exception it raised."""
+
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
 
@@ -110,4 +107,4 @@ class Deliver:
     report: Any = field(default=None)
 
 
-Command = Start | Wait | Cancel | RunBlocking | Stream | Deliver
+Command = Start | Wait | RunBlocking | Stream | Deliver

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from ..answers import same_final_answer
 from ..errors import JudgeError, TeacherOutputError, TeacherTruncatedError, is_timeout
 from ..judges import Judge, Task, Verdict, tool_calls_valid
-from ..messages import ChatRequest, ChatResponse
+from ..messages import CallContext, ChatRequest, ChatResponse
 from ..pricing import BaselineStats, Prices
 from ..redact import redact
 from ..report import (
@@ -202,6 +202,9 @@ def teach(
     if options.timeout is not None:  # the clock starts when the driver starts the flow
         deadline = Deadline.start(options.timeout, baseline_alongside=settings.policy == "strict")
     prices = {"student": options.student_prices, "teacher": settings.teacher_prices}
+    # The policy rides beside every request derived from this one (messages.CallContext);
+    # ``_start`` and ``_streamed`` add each call's role.
+    request = request.in_context(policy=settings.policy)
     inner = _teach(request, settings, judge, options, report)
     return (yield from _accounted(inner, report, deadline, prices, options.baseline_estimate))
 
@@ -258,7 +261,7 @@ def _error_info(role: str, exc: BaseException, message: str | None = None) -> Er
 
 
 def _start(role: Any, target: Any, request: ChatRequest, timeout: float | None = None) -> Start:
-    return Start(ModelCall(role=role, target=target, request=request, timeout=timeout))
+    return Start(ModelCall(role=role, target=target, request=request.in_context(role=role), timeout=timeout))
 
 
 def _await_one(start: Start) -> Generator[Command, Any, CallResult]:
@@ -291,6 +294,8 @@ def _guidance(
         model=s.teacher_model or "",
         messages=protocol.teacher_messages(request.messages, request.params, plan, s.context_chars),
         params={**s.teacher_params, "max_tokens": s.teacher_max_tokens, **_transport_timeout(s.teacher_timeout)},
+        # The policy, not the student's bindings: an adapter's binding runs its student.
+        context=CallContext(policy=request.context.policy),
     )
     teacher = yield from _await_one(_start("teacher", "teacher", teacher_req, s.teacher_timeout))
     if teacher.response is None:
@@ -470,7 +475,7 @@ def _streamed(
 ) -> Generator[Command, Any, CallResult]:
     """Make the call to deliver as a live stream: the decision is made before the answer exists."""
     report.decision, report.reason = decision, reason
-    result = yield Stream(ModelCall(role=role, target="student", request=request), report)
+    result = yield Stream(ModelCall(role=role, target="student", request=request.in_context(role=role)), report)
     return result  # type: ignore[no-any-return]
 
 

@@ -42,6 +42,7 @@ from typing import Any
 from ..messages import ChatRequest, ChatResponse
 from .scripted import ScriptedBackend, classify
 from .server import HTTPFault, JSONHandler, QuietServer, RawBody, ThreadedTestServer
+from .wire import guess_context
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -119,7 +120,8 @@ def to_openai_request(body: dict[str, Any]) -> ChatRequest:
         kind = choice.get("type")
         params["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name")}}
                                  if kind == "tool" else TOOL_CHOICES.get(str(kind), kind))
-    return ChatRequest(model=body["model"], messages=messages, params=params)
+    # Only the wire came: the role is what the prompts' wording says (wire.py).
+    return ChatRequest(model=body["model"], messages=messages, params=params, context=guess_context(messages))
 
 
 def _blocks(response: ChatResponse) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ try:
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
     from langchain_core.messages.tool import tool_call_chunk
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-    from langchain_core.runnables import Runnable
+    from langchain_core.runnables import Runnable, ensure_config
     from langchain_core.tools import BaseTool
     from pydantic import ConfigDict, Field
 except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -31,9 +31,12 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtraError("atlas_middleware.testing.langchain", "langchain", "langchain-core") from exc
 
 from ..langchain._convert import openai_tools, to_openai_messages, usage_metadata
-from ..messages import ChatRequest, ChatResponse, ToolCall
+from ..langchain.backend import JUDGING_KEY, ROLE_KEY
+from ..messages import CallContext, ChatRequest, ChatResponse, ToolCall
 from ..teaching import prompts
+from ..usage import ROLES
 from .scripted import Reply, ScriptedBackend, classify
+from .wire import guess_context
 
 __all__ = ["ScriptedChatModel", "rule_student"]
 
@@ -44,6 +47,19 @@ def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
         if s and at >= 0:
             text = text[:at]
     return text
+
+
+def _context(run_manager: Any, messages: list[dict[str, Any]]) -> CallContext:
+    """The role the atlas adapter put in this run's metadata (``_runs.ROLE_KEY``); without
+    one, what the prompts' wording says (``wire.py``): like a real chat model, this one
+    receives only messages and its run's config, never the core's request."""
+    # LangChain hands ``_stream`` no run manager when it streams an ``invoke``: the run's
+    # config (the current one, in LangChain's context variable) has the same metadata.
+    metadata = {**(ensure_config().get("metadata") or {}), **(getattr(run_manager, "metadata", None) or {})}
+    role = metadata.get(ROLE_KEY)
+    if role in ROLES:
+        return CallContext(role=role, judging=metadata.get(JUDGING_KEY))
+    return guess_context(messages)
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -80,12 +96,14 @@ class ScriptedChatModel(BaseChatModel):
 
     # -- one call ----------------------------------------------------------------------------
 
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatRequest:
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                 run_manager: Any = None) -> ChatRequest:
         params = {k: v for k, v in kwargs.items() if v is not None}
         if stop:
             params["stop"] = stop
-        request = ChatRequest(model=kwargs.get("model") or self.model_name,
-                              messages=to_openai_messages(messages), params=params)
+        dicts = to_openai_messages(messages)
+        request = ChatRequest(model=kwargs.get("model") or self.model_name, messages=dicts, params=params,
+                              context=_context(run_manager, dicts))
         self.calls.append(request)
         return request
 
@@ -113,12 +131,12 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        request = self._request(messages, stop, kwargs)
+        request = self._request(messages, stop, kwargs, run_manager)
         return ChatResult(generations=[ChatGeneration(message=self._message(self.backend.complete(request), request))])
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        request = self._request(messages, stop, kwargs)
+        request = self._request(messages, stop, kwargs, run_manager)
         response = await self.backend.acomplete(request)
         return ChatResult(generations=[ChatGeneration(message=self._message(response, request))])
 
@@ -139,7 +157,7 @@ class ScriptedChatModel(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, kwargs)
+        request = self._request(messages, stop, kwargs, run_manager)
         message = self._message(self.backend.complete(request), request)
         for chunk in self._chunks(message):
             if run_manager:
@@ -149,7 +167,7 @@ class ScriptedChatModel(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, kwargs)
+        request = self._request(messages, stop, kwargs, run_manager)
         message = self._message(await self.backend.acomplete(request), request)
         for chunk in self._chunks(message):
             if run_manager:

@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from ..backends.compat import proxy_key_auth
+
 HOOK_MODULE = (
     '"""Loads atlas-middleware into the LiteLLM proxy."""\n\n'
     "from atlas_middleware.proxy.auth import user_api_key_auth  # noqa: F401\n"
@@ -69,9 +71,7 @@ def key_table_auth(table: dict[str, dict[str, str]]) -> Callable[[Any, str], Awa
     async def auth(request: Any, api_key: str) -> Any:
         key = _bare(api_key)
         if key in table:
-            from litellm.proxy._types import UserAPIKeyAuth
-
-            return UserAPIKeyAuth.model_validate({"api_key": key, **table[key]})
+            return proxy_key_auth({"api_key": key, **table[key]})
         return await user_api_key_auth(request, api_key)
 
     return auth

@@ -1,8 +1,8 @@
 """Scripted backends: deterministic students and teachers for tests and offline demos.
 
-``ScriptedBackend`` recognises which role a request plays in the teaching loop (probe,
-guided, baseline, teacher, pairwise judge, grading judge) from the prompts the loop builds,
-and answers from a per-role script. Each reply may be a string, a ``Reply`` (content, tool
+``ScriptedBackend`` answers from a per-role script (probe, guided, baseline, teacher,
+pairwise judge, grading judge), reading each request's role where the flow put it, beside
+the request (``classify``). Each reply may be a string, a ``Reply`` (content, tool
 calls, token counts, delay, finish reason), an exception to raise, or a function of the
 request returning any of those. Every call is recorded in ``.calls``. Streams
 (``stream``/``astream``) yield the same answer word by word, then the finish reason, then
@@ -58,21 +58,15 @@ def prompt_words(request: ChatRequest) -> int:
 
 
 def classify(request: ChatRequest) -> str:
-    """Which role of the teaching loop produced this request (under any teacher protocol)."""
-    msgs = request.messages
-    if protocols.teacher_request_protocol(msgs) is not None:
-        return "teacher"
-    first = prompts.content_text(msgs[0].get("content")) if msgs else ""
-    if first == prompts.PAIRWISE_SYSTEM:
-        return "judge_pair"
-    if first == prompts.SCORE_SYSTEM:
-        return "judge_score"
-    if protocols.is_probe(msgs):
-        return "probe"
-    # Either form of the guidance; an adapter may fold a system note into the caller's prompt.
-    if protocols.guidance_of(msgs) is not None:
-        return "guided"
-    return "baseline"
+    """Which role of the teaching loop made this request, as the flow set it beside the
+    request (``ChatRequest.context``): 'probe', 'teacher', 'guided', 'baseline', and a
+    judge's 'judge_pair' or 'judge_score'. A request without a role (made outside the loop)
+    is the student's own answer, 'baseline'. Never read from the prompts: a double served
+    over a wire guesses the role it is given (``wire.py``)."""
+    context = request.context
+    if context.role == "judge":
+        return "judge_pair" if context.judging == "pairwise" else "judge_score"
+    return context.role or "baseline"
 
 
 def hold_role(backend: Any, role: str, release: threading.Event, timeout: float = 5.0, *,
@@ -146,6 +140,13 @@ class ScriptedBackend:
     def roles(self) -> list[str]:
         with self._lock:
             return [role for role, _ in self.calls]
+
+    def timeout_error(self, request: ChatRequest, message: str) -> Exception:
+        """LiteLLM's ``Timeout``: this double stands in for a LiteLLM model (behind LangChain,
+        as ``ScriptedChatModel``, the LangChain backend's own time-out applies instead)."""
+        from ..backends.litellm import litellm_timeout
+
+        return litellm_timeout(request, message)
 
     def _resolve(self, request: ChatRequest) -> tuple[str, Reply]:
         role = classify(request)

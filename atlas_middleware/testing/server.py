@@ -27,6 +27,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -34,6 +35,7 @@ from typing import Any, Self
 from ..messages import ChatRequest
 from ..streaming import ChunkWriter
 from .scripted import ScriptedBackend
+from .wire import guess_context
 
 # OpenAI's chat-completions body fields (a strict server refuses any other).
 OPENAI_FIELDS = frozenset({
@@ -167,7 +169,9 @@ class _Handler(JSONHandler):
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     def do_POST(self) -> None:
-        path = self.path.split("?")[0].rstrip("/")
+        # The origin form (``/v1/...``), or the absolute form a forward proxy gets: this server
+        # then answers as the proxied server would (the proxy tests).
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if path not in ("/v1/chat/completions", "/chat/completions"):
@@ -192,7 +196,9 @@ class _Handler(JSONHandler):
             self.server.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": {"model": model, "messages": messages, **body}})
         stream = bool(body.pop("stream", False))
         include_usage = bool((body.pop("stream_options", None) or {}).get("include_usage"))
-        request = ChatRequest(model=model, messages=messages, params=body)
+        # Over HTTP the role that rode beside the request stays behind (as for any real
+        # server): the scripted backend is told the one the prompts' wording says (wire.py).
+        request = ChatRequest(model=model, messages=messages, params=body, context=guess_context(messages))
         try:
             if stream:
                 pieces = self.server.backend.stream(request)

@@ -19,7 +19,7 @@ a Router group, or a server that cannot say, needs ``teacher_protocol="atlas"`` 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from ...errors import ConfigError
 from .atlas import AtlasProtocol
@@ -54,16 +54,6 @@ def protocol_for(setting: str, teacher_model: str | None) -> TeacherProtocol:
         raise ConfigError(f"unknown teacher protocol {setting!r}; choose one of {', '.join(PROTOCOL_NAMES)}") from None
 
 
-def is_probe(messages: list[dict[str, Any]]) -> bool:
-    """Whether a student request is the loop's probe, under any protocol."""
-    return any(p.is_probe(messages) for p in PROTOCOLS.values())
-
-
-def teacher_request_protocol(messages: list[dict[str, Any]]) -> TeacherProtocol | None:
-    """The protocol that built this teacher prompt, or None when it is not one."""
-    return next((p for p in PROTOCOLS.values() if p.is_teacher_request(messages)), None)
-
-
 __all__ = [
     "ATLAS",
     "PLACEMENTS",
@@ -76,8 +66,6 @@ __all__ = [
     "StructuredProtocol",
     "TeacherProtocol",
     "guidance_of",
-    "is_probe",
     "protocol_for",
     "served_as_atlas",
-    "teacher_request_protocol",
 ]

@@ -101,18 +101,9 @@ class AtlasProtocol(TeacherProtocol):
             return [*messages[:-1], probe]
         return [*messages, {"role": "user", "content": PROBE_INSTRUCTION}]
 
-    def is_probe(self, messages: list[dict[str, Any]]) -> bool:
-        if not messages or messages[-1].get("role") != "user":
-            return False
-        return prompts.content_text(messages[-1].get("content")).endswith(PROBE_INSTRUCTION)
-
     def teacher_messages(
         self, messages: list[dict[str, Any]], params: dict[str, Any], probe: str, max_chars: int
     ) -> list[dict[str, Any]]:
         content = TEACHER_TEMPLATE.format(question=question_text(messages, params, max_chars),
                                           approach=prompts.defuse(probe.strip()))
         return [{"role": "user", "content": content}]
-
-    def is_teacher_request(self, messages: list[dict[str, Any]]) -> bool:
-        return (len(messages) == 1 and messages[0].get("role") == "user"
-                and prompts.content_text(messages[0].get("content")).startswith(TEACHER_INTRO))

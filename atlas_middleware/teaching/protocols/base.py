@@ -53,18 +53,10 @@ class TeacherProtocol(ABC):
         """The student's request turned into the diagnostic probe."""
 
     @abstractmethod
-    def is_probe(self, messages: list[dict[str, Any]]) -> bool:
-        """Whether ``messages`` is a probe this protocol built (adapters and test doubles ask)."""
-
-    @abstractmethod
     def teacher_messages(
         self, messages: list[dict[str, Any]], params: dict[str, Any], probe: str, max_chars: int
     ) -> list[dict[str, Any]]:
         """What the teacher reads: the task and the student's approach, user text defused."""
-
-    @abstractmethod
-    def is_teacher_request(self, messages: list[dict[str, Any]]) -> bool:
-        """Whether ``messages`` is a teacher prompt this protocol built."""
 
     def parse(self, response: ChatResponse) -> Diagnosis:
         """The teacher's reply read by the shared rules, with this protocol's untagged rule."""

@@ -53,9 +53,6 @@ class StructuredProtocol(TeacherProtocol):
     def probe_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [*messages, {"role": "user", "content": PROBE_INSTRUCTION}]
 
-    def is_probe(self, messages: list[dict[str, Any]]) -> bool:
-        return bool(messages) and prompts.content_text(messages[-1].get("content")) == PROBE_INSTRUCTION
-
     def teacher_messages(
         self, messages: list[dict[str, Any]], params: dict[str, Any], probe: str, max_chars: int
     ) -> list[dict[str, Any]]:
@@ -65,6 +62,3 @@ class StructuredProtocol(TeacherProtocol):
             f"<student_plan>\n{prompts.defuse(probe)}\n</student_plan>"
         )
         return [{"role": "system", "content": TEACHER_SYSTEM}, {"role": "user", "content": user}]
-
-    def is_teacher_request(self, messages: list[dict[str, Any]]) -> bool:
-        return bool(messages) and prompts.content_text(messages[0].get("content")) == TEACHER_SYSTEM

@@ -1,5 +1,8 @@
 """A fleet on loopback, for the fleet test and ``bench/fleet.py``: every piece a real process.
 
+A process harness, not a test double: it lives with the tests, outside the package (and its
+wheel); ``bench/fleet.py`` puts this folder on ``sys.path`` to import it.
+
 * ``ServerProcess``: a student or teacher ``OpenAITestServer`` in a child process of its own,
   so that one teacher replica can be SIGKILLed like a crashed vLLM server;
 * ``LoadBalancer``: Debian's haproxy in the foreground with the project's
@@ -30,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .proxy import free_port
+from atlas_middleware.testing.proxy import free_port
 
-FLEET_DIR = Path(__file__).resolve().parents[2] / "integrations" / "fleet"
+FLEET_DIR = Path(__file__).resolve().parents[1] / "integrations" / "fleet"
 
 # The child answers every call after ``delay`` seconds, as the benchmarks' servers do: the
 # student agrees with itself guided or not (strict then needs no judge), the teacher teaches.
