@@ -22,6 +22,7 @@ import os as _os
 # as LiteLLM's proxy CLI does, unless the user set the variable themselves.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from . import _moved  # noqa: E402
 from .attach import report_of  # noqa: E402
 from .client import Atlas
 from .config import AtlasConfig
@@ -37,10 +38,12 @@ from .errors import (
     TeacherOutputError,
     TeacherTimeout,
 )
-from .judges import AnswerJudge, CallableJudge, Judge, TeacherJudge, Verdict
 from .messages import ChatRequest, ChatResponse, ToolCall
 from .report import CallReport, Reason
+from .teaching.judges import AnswerJudge, CallableJudge, Judge, TeacherJudge, Verdict
 from .usage import Usage, UsageByRole
+
+_moved.install()  # the old import paths of moved modules, for one release (``_moved.py``)
 
 __version__ = "0.1.0"
 

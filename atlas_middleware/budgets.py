@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from .redact import secret_logger
+from ._redact import secret_logger
 from .report import BudgetInfo
 from .state.base import OutageWarnings
 from .state.budgets import TOTAL, BudgetStore

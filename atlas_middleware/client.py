@@ -12,7 +12,7 @@ backend returned (a ``litellm.ModelResponse`` for LiteLLM models), with the call
   ``audit`` or ``off``; under ``adaptive``, its family's mode) before any model call: for
   adapters that behave by policy (the LangChain middleware's streaming);
 * ``session_id``: share one diagnosis across an agent's successive calls;
-* ``tenant``: whose sessions and family guidance the call may use (``tenants.py``); without
+* ``tenant``: whose sessions and family guidance the call may use (``_tenants.py``); without
   it, the call's ``api_key`` decides (a digest of it), else the ``default`` tenant;
 * ``keep_answers``: ``True`` keeps the guided and baseline texts on ``report.answers``;
 * ``task``: name the task this call is an instance of (its family, ``t:<task>``); without
@@ -40,15 +40,15 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from ._redact import redact, register_secret, secret_logger
+from ._tenants import DEFAULT_TENANT, scoped, tenant_of
 from .attach import attach_report
 from .backends import ChatBackend, RetryingBackend, teacher_backend_for
 from .backends.routing import ModelRouter
 from .backends.served import served_check
 from .budgets import Budget
 from .config import POLICY_SETTINGS, AtlasConfig
-from .drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .errors import ConfigError, InvalidRequestError
-from .judges import Judge
 from .learning.gate import TeachingGate, gate_key
 from .learning.outcomes import Outcome
 from .learning.rebuild import rebuild
@@ -56,20 +56,20 @@ from .ledger import Ledger, LedgerRecord, NullLedger, open_ledger
 from .ledger.spool import SpooledWriter
 from .messages import NO_CONTEXT, CallContext, ChatRequest, is_large, validate_messages
 from .pricing import split_prices
-from .redact import redact, register_secret, secret_logger
 from .report import GUIDANCE_LOST, BudgetInfo, CallReport, Reason
-from .sessions import check_session_id
+from .runtime.drivers import AsyncDriver, AsyncLiveStream, Delivered, LiveStream, SyncDriver
 from .state import BreakerStore, SessionStore, SharedState, open_state
 from .state.baselines import fair_baseline
+from .state.sessions import check_session_id
 from .teaching.deadline import seconds_of
 from .teaching.families import family_of
 from .teaching.flow import CallOptions, LoopSettings, Slots, sampled, teach
+from .teaching.judges import Judge
 from .teaching.protocols import ATLAS, served_as_atlas
-from .tenants import DEFAULT_TENANT, scoped, tenant_of
 from .tracing import traced
 
 if TYPE_CHECKING:
-    from .streaming import AtlasStream
+    from .runtime.streaming import AtlasStream
 
 log = secret_logger("atlas_middleware")
 
@@ -539,7 +539,7 @@ class Atlas:
         """The caller's answer. ``_observe`` has run already, for a live stream too: a stream
         nobody reads to its end must not hold a half-open breaker's trial call."""
         if isinstance(delivered, (LiveStream, AsyncLiveStream)):
-            from .streaming import LiveCompletionStream
+            from .runtime.streaming import LiveCompletionStream
 
             assert stream is not None
             return LiveCompletionStream(delivered, stream["include_usage"])
@@ -549,7 +549,7 @@ class Atlas:
         response = delivered.response
         assert response is not None
         if stream is not None:
-            from .streaming import CompletionStream, chunks
+            from .runtime.streaming import CompletionStream, chunks
 
             return CompletionStream(chunks(response, stream["include_usage"]), report, response)
         if isinstance(response.raw, dict):  # the lean HTTP path: the provider's JSON

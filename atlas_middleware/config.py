@@ -49,7 +49,7 @@ from .teaching.flow import POLICIES, LeakAction, LoopSettings
 from .teaching.protocols import Placement, ProtocolName, TeacherProtocol, protocol_for
 
 if TYPE_CHECKING:
-    from .judges import Judge
+    from .teaching.judges import Judge
 
 ENV_PREFIX = "ATLAS_"
 
@@ -565,7 +565,7 @@ class AtlasConfig(BaseModel):
     def judge_for(self, settings: LoopSettings, spec: Any = None) -> Judge:
         """The judge these settings name (``spec``: an object judge given instead), with the
         teacher's model, timeout, token cap, params and context."""
-        from .judges import resolve_judge
+        from .teaching.judges import resolve_judge
 
         return resolve_judge(spec if spec is not None else self.judge.use, teacher_model=settings.teacher_model,
                              timeout=settings.teacher_timeout, max_tokens=settings.teacher_max_tokens,

@@ -8,7 +8,7 @@ given for it, as a LiteLLM user prices a self-hosted model:
 * per call: ``atlas.completion(model, messages, input_cost_per_token=..., output_cost_per_token=...)``
   (the student's price for this call; ``litellm.completion`` takes the same keywords);
 * per proxy deployment: the same keys in a ``model_list`` entry's ``litellm_params`` or
-  ``model_info`` (``provider.py`` passes them on as the student's);
+  ``model_info`` (``provider/`` passes them on as the student's);
 * for the teacher: the same keys in ``teacher_params``.
 
 ``cache_read_input_token_cost`` (the price of a prompt token read from the provider's cache)

@@ -246,7 +246,7 @@ class CallReport(BaseModel):
     """The teacher protocol the call used (``atlas`` or ``structured``)."""
     session_id: str | None = None
     tenant: str | None = None
-    """Whose sessions and family guidance the call used (``tenants.py``): the name the caller
+    """Whose sessions and family guidance the call used (``_tenants.py``): the name the caller
     gave, ``key:<32 hex>`` (a digest of its key, never the key) or ``default``. None only in
     records written before tenants existed."""
     task_family: str | None = None

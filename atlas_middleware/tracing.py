@@ -24,7 +24,7 @@ the sync driver runs calls on pool threads and a large request's flow steps in w
 An inner span starts as the flow asks the driver to start its call and ends at the start
 plus the latency the driver measured (never later than when its result came back), so
 concurrent calls that are waited for together still end when each one did. A failed inner call has status ``ERROR`` and ``error.type`` (the exception's
-class; the description is redacted, ``redact.py``); the call's own span is an error only when
+class; the description is redacted, ``_redact.py``); the call's own span is an error only when
 the caller gets the student's error. The call's span ends when the flow ends: after an
 audit's background comparison, and when a live stream ends.
 
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .redact import redact, secret_logger
+from ._redact import redact, secret_logger
 from .report import CallReport
 from .teaching.commands import CallResult, Deliver, ModelCall, Start, Stream, Wait
 from .teaching.flow import Flow

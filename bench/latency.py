@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator, Iterator
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from atlas_middleware import Atlas  # noqa: E402
-from atlas_middleware.chunks import ChatChunk  # noqa: E402
 from atlas_middleware.messages import ChatRequest  # noqa: E402
+from atlas_middleware.runtime.chunks import ChatChunk  # noqa: E402
 from atlas_middleware.testing import ScriptedBackend, teacher_reply  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]

@@ -26,8 +26,8 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from atlas_middleware import Atlas  # noqa: E402
-from atlas_middleware.chunks import ChatChunk  # noqa: E402
-from atlas_middleware.streaming import ChunkWriter  # noqa: E402
+from atlas_middleware.runtime.chunks import ChatChunk  # noqa: E402
+from atlas_middleware.runtime.streaming import ChunkWriter  # noqa: E402
 from atlas_middleware.testing import ScriptedBackend, teacher_reply  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 20 + 22?"}]

@@ -77,7 +77,7 @@ def _lean_request(url: str) -> Any:
 
 
 async def run_lean_async(url: str, n: int, tasks: int) -> None:
-    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+    from atlas_middleware.backends.http.transport import LeanHTTPBackend
 
     lean, request = LeanHTTPBackend(max_connections=tasks), _lean_request(url)
 
@@ -91,7 +91,7 @@ async def run_lean_async(url: str, n: int, tasks: int) -> None:
 
 
 def run_lean_sync(url: str, n: int) -> None:
-    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+    from atlas_middleware.backends.http.transport import LeanHTTPBackend
 
     lean, request = LeanHTTPBackend(), _lean_request(url)
     try:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from atlas_middleware import Atlas
-from atlas_middleware.answers import answers_equivalent, extract_answer
-from atlas_middleware.eval import EvalSettings, Problem, evaluate
 from atlas_middleware.messages import ChatRequest
+from atlas_middleware.offline.eval import EvalSettings, Problem, evaluate
+from atlas_middleware.teaching.answers import answers_equivalent, extract_answer
 from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply
 
 PROBLEMS = [Problem(id=f"p{i}", question=f"What is {i} times 12?", answer=str(12 * i)) for i in range(6)]

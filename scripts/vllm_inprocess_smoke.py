@@ -18,7 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from atlas_middleware.backends.vllm_inprocess import VLLMBackend
+from atlas_middleware.backends.local.vllm_inprocess import VLLMBackend
 from atlas_middleware.messages import ChatRequest
 
 

@@ -33,6 +33,17 @@ def _no_network() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_implicit_event_loop() -> None:
+    # LiteLLM's leak, not ours: its sync service logger (``ServiceLogging._sync_dispatch_loop``,
+    # LiteLLM 1.108-1.110) asks ``asyncio.get_event_loop()`` for a loop. On the main thread of
+    # Python < 3.14 with no loop set that makes one, sets it as current and never closes it;
+    # the next ``asyncio.run`` replaces it and it is collected as an "unclosed event loop".
+    # With the current loop set to None, ``get_event_loop`` raises instead (as it does on
+    # Python 3.14) and LiteLLM runs its hook under ``asyncio.run``, which closes its loop.
+    asyncio.set_event_loop(None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # The default ledger lives in the user's data folder: point it at a temporary one.

@@ -102,11 +102,19 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._close_pipe()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        # The pipe the child printed its URL on ends with it: left open, the collector closes
+        # it later and warns (ResourceWarning).
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from atlas_middleware._tenants import DEFAULT_TENANT
 from atlas_middleware.learning.adaptive import POOLED, RARE
 from atlas_middleware.learning.gate import gate_key
 from atlas_middleware.proxy.headers import report_headers
 from atlas_middleware.report import CallReport, Reason
 from atlas_middleware.state.base import FamilyEvidence
-from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import teacher_reply
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")

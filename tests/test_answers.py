@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from atlas_middleware.answers import (
+from atlas_middleware.teaching.answers import (
     answers_equivalent,
     extract_answer,
     extract_choice,

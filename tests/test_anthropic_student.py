@@ -309,9 +309,10 @@ def proxy(server: AnthropicTestServer) -> Iterator[Any]:
 
 
 @pytest.fixture
-def client(proxy: Any) -> Any:
+def client(proxy: Any) -> Iterator[Any]:
     openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60)
+    with openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60) as client:
+        yield client  # closed after the test, and its pooled connections with it
 
 
 @pytest.mark.slow

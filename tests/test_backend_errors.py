@@ -11,7 +11,7 @@ import litellm
 import pytest
 
 from atlas_middleware import Atlas, ConfigError
-from atlas_middleware.backends.openai_http import LeanHTTPBackend
+from atlas_middleware.backends.http.transport import LeanHTTPBackend
 from atlas_middleware.errors import is_timeout, is_transient
 from atlas_middleware.messages import ChatRequest, ChatResponse
 from atlas_middleware.testing import Reply, ScriptedBackend

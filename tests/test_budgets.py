@@ -20,9 +20,9 @@ from atlas_middleware import Atlas, Reason
 from atlas_middleware.budgets import Budget, teaching_spend
 from atlas_middleware.config import AtlasConfig
 from atlas_middleware.errors import ConfigError
+from atlas_middleware.offline.reporting.render import render_csv, render_table
+from atlas_middleware.offline.reporting.summary import summarize
 from atlas_middleware.proxy.headers import report_headers
-from atlas_middleware.reporting.render import render_csv, render_table
-from atlas_middleware.reporting.summary import summarize
 from atlas_middleware.state.budgets import MemoryBudgets
 from atlas_middleware.usage import Usage, UsageByRole
 

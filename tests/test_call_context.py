@@ -15,8 +15,8 @@ import pytest
 from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
 
 from atlas_middleware import Atlas, ChatRequest
+from atlas_middleware.backends.http.transport import LeanHTTPBackend
 from atlas_middleware.backends.litellm import LiteLLMBackend
-from atlas_middleware.backends.openai_http import LeanHTTPBackend
 from atlas_middleware.messages import CallContext
 from atlas_middleware.teaching.families import family_of
 from atlas_middleware.testing import OpenAITestServer, PairwiseJudge, ScriptedBackend, classify

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import re
 import socket
 import tomllib
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -373,6 +375,26 @@ def test_a_pool_is_released_from_outside_its_loop(loop_closed: bool) -> None:
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
         assert all(s.fileno() == -1 for s in sockets)
+
+
+def test_a_pool_released_after_its_loop_leaves_no_transport_to_finalise() -> None:
+    # ``asyncio.run`` per call ends a loop with the pool still open. Closing only the sockets
+    # leaves each asyncio transport open in its own eyes: it warns "unclosed transport" when
+    # it is collected.
+    with OpenAITestServer() as server:
+        loop = asyncio.new_event_loop()
+        session = _pooled_session(loop, server.url)
+        pool = {f"fd={s.fileno()}>" for s in _sockets(session)}
+        assert pool
+        loop.close()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compat.release_session(session)
+            del session
+            gc.collect()
+    # Only this pool's transports: the collector may finalise other tests' leftovers here too.
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
+            and any(str(w.message).endswith(fd) for fd in pool)] == []
 
 
 def test_langchains_streaming_handler_is_recognised() -> None:

@@ -2,7 +2,9 @@
 
 * the lean path's two HTTP clients (``LeanHTTPBackend``: httpx for sync calls, aiohttp for
   async ones): timeouts, proxies from the environment, redirects, errors, usage, streams;
-* the two drivers (``SyncDriver``, ``AsyncDriver``): the flow's outcomes, the same for each;
+* the two drivers (``SyncDriver``, ``AsyncDriver``): the flow's outcomes, the same for each,
+  and their own contract over a hand-written flow (a live stream passed on, closed early, read
+  once; a flow that does not deliver after it is refused);
 * a teacher group's sync and async streams: chunk by chunk, both of them.
 
 Everything runs against the loopback servers of ``atlas_middleware.testing``.
@@ -20,7 +22,11 @@ import pytest
 from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
 
 from atlas_middleware import Atlas, ChatRequest, Reason
-from atlas_middleware.backends.openai_http import LeanHTTPBackend
+from atlas_middleware.backends.http.transport import LeanHTTPBackend
+from atlas_middleware.report import CallReport
+from atlas_middleware.runtime.drivers import AsyncDriver, StreamClosed, SyncDriver
+from atlas_middleware.teaching.commands import CallResult, Deliver, ModelCall, Stream
+from atlas_middleware.teaching.flow import Flow
 from atlas_middleware.testing import HTTPFault, OpenAITestServer, RawBody, Reply, ScriptedBackend
 from atlas_middleware.testing.scripted import hold_stream
 
@@ -210,6 +216,98 @@ def test_drivers_reach_the_same_outcome(servers, driver, outcome) -> None:
     r = resp.atlas
     assert (r.decision, r.reason) == (decision, reason)
     assert resp.choices[0].message.content.endswith(answer)
+
+
+# -- the drivers' own contract, over a hand-written flow -------------------------------------
+
+
+def _live_flow(sent: list[CallResult], then: str) -> Flow:
+    """Stream the guided answer live, keep the result the driver sends back when the stream
+    ends, then: deliver it, stream again, or end without delivering."""
+    report = CallReport(student_model="student", policy="off")
+    request = ChatRequest(model="student", messages=QUESTION).in_context(role="guided")
+    call = ModelCall("guided", "student", request)
+    result = yield Stream(call, report)
+    sent.append(result)
+    if then == "stream again":
+        yield Stream(call, report)
+    elif then == "deliver":
+        yield Deliver(result.response, result.error, report)
+    return report
+
+
+def _read_live(driver: str, flow: Flow, take: int | None = None) -> tuple[Any, list[Any], list[CallReport]]:
+    """Run ``flow`` with ``driver`` and read its live stream whole (or its first ``take``
+    chunks, then close it): (the stream, its chunks read, the reports ``on_done`` got)."""
+    backends = {"student": ScriptedBackend({"guided": "one two three"}), "teacher": ScriptedBackend()}
+    done: list[CallReport] = []
+    if driver == "SyncDriver":
+        sync = SyncDriver(backends)
+        try:
+            stream = sync.run(flow, lambda report, out: done.append(report))
+            chunks = iter(stream)
+            got = list(chunks) if take is None else [next(chunks) for _ in range(take)]
+            chunks.close()
+        finally:
+            sync.close()
+        return stream, got, done
+
+    async def on_done(report: CallReport, out: Any) -> None:
+        done.append(report)
+
+    async def read() -> tuple[Any, list[Any]]:
+        stream = await AsyncDriver(backends).run(flow, on_done)
+        chunks = aiter(stream)
+        got = [c async for c in chunks] if take is None else [await anext(chunks) for _ in range(take)]
+        await chunks.aclose()
+        return stream, got
+
+    stream, got = asyncio.run(read())
+    return stream, got, done
+
+
+def _read_again(driver: str, stream: Any) -> None:
+    if driver == "SyncDriver":
+        next(iter(stream))
+        return
+
+    async def read() -> None:
+        await anext(aiter(stream))
+
+    asyncio.run(read())
+
+
+@pytest.mark.parametrize("driver", ["SyncDriver", "AsyncDriver"])
+def test_drivers_pass_a_live_stream_on_and_hand_the_flow_its_whole_answer(driver) -> None:
+    sent: list[CallResult] = []
+    stream, chunks, done = _read_live(driver, _live_flow(sent, "deliver"))
+    assert "".join(c.content or "" for c in chunks) == "one two three"
+    (result,) = sent
+    assert result.streamed and result.error is None and result.response.content == "one two three"
+    assert stream.delivered.response is result.response and stream.report is stream.delivered.report
+    assert "total" in stream.report.latency_ms and "first_token" in stream.report.latency_ms
+    assert len(done) == 1
+    with pytest.raises(RuntimeError, match="read once"):
+        _read_again(driver, stream)
+
+
+@pytest.mark.parametrize("driver", ["SyncDriver", "AsyncDriver"])
+def test_drivers_record_a_live_stream_closed_early(driver) -> None:
+    sent: list[CallResult] = []
+    stream, chunks, done = _read_live(driver, _live_flow(sent, "deliver"), take=1)
+    assert [c.content for c in chunks] == ["one"]
+    (result,) = sent
+    assert result.streamed and result.response is None
+    assert isinstance(result.error, StreamClosed) and "closed the stream" in str(result.error)
+    assert stream.delivered.error is result.error and len(done) == 1
+
+
+@pytest.mark.parametrize("driver", ["SyncDriver", "AsyncDriver"])
+@pytest.mark.parametrize(("then", "complaint"), [("stream again", "streamed again"),
+                                                  ("end", "ended without delivering")])
+def test_drivers_refuse_a_flow_that_does_not_deliver_after_a_live_stream(driver, then, complaint) -> None:
+    with pytest.raises(RuntimeError, match=complaint):
+        _read_live(driver, _live_flow([], then))
 
 
 # -- a teacher group's streams ---------------------------------------------------------------

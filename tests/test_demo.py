@@ -78,7 +78,7 @@ def test_demo_prints_the_figures_its_ledger_holds(tmp_path) -> None:  # type: ig
     assert m is not None, out
     assert (m[3], m[4]) == (shadow.shadow.decision, shadow.shadow.reason.value)
     assert m[1] == calls[0][0]  # the first problem again
-    from atlas_middleware.reporting.summary import summarize
+    from atlas_middleware.offline.reporting.summary import summarize
 
     figures = summarize([r for r in every], ledger="x").overall.shadow
     assert figures is not None and figures.sampled == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from atlas_middleware.errors import ConfigError
-from atlas_middleware.eval import datasets
-from atlas_middleware.eval.checking import grade
-from atlas_middleware.eval.datasets import Problem, load_dataset
+from atlas_middleware.offline.eval import datasets
+from atlas_middleware.offline.eval.checking import grade
+from atlas_middleware.offline.eval.datasets import Problem, load_dataset
 
 
 def test_gsm8k_test_split_from_its_wheel() -> None:

@@ -35,10 +35,10 @@ from typing import Any
 import pytest
 
 from atlas_middleware import Atlas
-from atlas_middleware.eval import EvalSettings, Problem, aevaluate, compute_metrics
-from atlas_middleware.eval.metrics import difficulty_labels
-from atlas_middleware.eval.records import Arm, SampleRecord
 from atlas_middleware.messages import ChatRequest
+from atlas_middleware.offline.eval import EvalSettings, Problem, aevaluate, compute_metrics
+from atlas_middleware.offline.eval.metrics import difficulty_labels
+from atlas_middleware.offline.eval.records import Arm, SampleRecord
 from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply
 
 PROBLEMS = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from atlas_middleware import Atlas
-from atlas_middleware.eval import EvalSettings, SampleRecord, evaluate
+from atlas_middleware.offline.eval import EvalSettings, SampleRecord, evaluate
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,7 +33,7 @@ def test_embedded_model_on_three_gsm8k_problems(tmp_path: Path) -> None:
     # (it cannot judge either). One sample in flight: on two cores the strict policy's two
     # concurrent student calls (baseline and probe) already fill the machine.
     from atlas_middleware.backends.local import LocalBackend
-    from atlas_middleware.embedded import PrefilledTeacher
+    from atlas_middleware.backends.local.embedded import PrefilledTeacher
 
     settings = EvalSettings(dataset="gsm8k", student="local/smollm2", teacher="local/smollm2", samples=1,
                             limit=3, max_tokens=48, concurrency=1)

@@ -16,8 +16,8 @@ import pytest
 
 from atlas_middleware import Atlas
 from atlas_middleware.errors import ConfigError
-from atlas_middleware.eval import EvalSettings, Problem, ResultsFile, aevaluate
-from atlas_middleware.eval.records import Arm, SampleRecord
+from atlas_middleware.offline.eval import EvalSettings, Problem, ResultsFile, aevaluate
+from atlas_middleware.offline.eval.records import Arm, SampleRecord
 from atlas_middleware.testing import ScriptedBackend, teacher_reply
 
 PROBLEMS = [Problem(id=f"q{i}", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(6)]
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     from atlas_middleware import Atlas
-    from atlas_middleware.eval import EvalSettings, Problem, evaluate
+    from atlas_middleware.offline.eval import EvalSettings, Problem, evaluate
     from atlas_middleware.testing import Reply, ScriptedBackend, teacher_reply
 
     problems = [Problem(id=f"q{i}", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(6)]
@@ -167,7 +167,7 @@ async def test_concurrency_is_bounded(tmp_path: Path) -> None:
 
 
 def test_student_failure_is_a_failed_sample_not_a_crash(tmp_path: Path) -> None:
-    from atlas_middleware.eval import evaluate
+    from atlas_middleware.offline.eval import evaluate
 
     student = ScriptedBackend({"probe": RuntimeError("down"), "baseline": RuntimeError("down")})
     atlas = Atlas(student_backend=student, teacher_backend=ScriptedBackend(), ledger="none")

@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from atlas_middleware.eval.stats import mean_ci, paired_test
+from atlas_middleware.offline.eval.stats import mean_ci, paired_test
 
 
 def test_paired_test_three_problems() -> None:

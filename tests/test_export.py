@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from atlas_middleware.cli import commands  # noqa: F401  (registers the commands)
 from atlas_middleware.cli.app import app
 from atlas_middleware.errors import ConfigError
-from atlas_middleware.learning.export import (
+from atlas_middleware.learning.reward import adaptive_teaching_reward, efficiency_bonus
+from atlas_middleware.ledger import open_ledger
+from atlas_middleware.offline.export import (
     SPLITS,
     Example,
     ExportOptions,
@@ -30,8 +32,6 @@ from atlas_middleware.learning.export import (
     split_of,
     write_export,
 )
-from atlas_middleware.learning.reward import adaptive_teaching_reward, efficiency_bonus
-from atlas_middleware.ledger import open_ledger
 from atlas_middleware.teaching.protocols.atlas import TEACHER_INTRO
 
 runner = CliRunner()
@@ -262,7 +262,7 @@ def test_split_is_deterministic_and_keeps_families_whole(taught, db, tmp_path) -
 
 
 def test_records_without_a_family_split_by_their_prompt() -> None:
-    from atlas_middleware.learning.export import split_key
+    from atlas_middleware.offline.export import split_key
 
     class R:
         task_family = None
@@ -294,7 +294,7 @@ def test_redaction_reaches_every_text_field(taught, db) -> None:
 
 
 def test_redaction_of_multipart_messages() -> None:
-    from atlas_middleware.learning.export import _redacted
+    from atlas_middleware.offline.export import _redacted
 
     messages = [{"role": "user", "content": [{"type": "text", "text": "mail a@b.io"},
                                               {"type": "image_url", "image_url": {"url": "x"}}]},
@@ -388,7 +388,7 @@ def test_a_failed_write_leaves_no_half_file(taught, db, tmp_path, monkeypatch) -
         if len(calls) == 2:
             raise OSError("disk full")
 
-    monkeypatch.setattr("atlas_middleware.learning.export.os.fsync", failing_fsync)
+    monkeypatch.setattr("atlas_middleware.offline.export.os.fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_export(examples, "jsonl", out)
     assert (out / "train.jsonl").read_text() == "old\n"  # the old file, whole
@@ -460,7 +460,7 @@ def test_guidance_reused_from_an_earlier_call_is_not_an_example(make_atlas, db) 
 
 def test_a_local_tokenizer_folder_counts_the_teaching(taught, db, tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
-    from atlas_middleware.embedded import ensure_converted
+    from atlas_middleware.backends.local.embedded import ensure_converted
 
     folder = ensure_converted()  # the embedded SmolLM2's folder, converted once, offline
     expected = len(transformers.AutoTokenizer.from_pretrained(str(folder)).encode("Carry the one."))
@@ -478,8 +478,8 @@ def test_a_local_tokenizer_folder_counts_the_teaching(taught, db, tmp_path) -> N
 def test_an_evaluations_results_file_is_a_grades_file(db, tmp_path) -> None:
     """``atlas-middleware eval`` keeps each sample's call id: its results.jsonl joins the ledger."""
     from atlas_middleware import Atlas
-    from atlas_middleware.eval import EvalSettings, Problem, evaluate
-    from atlas_middleware.learning.export import read_grades
+    from atlas_middleware.offline.eval import EvalSettings, Problem, evaluate
+    from atlas_middleware.offline.export import read_grades
     from atlas_middleware.testing import ScriptedBackend, teacher_reply
 
     student = ScriptedBackend({"probe": "I add.", "baseline": "The answer is 5.", "guided": "The answer is 4."})
@@ -514,7 +514,7 @@ def test_a_mistyped_ledger_or_out_path_is_an_error_not_an_empty_export(tmp_path)
 
 
 def test_a_bad_grades_line_names_the_grades_fields(tmp_path) -> None:
-    from atlas_middleware.learning.export import read_grades
+    from atlas_middleware.offline.export import read_grades
 
     bad = tmp_path / "g.jsonl"
     bad.write_text('{"call_id": "c", "guided_correct": "maybe", "baseline_correct": true}\n')

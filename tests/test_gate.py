@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from atlas_middleware._tenants import DEFAULT_TENANT
 from atlas_middleware.learning.gate import (
     GateRule,
     TeachingGate,
@@ -29,7 +30,6 @@ from atlas_middleware.learning.rebuild import replay
 from atlas_middleware.report import AuditInfo, CallReport, Reason
 from atlas_middleware.state.base import FamilyEvidence
 from atlas_middleware.state.families import MemoryFamilies
-from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import teacher_reply
 from atlas_middleware.usage import Usage
 
@@ -355,7 +355,7 @@ def test_an_evaluation_teaches_the_gate_with_its_grades(tmp_path) -> None:
     """The judge here is wrong (it prefers the baseline's wrong answer); the gold answer says
     the guidance helped, and that is what the gate learns."""
     from atlas_middleware import Atlas
-    from atlas_middleware.eval import EvalSettings, Problem, evaluate
+    from atlas_middleware.offline.eval import EvalSettings, Problem, evaluate
     from atlas_middleware.testing import ScriptedBackend
 
     problems = [Problem(id=f"q{i}", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(1, 5)]
@@ -366,7 +366,7 @@ def test_an_evaluation_teaches_the_gate_with_its_grades(tmp_path) -> None:
     try:
         evaluate(atlas, EvalSettings(dataset="gate", student="s", samples=2, concurrency=1), tmp_path,
                  problems=problems, progress=False, plots=False)
-        from atlas_middleware.eval.records import ResultsFile
+        from atlas_middleware.offline.eval.records import ResultsFile
 
         records = list(ResultsFile(tmp_path / "results.jsonl").records.values())
         assert len(records) == 8 and all(r.guided.correct and not r.alone.correct for r in records)

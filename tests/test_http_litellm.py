@@ -138,7 +138,7 @@ def test_both_paths_report_identical_usage_and_type(servers) -> None:
 
 def test_lean_path_only_takes_what_it_can_serve_faithfully() -> None:
     from atlas_middleware import ChatRequest
-    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+    from atlas_middleware.backends.http.transport import LeanHTTPBackend
 
     lean = LeanHTTPBackend()
     base = {"api_base": "http://127.0.0.1:1/v1"}
@@ -160,7 +160,7 @@ def _lean_call(lean: Any, request: Any, mode: str) -> Any:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_lean_transports_map_failures_to_litellm_exceptions(servers, mode) -> None:
     from atlas_middleware import ChatRequest
-    from atlas_middleware.backends.openai_http import LeanHTTPBackend
+    from atlas_middleware.backends.http.transport import LeanHTTPBackend
     from atlas_middleware.backends.retry import retry_after_seconds
 
     student, _ = servers

@@ -19,11 +19,11 @@ import pytest
 
 from atlas_middleware import ChatRequest, Reason
 from atlas_middleware.errors import JudgeError
-from atlas_middleware.judges import Task, TeacherJudge, Verdict, _verdict_text
 from atlas_middleware.learning.outcomes import outcome_of
 from atlas_middleware.messages import ChatResponse
 from atlas_middleware.teaching import markup, prompts
 from atlas_middleware.teaching.commands import CallResult, ModelCall, Start, Wait
+from atlas_middleware.teaching.judges import Task, TeacherJudge, Verdict, _verdict_text
 from atlas_middleware.teaching.leaks import find_leaks
 from atlas_middleware.teaching.parse import read_teacher_reply
 from atlas_middleware.testing import (

@@ -6,6 +6,7 @@ fresh database, dropped afterwards.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -88,6 +90,24 @@ def test_schema_is_versioned(pg_url: str) -> None:
         conn.execute("UPDATE atlas_meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(LedgerError, match="newer"):
         PostgresLedger(pg_url)
+
+
+def test_a_ledger_refused_at_construction_leaves_no_connection_open(pg_url: str) -> None:
+    # The connection that read a newer schema goes back to the pool; refusing the ledger must
+    # close that pool, not leave the connection to the collector (psycopg then warns).
+    import psycopg
+
+    from atlas_middleware.ledger.postgres import PostgresLedger
+
+    PostgresLedger(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE atlas_meta SET value = '999' WHERE key = 'schema_version'")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(LedgerError, match="newer"):
+            PostgresLedger(pg_url)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_a_version_1_database_is_migrated(pg_url: str) -> None:

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_middleware import answers, judges, messages
-from atlas_middleware.learning.export import builtin_redact
-from atlas_middleware.redact import redact
-from atlas_middleware.teaching import families, flow, leaks, parse, prompts
+from atlas_middleware import messages
+from atlas_middleware._redact import redact
+from atlas_middleware.offline.export import builtin_redact
+from atlas_middleware.teaching import answers, families, flow, judges, leaks, parse, prompts
 from atlas_middleware.testing import Reply
 
 MAX_RATIO = 30.0

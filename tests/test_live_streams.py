@@ -21,9 +21,9 @@ from conftest import ADDITION_GUIDED, ADDITION_QUESTION, QUESTION
 
 from atlas_middleware import Atlas, Reason
 from atlas_middleware.backends.base import stream_of
-from atlas_middleware.chunks import Assembler, ChatChunk
 from atlas_middleware.messages import ChatRequest, ChatResponse
-from atlas_middleware.streaming import CompletionStream, LiveCompletionStream
+from atlas_middleware.runtime.chunks import Assembler, ChatChunk
+from atlas_middleware.runtime.streaming import CompletionStream, LiveCompletionStream
 from atlas_middleware.testing import OpenAITestServer, Reply, ScriptedBackend, teacher_reply
 from atlas_middleware.testing.scripted import hold_stream
 
@@ -242,7 +242,7 @@ def test_a_backend_without_streams_gives_one_chunk_and_retries_stop_at_the_first
 
 
 def test_chunks_add_up_to_the_whole_answer() -> None:
-    from atlas_middleware.chunks import ToolCallDelta
+    from atlas_middleware.runtime.chunks import ToolCallDelta
 
     assembler = Assembler()
     for chunk in (ChatChunk(content="The "), ChatChunk(reasoning="hmm"), ChatChunk(content="answer"),

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from atlas_middleware.backends import backend_for  # noqa: E402
 from atlas_middleware.backends.local import LocalBackend, LocalOptions, clear_shared_backends  # noqa: E402
-from atlas_middleware.embedded import EMBEDDED_MODEL, ensure_converted  # noqa: E402
+from atlas_middleware.backends.local.embedded import EMBEDDED_MODEL, ensure_converted  # noqa: E402
 from atlas_middleware.errors import (  # noqa: E402
     ConfigError,
     InvalidRequestError,
@@ -278,7 +278,7 @@ def test_embedded_model_survivors_of_an_abandoned_row_answer_as_if_alone(smollm2
 
 
 def test_prefilled_teacher_starts_the_reply_and_keeps_one_paragraph() -> None:
-    from atlas_middleware.embedded import PrefilledTeacher
+    from atlas_middleware.backends.local.embedded import PrefilledTeacher
     from atlas_middleware.teaching.protocols import ATLAS, STRUCTURED
     from atlas_middleware.testing import FunctionBackend
 
@@ -410,7 +410,7 @@ async def test_a_cancelled_async_call_leaves_the_batch_and_the_other_is_unchange
 
 def test_queued_requests_abandoned_by_timeout_or_token_never_start_and_free_their_slot(make_local: Any) -> None:
     from atlas_middleware.backends.base import CancelToken, cancellation
-    from atlas_middleware.backends.local_batcher import RequestAbandonedError
+    from atlas_middleware.backends.local.batcher import RequestAbandonedError
 
     backend = make_local(max_batch_size=1, batch_wait_ms=0, max_queue=1)
     ran: list[list[int]] = []
@@ -479,8 +479,8 @@ def _finished_forwards(backend: LocalBackend, steps: Steps) -> int:
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_a_driver_giving_up_at_the_deadline_stops_the_local_decode(make_local: Any, driver: str) -> None:
-    from atlas_middleware.drivers import AsyncDriver, SyncDriver
     from atlas_middleware.errors import TeacherTimeout
+    from atlas_middleware.runtime.drivers import AsyncDriver, SyncDriver
 
     backend = make_local(batch_wait_ms=0)
     steps = Steps(backend, pause_before=3)

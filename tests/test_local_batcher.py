@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from atlas_middleware.backends.local_batcher import Batcher, BatcherClosedError, RequestAbandonedError
+from atlas_middleware.backends.local.batcher import Batcher, BatcherClosedError, RequestAbandonedError
 from atlas_middleware.errors import QueueFullError
 
 

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from atlas_middleware.backends.local import LocalBackend, LocalOptions  # noqa: E402
-from atlas_middleware.backends.local_generation import BatchGenerator  # noqa: E402
-from atlas_middleware.embedded import ensure_converted  # noqa: E402
+from atlas_middleware.backends.local.embedded import ensure_converted  # noqa: E402
+from atlas_middleware.backends.local.generation import BatchGenerator  # noqa: E402
 from atlas_middleware.errors import ConfigError, InvalidRequestError  # noqa: E402
 from atlas_middleware.messages import ChatRequest  # noqa: E402
 from atlas_middleware.testing.local_models import one_torch_thread, tiny_llama  # noqa: E402
@@ -311,7 +311,7 @@ def test_the_compiled_decode_step_traces_as_one_graph_and_gives_the_same_tokens(
 def test_a_prefill_of_one_token_prompts_is_never_the_compiled_step(tiny_model: Any, tokenizer: Any) -> None:
     # A prefill of one-token prompts has the decode step's shape; it must still run eagerly,
     # since the static cache allocates its tensors (outside any CUDA graph) at the prefill.
-    from atlas_middleware.backends.local_generation import GenerationJob
+    from atlas_middleware.backends.local.generation import GenerationJob
 
     compiled_calls: list[tuple[int, ...]] = []
 

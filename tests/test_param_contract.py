@@ -19,7 +19,7 @@ from conftest import QUESTION, STUDENT_SCRIPT, TEACHER_SCRIPT
 from pydantic import BaseModel
 
 from atlas_middleware import Atlas, ChatRequest
-from atlas_middleware.backends.param_contract import ParamContract, capture_litellm_body
+from atlas_middleware.backends.http.param_contract import ParamContract, capture_litellm_body
 from atlas_middleware.backends.routing import ModelRouter
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
 from atlas_middleware.testing.wire import guess_context

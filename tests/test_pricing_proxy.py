@@ -90,8 +90,9 @@ def proxy(upstream: OpenAITestServer) -> Iterator[SpendProxy]:
 
 
 @pytest.fixture
-def client(proxy: ProxyProcess) -> Any:
-    return openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60)
+def client(proxy: ProxyProcess) -> Iterator[Any]:
+    with openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60) as client:
+        yield client  # closed after the test, and its pooled connections with it
 
 
 def _priced(usage: dict[str, Any], prices: dict[str, float]) -> float:

@@ -51,8 +51,9 @@ def proxy(upstream: OpenAITestServer, ledger_path: Path) -> Iterator[ProxyProces
 
 
 @pytest.fixture
-def client(proxy: ProxyProcess) -> Any:
-    return openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60)
+def client(proxy: ProxyProcess) -> Iterator[Any]:
+    with openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60) as client:
+        yield client  # closed after the test, and its pooled connections with it
 
 
 def _atlas_headers(headers: Any) -> dict[str, str]:
@@ -154,8 +155,8 @@ def test_models_and_health(client: Any, proxy: ProxyProcess) -> None:
 
 
 def test_wrong_key_is_401(proxy: ProxyProcess, backend: ScriptedBackend) -> None:
-    bad = openai.OpenAI(base_url=proxy.url, api_key="sk-wrong-key", max_retries=0, timeout=60)
-    with pytest.raises(openai.AuthenticationError) as info:
+    with openai.OpenAI(base_url=proxy.url, api_key="sk-wrong-key", max_retries=0, timeout=60) as bad, \
+            pytest.raises(openai.AuthenticationError) as info:
         bad.chat.completions.create(model=MODEL, messages=QUESTION)
     assert info.value.status_code == 401
     no_key = httpx.post(f"{proxy.url}/chat/completions", json={"model": MODEL, "messages": QUESTION}, timeout=60)

@@ -126,8 +126,9 @@ def proxy(upstream: OpenAITestServer, broken: OpenAITestServer) -> Iterator[Prox
 
 
 @pytest.fixture
-def client(proxy: ProxyProcess) -> Any:
-    return openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60)
+def client(proxy: ProxyProcess) -> Iterator[Any]:
+    with openai.OpenAI(base_url=proxy.url, api_key=proxy.master_key, max_retries=0, timeout=60) as client:
+        yield client  # closed after the test, and its pooled connections with it
 
 
 # -- pre-call guardrails -------------------------------------------------------------------

@@ -29,7 +29,7 @@ pytest.importorskip("prometheus_client")
 from conftest import ADDITION_QUESTION, addition_script  # noqa: E402
 from test_redaction import _export, assert_clean, canary  # noqa: E402
 
-from atlas_middleware.redact import MASK  # noqa: E402
+from atlas_middleware._redact import MASK  # noqa: E402
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend  # noqa: E402
 from atlas_middleware.testing.proxy import ProxyProcess  # noqa: E402
 

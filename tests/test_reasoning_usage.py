@@ -19,12 +19,12 @@ import pytest
 from conftest import QUESTION
 
 from atlas_middleware import Atlas, Reason
+from atlas_middleware.backends.http.transport import LeanHTTPBackend
 from atlas_middleware.backends.litellm import from_model_response, provider_usage
-from atlas_middleware.backends.openai_http import LeanHTTPBackend
 from atlas_middleware.ledger import open_ledger
 from atlas_middleware.messages import ChatRequest
+from atlas_middleware.offline.reporting.summary import summarize_group
 from atlas_middleware.proxy.headers import report_body
-from atlas_middleware.reporting.summary import summarize_group
 from atlas_middleware.testing import OpenAITestServer, RawBody, ScriptedBackend
 from atlas_middleware.testing.scripted import Reply
 from atlas_middleware.usage import Usage

@@ -29,9 +29,7 @@ from conftest import ADDITION_QUESTION, addition_script
 
 import atlas_middleware
 from atlas_middleware import Atlas, InvalidRequestError
-from atlas_middleware.backends.openai_http import LeanHTTPBackend
-from atlas_middleware.messages import ChatRequest
-from atlas_middleware.redact import (
+from atlas_middleware._redact import (
     MASK,
     RECENT_LIMIT,
     SECRET_FILTER,
@@ -41,6 +39,8 @@ from atlas_middleware.redact import (
     scrub,
     secret_logger,
 )
+from atlas_middleware.backends.http.transport import LeanHTTPBackend
+from atlas_middleware.messages import ChatRequest
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
 
 litellm = pytest.importorskip("litellm")

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 pytest.importorskip("litellm.proxy.proxy_server")
 pytest.importorskip("prometheus_client")
 
-from atlas_middleware.backends.openai_http import LeanHTTPBackend  # noqa: E402
+from atlas_middleware.backends.http.transport import LeanHTTPBackend  # noqa: E402
 from atlas_middleware.messages import ChatRequest  # noqa: E402
 from atlas_middleware.proxy import gate  # noqa: E402
 from atlas_middleware.testing import HTTPFault, OpenAITestServer, ScriptedBackend  # noqa: E402
@@ -106,6 +106,8 @@ class Teacher:
         if self.process is not None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()  # the "ready" pipe ends with the child, not at collection
         self.process = None
         self.mode = "dead"
 

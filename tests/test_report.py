@@ -21,7 +21,7 @@ from atlas_middleware.cli.app import app
 from atlas_middleware.cli.commands import report as _registered  # noqa: F401
 from atlas_middleware.errors import MissingExtraError
 from atlas_middleware.ledger import LedgerRecord, SQLiteLedger
-from atlas_middleware.reporting import summarize
+from atlas_middleware.offline.reporting import summarize
 
 runner = CliRunner()
 
@@ -307,7 +307,7 @@ def test_html_is_self_contained_and_matches_ledger(ledger: tuple[str, list[Ledge
 def test_charts_have_the_expected_size(ledger: tuple[str, list[LedgerRecord]]) -> None:
     from matplotlib.image import imread
 
-    from atlas_middleware.reporting.charts import render_charts
+    from atlas_middleware.offline.reporting.charts import render_charts
 
     _, rows = ledger
     for png in render_charts(summarize(rows, ledger="x")).values():
@@ -317,7 +317,7 @@ def test_charts_have_the_expected_size(ledger: tuple[str, list[LedgerRecord]]) -
 
 
 def test_charts_without_matplotlib_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from atlas_middleware.reporting.charts import render_charts
+    from atlas_middleware.offline.reporting.charts import render_charts
 
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -18,6 +18,7 @@ from scipy import special, stats
 from typer.testing import CliRunner
 
 from atlas_middleware import Atlas
+from atlas_middleware._tenants import DEFAULT_TENANT
 from atlas_middleware.cli.app import app
 from atlas_middleware.cli.commands import report as _registered  # noqa: F401
 from atlas_middleware.learning.gate import GateRule, TeachingGate, assess, gate_key
@@ -25,12 +26,11 @@ from atlas_middleware.learning.posterior import beta_cdf, beta_interval, beta_qu
 from atlas_middleware.learning.rebuild import replay
 from atlas_middleware.ledger import LedgerRecord, SQLiteLedger
 from atlas_middleware.messages import ChatRequest
-from atlas_middleware.reporting import summarize
-from atlas_middleware.reporting.summary import _report_fields, learn
+from atlas_middleware.offline.reporting import summarize
+from atlas_middleware.offline.reporting.summary import _report_fields, learn
 from atlas_middleware.state.families import MemoryFamilies
 from atlas_middleware.teaching import prompts
 from atlas_middleware.teaching.flow import sampled
-from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import PairwiseJudge, ScriptedBackend, teacher_reply
 
 runner = CliRunner()

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from atlas_middleware.cli.app import app
 from atlas_middleware.cli.commands import report as _registered  # noqa: F401
 from atlas_middleware.ledger import LedgerRecord, SQLiteLedger
-from atlas_middleware.reporting import render_table, summarize
-from atlas_middleware.reporting.render import headline
-from atlas_middleware.reporting.summary import GroupSummary, family_label
+from atlas_middleware.offline.reporting import render_table, summarize
+from atlas_middleware.offline.reporting.render import headline
+from atlas_middleware.offline.reporting.summary import GroupSummary, family_label
 
 runner = CliRunner()
 PREFIXED = {"gpt-small": "openai/gpt-small", "llama-local": "ollama/llama-local"}

@@ -1,6 +1,6 @@
 """Shared by the report, spool and Postgres tests: real calls into a ledger, and the
 expected report figures computed straight from ledger rows, independently of
-``atlas_middleware.reporting`` (plain sums over the flat columns, written differently on
+``atlas_middleware.offline.reporting`` (plain sums over the flat columns, written differently on
 purpose so that a mistake in the summary code cannot hide in both)."""
 
 from __future__ import annotations

@@ -19,14 +19,14 @@ import pytest
 from conftest import QUESTION, STUDENT_SCRIPT
 
 from atlas_middleware import Atlas, Reason
+from atlas_middleware._tenants import DEFAULT_TENANT
 from atlas_middleware.errors import ConfigError
 from atlas_middleware.learning.gate import gate_key
 from atlas_middleware.ledger import SQLiteLedger
-from atlas_middleware.reporting.render import render_csv, render_table
-from atlas_middleware.reporting.summary import change_interval, summarize
+from atlas_middleware.offline.reporting.render import render_csv, render_table
+from atlas_middleware.offline.reporting.summary import change_interval, summarize
 from atlas_middleware.teaching import flow
 from atlas_middleware.teaching.flow import sampled
-from atlas_middleware.tenants import DEFAULT_TENANT
 from atlas_middleware.testing import PairwiseJudge
 from atlas_middleware.testing.scripted import classify, hold_role, hold_stream
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from atlas_middleware.breaker import CircuitBreaker
 from atlas_middleware.config import AtlasConfig
 from atlas_middleware.errors import ConfigError, MissingExtraError
 from atlas_middleware.report import Reason
-from atlas_middleware.sessions import SessionCache
 from atlas_middleware.state import FallbackState, MemoryState, SharedState, StateStatus, open_state
+from atlas_middleware.state.breaker import CircuitBreaker
+from atlas_middleware.state.sessions import SessionCache
 from atlas_middleware.testing import teacher_reply
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from atlas_middleware._tenants import DEFAULT_TENANT, scoped
 from atlas_middleware.report import Reason
 from atlas_middleware.state import FallbackState, open_state
-from atlas_middleware.tenants import DEFAULT_TENANT, scoped
 from atlas_middleware.testing import teacher_reply
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")

@@ -20,7 +20,7 @@ import pytest
 from atlas_middleware import Atlas
 from atlas_middleware.messages import ToolCall
 from atlas_middleware.provider import register, report_of
-from atlas_middleware.streaming import CompletionStream, LiveCompletionStream
+from atlas_middleware.runtime.streaming import CompletionStream, LiveCompletionStream
 from atlas_middleware.testing import OpenAITestServer, Reply, ScriptedBackend, teacher_reply
 
 QUESTION = [{"role": "user", "content": "What is 20 + 22? Use the calculator."}]

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from atlas_middleware.breaker import CircuitBreaker
 from atlas_middleware.config import AtlasConfig
 from atlas_middleware.proxy.gate import AtlasGate
 from atlas_middleware.proxy.teacher import TeacherWatch, check_teacher
+from atlas_middleware.state.breaker import CircuitBreaker
 from atlas_middleware.testing import OpenAITestServer, ScriptedBackend
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")

@@ -133,7 +133,7 @@ def test_the_gates_evidence_is_per_tenant(make_atlas, call) -> None:
 # -- what a tenant is -------------------------------------------------------------------------
 
 def test_the_tenant_is_named_derived_from_the_key_or_the_default(make_atlas, call) -> None:
-    from atlas_middleware.tenants import DEFAULT_TENANT
+    from atlas_middleware._tenants import DEFAULT_TENANT
 
     atlas, *_ = make_atlas(STUDENT, TEACHER)
     keyed = call(atlas, api_key=KEY_A).atlas.tenant
@@ -197,9 +197,9 @@ def test_rebuilt_guidance_keeps_its_tenant(make_atlas, call, tmp_path, state) ->
 def test_records_without_a_tenant_rebuild_no_reusable_guidance(make_atlas) -> None:
     """Records written before tenants existed cannot say whose guidance they hold: their
     outcomes count (for the default tenant), their guidance is never rebuilt as reusable."""
+    from atlas_middleware._tenants import DEFAULT_TENANT
     from atlas_middleware.learning.gate import gate_key
     from atlas_middleware.learning.rebuild import replay
-    from atlas_middleware.tenants import DEFAULT_TENANT
 
     atlas, *_ = make_atlas(STUDENT, TEACHER, policy="strict", reuse="family", gate="learned")
     won = CallReport(student_model="m", policy="strict", task_family="t:x", guidance=f"For {PRIVATE}, carry the one.",

@@ -20,7 +20,7 @@ SNIPPET = '''
 from typing import Any, assert_type
 
 from atlas_middleware import Atlas, CallReport, report_of
-from atlas_middleware.streaming import AtlasStream
+from atlas_middleware.runtime.streaming import AtlasStream
 
 MESSAGES = [{"role": "user", "content": "What is 20 + 22?"}]
 

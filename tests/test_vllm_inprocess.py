@@ -19,11 +19,11 @@ import pytest
 
 from atlas_middleware.backends import backend_for
 from atlas_middleware.backends.base import CancelToken, cancellation
-from atlas_middleware.backends.local_batcher import BatcherClosedError, RequestAbandonedError
-from atlas_middleware.backends.vllm_inprocess import VLLMBackend, VLLMOptions, build_engine
-from atlas_middleware.chunks import Assembler
+from atlas_middleware.backends.local.batcher import BatcherClosedError, RequestAbandonedError
+from atlas_middleware.backends.local.vllm_inprocess import VLLMBackend, VLLMOptions, build_engine
 from atlas_middleware.errors import ConfigError, InvalidRequestError, MissingExtraError, QueueFullError
 from atlas_middleware.messages import ChatRequest
+from atlas_middleware.runtime.chunks import Assembler
 from atlas_middleware.testing.vllm_engine import FakeAsyncEngine, FakeSamplingParams
 
 LONG = "x" * 4000  # an answer that takes thousands of engine steps: still running when the test looks

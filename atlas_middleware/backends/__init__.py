@@ -5,7 +5,7 @@ model string                backend                                      extra
 ==========================  ===========================================  =======
 ``local/<name or folder>``  in-process transformers (batched)            local
 ``vllm/<model>``            in-process vLLM async engine                 vllm
-OpenAI-compatible + base    lean HTTP path (``openai_http.py``)          core
+OpenAI-compatible + base    lean HTTP path (``http/transport.py``)          core
 anything else               LiteLLM (``openai/...``, ``anthropic/...``)  core
 a list of deployments       a teacher group over ``litellm.Router``      core
 ==========================  ===========================================  =======
@@ -34,7 +34,7 @@ def in_process_backend(model: str, **options: Any) -> ChatBackend:
         from .local import LocalBackend  # type: ignore[import-not-found,unused-ignore]
 
         return LocalBackend.for_model(model, **options)  # type: ignore[no-any-return,unused-ignore]
-    from .vllm_inprocess import VLLMBackend  # type: ignore[import-not-found,unused-ignore]
+    from .local.vllm_inprocess import VLLMBackend  # type: ignore[import-not-found,unused-ignore]
 
     return VLLMBackend.for_model(model, **options)  # type: ignore[no-any-return,unused-ignore]
 

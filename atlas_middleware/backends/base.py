@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, runtime_checkable
 
-from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
+from ..runtime.chunks import ChatChunk
 
 
 @runtime_checkable
@@ -144,7 +144,7 @@ class CancelToken:
             try:
                 callback()
             except Exception:  # one backend's failure must not stop the driver giving up
-                from ..redact import secret_logger
+                from .._redact import secret_logger
 
                 secret_logger(__name__).exception("cancel callback failed")
 

@@ -266,7 +266,7 @@ def release_session(session: Any) -> None:
     Relies on (aiohttp 3.9-3.13): ``BaseConnector._loop``, ``._conns`` (key -> deque of
     ``(protocol, expiry)``) and ``._close()``, which closes the connections and marks the
     connector closed without waiting; once the loop itself is closed it touches nothing, so
-    the sockets are closed directly (asyncio's ``TransportSocket`` keeps the real one as ``_sock``).
+    the transports are closed here (``_close_transport``).
     """
     connector = session.connector
     session.detach()  # the session counts as closed: no "unclosed session" warning later
@@ -276,7 +276,7 @@ def release_session(session: Any) -> None:
     if loop.is_closed():
         for conns in list(connector._conns.values()):
             for protocol, _ in conns:
-                _close_socket(protocol.transport)
+                _close_transport(protocol.transport)
         connector._close()
     elif loop.is_running() and _running_loop() is not loop:
         loop.call_soon_threadsafe(connector._close)  # the loop lives in another thread
@@ -284,9 +284,20 @@ def release_session(session: Any) -> None:
         connector._close()
 
 
-def _close_socket(transport: Any) -> None:
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    raw = getattr(sock, "_sock", sock)
+def _close_transport(transport: Any) -> None:
+    """Close a transport whose loop has closed (``transport.close()`` would schedule that on
+    the loop). asyncio's selector transports (CPython 3.11-3.13) keep their socket as ``_sock``
+    and their finaliser warns "unclosed transport" while it is set: it is closed and cleared,
+    as the transport's own close ends. Others (uvloop, TLS): the socket they expose is closed
+    (asyncio's ``TransportSocket`` keeps the real one as ``_sock``)."""
+    if transport is None:
+        return
+    raw = getattr(transport, "_sock", None)
+    if raw is not None:
+        transport._sock = None
+    else:
+        sock = transport.get_extra_info("socket")
+        raw = getattr(sock, "_sock", sock)
     if raw is not None:
         try:
             raw.close()

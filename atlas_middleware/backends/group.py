@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..chunks import ChatChunk
+from .._redact import register_secret
 from ..errors import ConfigError, is_transient
 from ..messages import ChatRequest, ChatResponse
-from ..redact import register_secret
+from ..runtime.chunks import ChatChunk
 from .base import current_cancel_token
 from .compat import (
     hidden_params,
@@ -109,7 +109,7 @@ class TeacherGroupBackend:
             raise ConfigError(f"teacher_router: {exc}") from None
         self.lean: Any = None
         if lean:
-            from .openai_http import LeanHTTPBackend
+            from .http.transport import LeanHTTPBackend
 
             self.lean = LeanHTTPBackend()
 

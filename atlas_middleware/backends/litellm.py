@@ -10,9 +10,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from ..chunks import ChatChunk, ToolCallDelta
+from .._redact import remember_call, scrub
 from ..messages import ChatRequest, ChatResponse, ToolCall, is_large
-from ..redact import remember_call, scrub
+from ..runtime.chunks import ChatChunk, ToolCallDelta
 from ..usage import Usage
 from .compat import hidden_params
 

@@ -15,9 +15,9 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from ..chunks import ChatChunk
 from ..errors import is_transient
 from ..messages import ChatRequest, ChatResponse
+from ..runtime.chunks import ChatChunk
 from .base import ChatBackend, WrapperBackend, astream_of, current_cancel_token, stream_of
 
 # tenacity is imported when a RetryingBackend is built, not with the package (importing

@@ -3,7 +3,7 @@
 * ``local/...`` and ``vllm/...``: in-process backends, one per distinct model;
 * ``hosted_vllm/...`` or ``openai/...`` with an ``api_base``, when the parameter contract
   (``param_contract.py``) knows the body LiteLLM would send for that model and those
-  parameters: the lean HTTP path (``openai_http.py``), one shared connection pool, sending
+  parameters: the lean HTTP path (``http/transport.py``), one shared connection pool, sending
   exactly that body;
 * everything else, and whatever the contract is not sure of: LiteLLM, which translates for
   the provider.
@@ -18,8 +18,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..chunks import ChatChunk
 from ..messages import ChatRequest, ChatResponse
+from ..runtime.chunks import ChatChunk
 from .base import ChatBackend, astream_of, stream_of, timeout_error_of
 from .litellm import LiteLLMBackend
 
@@ -33,7 +33,7 @@ class ModelRouter:
         self.fallback = fallback or LiteLLMBackend(self.defaults)
         self.lean: Any = None
         if lean:
-            from .openai_http import LeanHTTPBackend
+            from .http.transport import LeanHTTPBackend
 
             self.lean = LeanHTTPBackend(self.defaults)
         self.local_options = local_options

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..redact import redact, secret_logger
+from .._redact import redact, secret_logger
 
 if TYPE_CHECKING:
     from ..config import AtlasConfig

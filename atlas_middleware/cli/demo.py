@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..answers import answers_equivalent, extract_answer
-from ..embedded import EMBEDDED_MODEL
+from ..backends.local.embedded import EMBEDDED_MODEL
 from ..report import CallReport
+from ..teaching.answers import answers_equivalent, extract_answer
 from ..usage import ROLES, Usage, UsageByRole
 from .app import app
 
@@ -106,8 +106,8 @@ def run_demo(
 ) -> DemoResult:
     """Run ``problems`` through the loop and print each call; return the reports."""
     from ..backends.local import LocalBackend
+    from ..backends.local.embedded import PrefilledTeacher
     from ..client import Atlas
-    from ..embedded import PrefilledTeacher
 
     console = console or Console()
     result = DemoResult()
@@ -159,8 +159,8 @@ def run_shadow(
     background teaching (a service would not) to print what it found. The reports returned
     are the completed ones, as the ledger has them."""
     from ..backends.local import LocalBackend
+    from ..backends.local.embedded import PrefilledTeacher
     from ..client import Atlas
-    from ..embedded import PrefilledTeacher
 
     console = console or Console()
     result = DemoResult()
@@ -201,8 +201,8 @@ def shadow_report(ledger: str, console: Console) -> None:
     """The savings report's shadow figures (``atlas-middleware report``'s shadow table), from the
     ledger the shadow calls were written to, one line per task family and one for all."""
     from ..ledger import open_ledger
-    from ..reporting.render import SHADOW_HEADERS, SHADOW_NOTE, shadow_row
-    from ..reporting.summary import summarize
+    from ..offline.reporting.render import SHADOW_HEADERS, SHADOW_NOTE, shadow_row
+    from ..offline.reporting.summary import summarize
 
     store = open_ledger(ledger)
     try:

@@ -59,7 +59,7 @@ def eval_command(
 ) -> None:
     """Run DATASET through the middleware and write the ATLAS tables (resumable: rerun to continue)."""
     from ..client import Atlas
-    from ..eval import EvalSettings, evaluate
+    from ..offline.eval import EvalSettings, evaluate
 
     student = resolve_student(student)
     try:

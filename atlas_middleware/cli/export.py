@@ -39,7 +39,7 @@ def export_command(
     include_untaught: Annotated[bool, typer.Option("--include-untaught", help="Also export calls that got no teaching (reward null).")] = False,
 ) -> None:
     """The question, the student's approach, the teaching, both answers, outcome and reward of every taught call."""
-    from ..learning import export as ex
+    from ..offline import export as ex
 
     fmt = fmt.lower()
     if fmt not in ex.FORMATS:

@@ -14,7 +14,7 @@ from ..config import AtlasConfig
 from ..errors import AtlasError
 from ..ledger import LedgerQuery, LedgerRecord, open_ledger
 from ..ledger.spool import SpooledWriter
-from ..reporting import FORMATS, GROUP_BY, render_csv, render_json, render_table, summarize
+from ..offline.reporting import FORMATS, GROUP_BY, render_csv, render_json, render_table, summarize
 from .app import app
 from .options import ConfigOpt, LedgerOpt
 
@@ -125,19 +125,19 @@ def _terminal_width() -> int:
 
 
 def _render(summary: object, fmt: str, charts_dir: Path | None, width: int | None = None) -> str:
-    from ..reporting import Summary
+    from ..offline.reporting import Summary
 
     assert isinstance(summary, Summary)
     pngs = None
     if fmt == "html" or charts_dir is not None:
-        from ..reporting.charts import render_charts, write_charts
+        from ..offline.reporting.charts import render_charts, write_charts
 
         pngs = render_charts(summary)
         if charts_dir is not None:
             for path in write_charts(pngs, charts_dir):
                 typer.echo(f"wrote {path}", err=True)
     if fmt == "html":
-        from ..reporting.html import render_html
+        from ..offline.reporting.html import render_html
 
         return render_html(summary, pngs)
     if fmt == "table":

@@ -43,8 +43,8 @@ from langchain_core.runnables.config import (
 from langgraph.constants import TAG_NOSTREAM
 
 from ..backends.compat import streams_to
-from ..chunks import ChatChunk
 from ..messages import CallContext, ChatRequest, ChatResponse
+from ..runtime.chunks import ChatChunk
 from ._convert import restore_messages
 from .backend import JUDGING_KEY, ROLE_KEY, role_metadata
 

@@ -39,9 +39,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langsmith.run_helpers import tracing_context
 
-from ..chunks import ChatChunk, ToolCallDelta
 from ..errors import ConfigError
 from ..messages import CallContext, ChatRequest, ChatResponse
+from ..runtime.chunks import ChatChunk, ToolCallDelta
 from ._convert import restore_messages, to_chat_response
 
 BINDING_KEY = "langchain"

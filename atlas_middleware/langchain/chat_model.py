@@ -28,13 +28,13 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from ..chunks import ChatChunk
 from ..client import Atlas
 from ..config import FLAT, AtlasConfig, is_setting, unknown_setting
 from ..errors import ConfigError
 from ..messages import CallContext
 from ..report import CallReport
-from ..streaming import LiveCompletionStream
+from ..runtime.chunks import ChatChunk
+from ..runtime.streaming import LiveCompletionStream
 from ._convert import model_name, openai_tools, to_openai_messages, usage_metadata
 from .backend import CallBinding, Delivery, LangChainBackend, bound_params, prepare_model, role_metadata
 
@@ -42,7 +42,7 @@ REPLAY_CHARS = 48
 # The run metadata key that names a call's task (its family, ``teaching/families.py``):
 # ``model.invoke(x, config={"metadata": {"atlas_task": "billing-faq"}})``.
 RUN_TASK_KEY = "atlas_task"
-# ... and the one that names its tenant (``tenants.py``), for a model or agent that serves
+# ... and the one that names its tenant (``_tenants.py``), for a model or agent that serves
 # several users: ``config={"metadata": {"atlas_tenant": user_id}}``.
 RUN_TENANT_KEY = "atlas_tenant"
 
@@ -135,7 +135,7 @@ class AtlasChatModel(BaseChatModel):
     session_id: str | None = None
     """Share one diagnosis across the calls of one task (see ``Atlas._observe``)."""
     tenant: str | None = None
-    """Whose sessions and family guidance these calls use (``tenants.py``). None: the run's
+    """Whose sessions and family guidance these calls use (``_tenants.py``). None: the run's
     ``atlas_tenant`` metadata, else the default tenant (the student's key is not seen here)."""
     config: AtlasConfig | None = None
     atlas_settings: dict[str, Any] = Field(default_factory=dict)

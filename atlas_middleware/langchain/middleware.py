@@ -130,7 +130,7 @@ class AtlasAgentMiddleware(AgentMiddleware):
     (settings or objects), ``config`` and ``AtlasConfig`` settings as keywords (``policy``,
     ``teacher_api_base``, ...: ``**settings``, checked by ``AtlasConfig``) configure the core.
     ``session_key(request)`` overrides how model calls are grouped into one task.
-    ``tenant`` says whose sessions and family guidance the agent's calls use (``tenants.py``);
+    ``tenant`` says whose sessions and family guidance the agent's calls use (``_tenants.py``);
     a run's ``config={"metadata": {"atlas_tenant": ...}}`` overrides it (an agent serving
     several users); neither: the default tenant.
     """

@@ -54,7 +54,7 @@ audit). A newer winner replaces it.
 
 Evidence is kept per tenant, student model and family (``gate_key``): what teaching does
 for a task depends on the student; and the kept guidance is the teacher's text about one
-caller's task, which no other caller may be given (``tenants.py``). The evidence holds no
+caller's task, which no other caller may be given (``_tenants.py``). The evidence holds no
 text, but it is scoped too: the gate's state and evidence count are on every report, and
 shared evidence would tell one tenant that others send the same template. Reports without a
 tenant (ledger records written before tenants existed) count for ``DEFAULT_TENANT`` and
@@ -71,11 +71,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..redact import secret_logger
+from .._redact import secret_logger
+from .._tenants import DEFAULT_TENANT, scoped
 from ..report import GUIDANCE_LOST, AdaptiveInfo, CallReport, GateInfo, Mode, Reason
 from ..state.base import FamilyEvidence, FamilyStore
 from ..teaching.flow import sampled
-from ..tenants import DEFAULT_TENANT, scoped
 from .adaptive import POOLED, RARE, AdaptiveRule
 from .modes import ModeSelector
 from .outcomes import Outcome, outcome_of

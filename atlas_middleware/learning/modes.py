@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ..redact import secret_logger
+from .._redact import secret_logger
 from ..report import AdaptiveInfo, CallReport
 from ..state.base import FamilyEvidence, FamilyStore, OutageWarnings
 from ..teaching.flow import sampled

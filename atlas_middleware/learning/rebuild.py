@@ -25,13 +25,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from .._redact import secret_logger
+from .._tenants import DEFAULT_TENANT
 from ..ledger.base import Ledger, LedgerQuery
-from ..redact import secret_logger
 from ..report import CallReport
 from ..state.base import FamilyEvidence
 from ..state.baselines import BaselineStore, fair_baseline
 from ..state.families import MemoryFamilies
-from ..tenants import DEFAULT_TENANT
 from .gate import TeachingGate, gate_key
 
 log = secret_logger("atlas_middleware.learning")

@@ -19,8 +19,8 @@ import re
 from datetime import UTC
 from typing import Any
 
+from .._redact import redact, secret_logger
 from ..errors import LedgerError, MissingExtraError
-from ..redact import redact, secret_logger
 from .base import LedgerQuery
 from .record import LedgerRecord
 
@@ -147,6 +147,9 @@ class PostgresLedger:
         except sa_exc.SQLAlchemyError as exc:
             self._engine.dispose()
             raise LedgerError(f"cannot open the Postgres ledger at {self.url}: {exc}") from exc
+        except LedgerError:  # a schema newer than this release: the pool's connection is closed too
+            self._engine.dispose()
+            raise
 
     def _ensure_schema(self) -> None:
         with self._engine.begin() as conn:

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._redact import redact, secret_logger
 from ..errors import LedgerError
-from ..redact import redact, secret_logger
 from .base import Ledger, NullLedger
 from .bounded import WriterThreads
 from .record import LedgerRecord

@@ -11,7 +11,7 @@ which builds them here with ``build()``:
   checks the request (the message list, ``stream``), so that a malformed one is a 400
   naming the field (LiteLLM's own checks crash on some shapes, or answer 500), and that a
   provider that cannot be built is a 503 that says why; a tenant it names is granted to an
-  admin and refused (403) to any other key (``tenants.py``).
+  admin and refused (403) to any other key (``_tenants.py``).
 
 ``build()`` also builds the provider's ``Atlas`` at once (an error is logged, not raised,
 so the proxy still starts and answers its probes) and puts the gate of ``gate.py`` in
@@ -34,10 +34,10 @@ from litellm.exceptions import BadRequestError, ServiceUnavailableError
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import ModelResponse
 
+from .._redact import guard_loggers, redact, secret_logger
 from ..errors import AtlasError, InvalidRequestError
 from ..messages import validate_messages, validate_user_parts
 from ..provider import PROVIDER, AtlasLLM, PendingStream, find_report
-from ..redact import guard_loggers, redact, secret_logger
 from ..report import CallReport
 from . import auth, gate, tenants
 from .headers import BODY_FIELD, report_body, report_headers
@@ -169,7 +169,7 @@ class AtlasProxyHooks(CustomLogger):
 
 
 def _check_tenant(data: dict[str, Any], user_api_key_dict: Any, model: str) -> None:
-    """The tenant a request names: granted to an admin, a 403 for any other key (``tenants.py``)."""
+    """The tenant a request names: granted to an admin, a 403 for any other key (``_tenants.py``)."""
     try:
         tenants.grant(data, user_api_key_dict)
     except tenants.TenantRefused as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from ..redact import redact, secret_logger
+from .._redact import redact, secret_logger
 
 log = secret_logger("atlas_middleware.proxy")
 

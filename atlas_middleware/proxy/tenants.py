@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..provider import gathered
-from ..tenants import GRANT_FIELD, TenantGrant, check_tenant
+from .._tenants import GRANT_FIELD, TenantGrant, check_tenant
+from ..provider.options import gathered
 
 ADMIN_ROLE = "proxy_admin"
 

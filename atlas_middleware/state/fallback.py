@@ -29,8 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
+from .._redact import redact, secret_logger
 from ..pricing import BaselineStats
-from ..redact import redact, secret_logger
 from ..usage import Usage
 from .base import FamilyEvidence, FamilyStore, SharedState, StateStatus
 

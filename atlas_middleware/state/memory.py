@@ -8,12 +8,12 @@ backends are held to.
 
 from __future__ import annotations
 
-from ..breaker import CircuitBreaker
-from ..sessions import SessionCache
 from .base import StateStatus
 from .baselines import MemoryBaselines
+from .breaker import CircuitBreaker
 from .budgets import MemoryBudgets
 from .families import MemoryFamilies
+from .sessions import SessionCache
 
 
 class MemoryState:

@@ -56,11 +56,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import breaker
+from .._redact import register_secret
 from ..errors import ConfigError, MissingExtraError
 from ..pricing import BASELINE_HORIZON, BaselineStats
-from ..redact import register_secret
 from ..usage import Usage
+from . import breaker
 from .base import FamilyEvidence, StateStatus
 from .budgets import BUDGET_TTL
 

@@ -33,12 +33,10 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..answers import same_final_answer
+from .._redact import redact
 from ..errors import JudgeError, TeacherOutputError, TeacherTruncatedError, is_timeout
-from ..judges import Judge, Task, Verdict, tool_calls_valid
 from ..messages import CallContext, ChatRequest, ChatResponse
 from ..pricing import BaselineStats, Prices
-from ..redact import redact
 from ..report import (
     AdaptiveInfo,
     AuditInfo,
@@ -55,8 +53,10 @@ from ..report import (
 )
 from ..usage import UsageByRole
 from . import prompts
+from .answers import same_final_answer
 from .commands import CallResult, Command, Deliver, ModelCall, Start, Stream, Wait
 from .deadline import Deadline
+from .judges import Judge, Task, Verdict, tool_calls_valid
 from .leaks import strip_leaks
 from .parse import Diagnosis, split_reasoning
 from .protocols import STRUCTURED, Placement, TeacherProtocol
@@ -143,7 +143,7 @@ class CallOptions:
     """The report's call id, when the caller drew it before the flow (the gate's coins)."""
     session_id: str | None = None
     tenant: str | None = None
-    """Whose sessions and family guidance the call may use (``tenants.py``): ``CallReport.tenant``."""
+    """Whose sessions and family guidance the call may use (``_tenants.py``): ``CallReport.tenant``."""
     keep_answers: bool = False  # fill ``CallReport.answers`` (evaluation)
     learn: bool = True
     """Let the gate learn from this call when it ends; False: the caller will, with a

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chunks import ChatChunk, ToolCallDelta
 from ..messages import ChatRequest, ChatResponse, ToolCall
+from ..runtime.chunks import ChatChunk, ToolCallDelta
 from ..teaching import prompts, protocols
 from ..usage import Usage
 

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from ..messages import ChatRequest
-from ..streaming import ChunkWriter
+from ..runtime.streaming import ChunkWriter
 from .scripted import ScriptedBackend
 from .wire import guess_context
 

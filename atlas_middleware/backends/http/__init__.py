@@ -1,0 +1,1 @@
+"""The lean HTTP path: OpenAI-compatible servers without LiteLLM on the call."""
