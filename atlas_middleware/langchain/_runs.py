@@ -104,12 +104,16 @@ def with_id(message: AIMessage) -> AIMessage:
     return message if message.id else message.model_copy(update={"id": f"lc_run--{uuid.uuid4()}"})
 
 
+def _delivered(config: RunnableConfig) -> RunnableConfig:
+    """``config`` with the run's role marked ``delivered`` in its metadata."""
+    return {**config, "metadata": {**(config.get("metadata") or {}), ROLE_KEY: "delivered"}}
+
+
 def replay(config: RunnableConfig | None, message: AIMessage, name: str, prompt: list[BaseMessage]) -> None:
     """Stream the delivered ``message`` as one untagged run, when someone streams this step."""
     if config is None:
         return
-    manager = get_callback_manager_for_config({**config, "metadata": {**(config.get("metadata") or {}),
-                                                                      ROLE_KEY: "delivered"}})
+    manager = get_callback_manager_for_config(_delivered(config))
     if not _streamed(manager.handlers):
         return
     (run,) = manager.on_chat_model_start({"name": name}, [prompt], name=name)
@@ -121,8 +125,7 @@ def replay(config: RunnableConfig | None, message: AIMessage, name: str, prompt:
 async def areplay(config: RunnableConfig | None, message: AIMessage, name: str, prompt: list[BaseMessage]) -> None:
     if config is None:
         return
-    manager = get_async_callback_manager_for_config({**config, "metadata": {**(config.get("metadata") or {}),
-                                                                            ROLE_KEY: "delivered"}})
+    manager = get_async_callback_manager_for_config(_delivered(config))
     if not _streamed(manager.handlers):
         return
     (run,) = await manager.on_chat_model_start({"name": name}, [prompt], name=name)

@@ -98,13 +98,10 @@ class ModeSelector:
         evidence = self.store.observe(key, outcome, report.net_tokens, discount, judge=judge, cost=cost, graded=graded)
         pooled = self.store.observe(pooled_key, outcome, None, discount, judge=judge, cost=cost, graded=graded)
         self._remember(pooled_key, pooled)
-        rare = None
-        if rare_key is not None:
-            if evidence.outcomes - (outcome is not None) < self.rule.min_evidence:  # rare when the call came
-                rare = self.store.observe(rare_key, outcome, None, discount, judge=judge, cost=cost, graded=graded)
-                self._remember(rare_key, rare)
-            else:
-                rare = self._pooled_evidence(rare_key)
+        rare = None  # a family that is not rare is decided by its own evidence: the class is not read
+        if rare_key is not None and evidence.outcomes - (outcome is not None) < self.rule.min_evidence:
+            rare = self.store.observe(rare_key, outcome, None, discount, judge=judge, cost=cost, graded=graded)
+            self._remember(rare_key, rare)
         now = evidence.mode or "strict"
         choice = choose(evidence, pooled, self.rule, rare=rare)
         new, why = choice.mode, choice.why
